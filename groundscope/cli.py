@@ -1,0 +1,264 @@
+"""`groundscope <verb>`: the command-line entry point.
+
+The CLI parses arguments, loads images (reporting bad ones by name and carrying on), calls the Python API and
+writes files. It never touches tensors. Exit codes: 0 all done, 1 some images failed, 2 bad arguments or model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    name="groundscope",
+    help="Find and describe anything in images from free text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+ModelOpt = typer.Option("llmdet-tiny", "--model", "-m", help="Registry name (see `groundscope models`), hub id or local directory.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps, or auto.")
+OutOpt = typer.Option(Path("groundscope_out"), "--out", "-o", help="Directory for <stem>.json and <stem>.png.")
+BatchOpt = typer.Option(4, "--batch-size", "-b", min=1, help="(image, prompt) pairs per forward pass.")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def expand_images(items: list[Path]) -> list[Path]:
+    """Files as given; directories expanded to the image files directly inside them (sorted)."""
+    out: list[Path] = []
+    for p in items:
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def parse_classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
+    """Comma-separated names and/or a file with one name per line (blank lines and # comments skipped)."""
+    names: list[str] = []
+    if classes:
+        names += [c.strip() for c in classes.split(",") if c.strip()]
+    if classes_file is not None:
+        try:
+            lines = classes_file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise fail(f"cannot read --classes-file '{classes_file}': {e.strerror or e}")
+        names += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not names:
+        raise fail("no classes given; pass --classes \"cat,remote control\" or --classes-file FILE")
+    return names
+
+
+def _load_model(model: str, device: str):
+    from groundscope.models.loading import ModelLoadError, load_detector
+
+    try:
+        with console.status(f"loading {model} ..."):
+            return load_detector(model, device=_device(device))
+    except ModelLoadError as e:
+        raise fail(str(e))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def run_task(
+    images: list[Path],
+    task: str,
+    model_name: str,
+    device: str,
+    out: Path,
+    batch_size: int,
+    call: Callable,
+) -> None:
+    """Shared image loop: load, run `call(detector, [PIL images]) -> [Detections]` in batches, write files."""
+    from groundscope.detections import save_detections_json
+    from groundscope.images import ImageLoadError, load_image
+    from groundscope.prompts import PromptError
+    from groundscope.visualize import annotate
+
+    paths = expand_images(images)
+    if not paths:
+        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    detector = _load_model(model_name, device)
+    out.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    stems: dict[str, int] = {}
+    written = 0
+
+    def stem_for(p: Path) -> str:
+        n = stems.get(p.stem, 0)
+        stems[p.stem] = n + 1
+        return p.stem if n == 0 else f"{p.stem}_{n}"
+
+    def flush(batch: list[tuple[Path, object]]) -> None:
+        nonlocal written
+        if not batch:
+            return
+        try:
+            results = call(detector, [im for _, im in batch])
+        except PromptError as e:
+            raise fail(str(e))
+        for (path, im), dets in zip(batch, results):
+            stem = stem_for(path)
+            payload = {
+                "image": str(path),
+                "width": im.width,
+                "height": im.height,
+                "model": detector.name,
+                "task": task,
+                "detections": dets.to_list(),
+            }
+            save_detections_json(out / f"{stem}.json", payload)
+            annotate(im, dets).save(out / f"{stem}.png")
+            written += 1
+
+    with _progress() as progress:
+        bar = progress.add_task(task, total=len(paths))
+        batch: list[tuple[Path, object]] = []
+        for path in paths:
+            try:
+                batch.append((path, load_image(path)))
+            except ImageLoadError as e:
+                failures.append(str(e))
+                progress.console.print(f"[yellow]skipped:[/] {e}", highlight=False)
+            if len(batch) == batch_size:
+                flush(batch)
+                progress.advance(bar, len(batch))
+                batch = []
+        flush(batch)
+        progress.update(bar, completed=len(paths))
+
+    console.print(f"[green]{written}[/] image(s) written to [bold]{out}[/] (<stem>.json + <stem>.png)", highlight=False)
+    if failures:
+        console.print(f"[red]{len(failures)} image(s) failed:[/]", highlight=False)
+        for f in failures:
+            console.print(f"  {f}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def detect(
+    images: list[Path] = typer.Argument(..., help="Image files or directories."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help='Comma-separated class names, e.g. "cat,remote control".'),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="A file with one class name per line."),
+    model: str = ModelOpt,
+    box_threshold: float = typer.Option(0.3, "--box-threshold", "-t", min=0.0, max=1.0, help="Minimum score."),
+    max_detections: int = typer.Option(300, "--max-detections", "-k", min=1, help="Top-k (box, class) pairs per image."),
+    nms: Optional[float] = typer.Option(None, "--nms", min=0.0, max=1.0, help="Class-wise NMS IoU (off by default)."),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    out: Path = OutOpt,
+) -> None:
+    """Open-vocabulary detection: boxes for each class name."""
+    names = parse_classes(classes, classes_file)
+    run_task(
+        images, "detect", model, device, out, batch_size,
+        lambda det, ims: det.detect(
+            ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size
+        ),
+    )
+
+
+@app.command()
+def ground(
+    images: list[Path] = typer.Argument(..., help="Image files or directories."),
+    caption: str = typer.Option(..., "--caption", help="The sentence whose phrases to ground."),
+    phrase: Optional[list[str]] = typer.Option(None, "--phrase", "-p", help="A phrase of the caption (repeatable). Without it, phrases are read off the tokens."),
+    model: str = ModelOpt,
+    box_threshold: float = typer.Option(0.3, "--box-threshold", "-t", min=0.0, max=1.0),
+    text_threshold: float = typer.Option(0.25, "--text-threshold", min=0.0, max=1.0, help="Token threshold when decoding phrases."),
+    max_detections: int = typer.Option(100, "--max-detections", "-k", min=1),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    out: Path = OutOpt,
+) -> None:
+    """Phrase grounding: boxes for the phrases of a caption."""
+    from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
+
+    if phrase:
+        try:
+            find_phrase_spans(normalize_caption(caption), phrase)
+        except PromptError as e:
+            raise fail(str(e))
+    run_task(
+        images, "ground", model, device, out, batch_size,
+        lambda det, ims: det.ground(
+            ims, caption, phrase or None, box_threshold=box_threshold, text_threshold=text_threshold,
+            max_detections=max_detections, batch_size=batch_size,
+        ),
+    )
+
+
+@app.command()
+def refer(
+    images: list[Path] = typer.Argument(..., help="Image files or directories."),
+    expression: str = typer.Option(..., "--expression", "-e", help='e.g. "the cat on the left".'),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Boxes to return, best first."),
+    model: str = ModelOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    out: Path = OutOpt,
+) -> None:
+    """Referring expression comprehension: the one box an expression describes."""
+    if not expression.strip(" ."):
+        raise fail("--expression is empty; pass the words that single out one object")
+    run_task(
+        images, "refer", model, device, out, batch_size,
+        lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size),
+    )
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the model registry: short names, where they load from, what each is."""
+    from groundscope.models.registry import REGISTRY
+
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in REGISTRY.values()], indent=2))
+        return
+    table = Table(title="groundscope models (any hub id or local directory works too)")
+    for col in ("name", "family", "backbone", "source", "what it is"):
+        table.add_column(col, overflow="fold")
+    for e in REGISTRY.values():
+        table.add_row(e.name, e.family, e.backbone, e.source + (" (bundled)" if e.bundled else ""), e.description)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

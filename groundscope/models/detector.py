@@ -1,0 +1,271 @@
+"""`GroundingDetector`: the three tasks (detect, ground, refer) over batches of images.
+
+Per call, images are preprocessed and grouped by their resized size; each group's backbone runs once per image
+however many prompt chunks there are; each distinct prompt's text encoding is computed once and cached across
+calls; (image, prompt) pairs are fused and decoded in padded batches of `batch_size`. Images of different sizes
+are never padded together: the Swin backbone has no padding mask, so padding would change the features of the
+smaller image, and a batch must give the same boxes as one image at a time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from groundscope.detections import Detections
+from groundscope.images import ImageInput, PreparedImage, load_image, preprocess
+from groundscope.models import staged
+from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
+from groundscope.prompts import Prompt, PromptError, chunk_classes, expression_prompt, normalize_caption, phrase_prompt
+
+TEXT_CACHE_SIZE = 512
+
+
+def _is_batch(images: Any) -> bool:
+    return isinstance(images, (list, tuple))
+
+
+def _per_image(value: Any, n: int, what: str, is_item: Callable[[Any], bool]) -> list:
+    """Broadcast one prompt to n images, or check a per-image list has n entries."""
+    if is_item(value):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise PromptError(f"{len(value)} {what} for {n} images; pass one for all or one per image")
+    return value
+
+
+def _is_class_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+class GroundingDetector:
+    """A loaded Grounding DINO / MM-GDINO / LLMDet model and its tokenizer.
+
+    Build one with `groundscope.load_detector`. All task methods take one image or a list; with a list they
+    return a list of `Detections`, one per image, in order.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "model"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_text_len = int(model.config.max_text_len)
+        self._text_cache: OrderedDict[tuple[int, ...], staged.TextFeatures] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return f"GroundingDetector({self.name!r}, {type(self.model).__name__}, device={self.device})"
+
+    # ------------------------------------------------------------------ public tasks
+    def detect(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        classes: Sequence[str] | Sequence[Sequence[str]],
+        *,
+        box_threshold: float = 0.0,
+        max_detections: int = 300,
+        nms_iou: float | None = None,
+        score_rule: str = "mean",
+        batch_size: int = 4,
+    ) -> Detections | list[Detections]:
+        """Open-vocabulary detection.
+
+        Args:
+            images: one image or a list (paths, PIL images or arrays).
+            classes: class names shared by all images, or one list per image. `class_ids` index these lists.
+            box_threshold: minimum score kept (applied after the top-k).
+            max_detections: top-k (query, class) pairs per image (300 is the COCO/LVIS protocol).
+            nms_iou: class-wise NMS at this IoU when given.
+            score_rule: "mean" (published rule) or "max" over the class's tokens.
+            batch_size: (image, prompt chunk) pairs per forward pass.
+        """
+        batch = _is_batch(images)
+        imgs = list(images) if batch else [images]
+        per_image = _per_image(classes, len(imgs), "class lists", _is_class_list)
+        chunk_cache: dict[tuple[str, ...], list[Prompt]] = {}
+        prompts = []
+        for cl in per_image:
+            key = tuple(cl)
+            if key not in chunk_cache:
+                chunk_cache[key] = chunk_classes(self.tokenizer, cl, self.max_text_len)
+            prompts.append(chunk_cache[key])
+
+        def reduce(out_logits, out_boxes, prompt):
+            return topk_pairs(out_logits, out_boxes, prompt, max_detections, score_rule)
+
+        results = self._run(imgs, prompts, reduce, batch_size)
+        dets = []
+        for cands, size in results:
+            d = to_detections(merge_candidates(cands), size, max_detections, box_threshold, with_spans=False)
+            dets.append(d.nms(nms_iou) if nms_iou is not None else d)
+        return dets if batch else dets[0]
+
+    def ground(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        captions: str | Sequence[str],
+        phrases: Sequence | None = None,
+        *,
+        box_threshold: float = 0.0,
+        text_threshold: float = 0.25,
+        max_detections: int = 300,
+        score_rule: str = "mean",
+        batch_size: int = 4,
+    ) -> Detections | list[Detections]:
+        """Phrase grounding: boxes for the phrases of a caption.
+
+        Args:
+            captions: one caption for all images or one per image.
+            phrases: the phrases to ground, as strings found in the caption or (start, end) character spans; one
+                list for all images, or (with a list of captions) one list per image. Without phrases, they are
+                decoded from the tokens whose probability passes `text_threshold` (the reference demo's rule),
+                for queries whose best token passes `box_threshold` (use e.g. 0.35 there).
+        Returns:
+            `Detections` whose labels are phrases, class_ids phrase indices and spans the phrase's characters.
+        """
+        batch = _is_batch(images)
+        imgs = list(images) if batch else [images]
+        caps = _per_image(captions, len(imgs), "captions", lambda v: isinstance(v, str))
+        if phrases is None:
+            phr: list = [None] * len(imgs)
+        elif batch and not isinstance(captions, str):
+            phr = _per_image(phrases, len(imgs), "phrase lists", lambda v: False)
+        else:
+            phr = [phrases] * len(imgs)
+        prompts, decode = [], []
+        for cap, ph in zip(caps, phr):
+            if ph is None:
+                text = normalize_caption(cap)
+                ids, offsets = self._tokenize(text)
+                prompts.append([Prompt(text, ids, [], [], [], [], offsets)])
+            else:
+                prompts.append([phrase_prompt(self.tokenizer, cap, ph, self.max_text_len)])
+            decode.append(ph is None)
+
+        def reduce(out_logits, out_boxes, prompt):
+            if not prompt.labels:
+                return decoded_phrases(out_logits, out_boxes, prompt, self.tokenizer, box_threshold, text_threshold)
+            return topk_pairs(out_logits, out_boxes, prompt, max_detections, score_rule)
+
+        results = self._run(imgs, prompts, reduce, batch_size)
+        dets = [
+            to_detections(merge_candidates(c), size, max_detections, box_threshold, with_spans=True)
+            for c, size in results
+        ]
+        return dets if batch else dets[0]
+
+    def refer(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        expressions: str | Sequence[str],
+        *,
+        top_k: int = 1,
+        batch_size: int = 4,
+    ) -> Detections | list[Detections]:
+        """Referring expression comprehension: the box the expression describes (top-1; top-k on request).
+
+        The whole expression is one positive span; boxes are ranked by the mean probability of its tokens.
+        """
+        batch = _is_batch(images)
+        imgs = list(images) if batch else [images]
+        exprs = _per_image(expressions, len(imgs), "expressions", lambda v: isinstance(v, str))
+        prompts = [[expression_prompt(self.tokenizer, e, self.max_text_len)] for e in exprs]
+
+        def reduce(out_logits, out_boxes, prompt):
+            return topk_pairs(out_logits, out_boxes, prompt, top_k, "mean")
+
+        results = self._run(imgs, prompts, reduce, batch_size)
+        dets = [to_detections(merge_candidates(c), size, top_k, 0.0, with_spans=True) for c, size in results]
+        return dets if batch else dets[0]
+
+    # ------------------------------------------------------------------ engine
+    def _tokenize(self, text: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        enc = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+        ids = enc["input_ids"]
+        if ids.shape[1] > self.max_text_len:
+            raise PromptError(
+                f"caption is {ids.shape[1]} tokens, over the model's {self.max_text_len}-token limit: "
+                f"'{text[:80]}...'; shorten it or ground its sentences one at a time"
+            )
+        return ids, [tuple(int(v) for v in o) for o in enc["offset_mapping"][0].tolist()]
+
+    def text_features(self, prompt: Prompt) -> staged.TextFeatures:
+        """The prompt's text encoding, computed once and cached (LRU) across images and calls."""
+        key = tuple(prompt.input_ids[0].tolist())
+        hit = self._text_cache.get(key)
+        if hit is not None:
+            self._text_cache.move_to_end(key)
+            return hit
+        feats = staged.encode_text(self.model, prompt.input_ids.to(self.device))
+        self._text_cache[key] = feats
+        if len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return feats
+
+    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
+        return [preprocess(load_image(im) if not isinstance(im, PreparedImage) else im) for im in images]
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        images: Sequence[ImageInput],
+        prompts: list[list[Prompt]],
+        reduce: Callable[[torch.Tensor, torch.Tensor, Prompt], Candidates],
+        batch_size: int,
+    ) -> list[tuple[list[Candidates], tuple[int, int]]]:
+        """Run every (image, prompt) pair and reduce each pair's outputs to candidates at once (so memory holds
+        one batch of raw outputs, not all of them). Returns per image its candidates and original size."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # A window of images at a time bounds memory for long lists while still grouping equal sizes.
+        window = max(4 * batch_size, 8)
+        results = []
+        for s in range(0, len(images), window):
+            results += self._run_window(images[s : s + window], prompts[s : s + window], reduce, batch_size)
+        return results
+
+    def _run_window(self, images, prompts, reduce, batch_size):
+        prepared = self.prepare(images)
+        out: list[list[Candidates]] = [[] for _ in prepared]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(prepared):
+            groups.setdefault(tuple(p.pixel_values.shape[1:]), []).append(i)
+        for members in groups.values():
+            # Backbone: once per image, batch_size images at a time.
+            feats = []
+            for s in range(0, len(members), batch_size):
+                px = torch.stack([prepared[i].pixel_values for i in members[s : s + batch_size]])
+                feats.append(staged.encode_images(self.model, px.to(self.device, self.dtype)))
+            image_feats = _concat_features(feats)
+            pairs = [(row, i, p) for row, i in enumerate(members) for p in prompts[i]]
+            for s in range(0, len(pairs), batch_size):
+                chunk = pairs[s : s + batch_size]
+                texts = [self.text_features(p) for _, _, p in chunk]
+                raw = staged.fuse_and_decode(self.model, image_feats.select([r for r, _, _ in chunk]), texts)
+                for k, (_, i, p) in enumerate(chunk):
+                    out[i].append(reduce(raw.logits[k], raw.boxes[k], p))
+        return [(c, p.orig_size) for c, p in zip(out, prepared)]
+
+
+def _concat_features(items: list[staged.ImageFeatures]) -> staged.ImageFeatures:
+    if len(items) == 1:
+        return items[0]
+    return staged.ImageFeatures(
+        torch.cat([f.source for f in items]),
+        torch.cat([f.mask for f in items]),
+        torch.cat([f.pos for f in items]),
+        items[0].spatial_shapes_list,
+        torch.cat([f.valid_ratios for f in items]),
+    )

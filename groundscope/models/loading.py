@@ -1,0 +1,140 @@
+"""`load_detector`: registry name, hub id or local directory -> a ready `GroundingDetector`.
+
+All three go through the same transformers `from_pretrained` path; only where the files come from differs.
+We never wait on an unreachable hub: HF_HUB_OFFLINE is honoured, the local cache is tried first, and a
+three-second connection probe precedes any download, so a missing model fails in seconds with the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from groundscope.models.registry import REGISTRY
+
+SUPPORTED_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be had; the message names it and says what to do."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """-> (where to load from, display name). A local directory wins over a registry name of the same text."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model '{text}' is a file; pass the directory that holds config.json and the weights")
+        return str(path), text
+    entry = REGISTRY.get(text)
+    if entry is not None:
+        return entry.source, text
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return text, text  # a hub id
+    known = ", ".join(sorted(REGISTRY))
+    raise ModelLoadError(
+        f"model '{text}' is not a local directory, a known name ({known}) or a hub id (org/name); "
+        "pass one of those with --model"
+    )
+
+
+def _fetch(source: str, display: str, revision: str | None) -> str:
+    """Local directory for `source`: itself if it is one, else the hub snapshot (cache first)."""
+    if Path(source).is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if _offline():
+        raise ModelLoadError(
+            f"model '{display}' ({source}) is not in the local cache and HF_HUB_OFFLINE is set; "
+            "unset HF_HUB_OFFLINE to download it, or pass a local directory with --model"
+        )
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"model '{display}' ({source}) is not in the local cache and the hub cannot be reached; "
+            "connect to the internet, or pass a local directory with --model"
+        )
+    try:
+        return snapshot_download(source, revision=revision, allow_patterns=patterns)
+    except Exception as e:  # the hub's errors are many; the user needs the name and the reason
+        raise ModelLoadError(f"model '{display}' ({source}) could not be downloaded: {type(e).__name__}: {e}") from e
+
+
+def load_detector(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
+):
+    """Load a Grounding DINO / MM-Grounding-DINO / LLMDet detector.
+
+    Args:
+        name_or_path: a registry name (`groundscope models`), a hub id, or a local directory in transformers
+            format (config.json of type grounding-dino or mm-grounding-dino, weights, tokenizer files).
+        device: torch device for inference.
+        dtype: torch dtype (or its name, e.g. "bfloat16"); default float32.
+        revision: hub revision (branch, tag or commit) for hub ids.
+    Raises:
+        ModelLoadError: unknown name, not cached while offline, unreachable hub, broken directory.
+    """
+    from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer
+
+    from groundscope.models.detector import GroundingDetector
+
+    source, display = resolve(name_or_path)
+    local = _fetch(source, display, revision)
+    try:
+        config = AutoConfig.from_pretrained(local)
+    except Exception as e:
+        raise ModelLoadError(
+            f"model '{display}': cannot read its config.json in {local} ({type(e).__name__}: {e}); "
+            "pass a directory saved with save_pretrained"
+        ) from e
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model '{display}' is a '{config.model_type}' model; groundscope loads {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(local, dtype=dtype or torch.float32)
+    except Exception as e:
+        raise ModelLoadError(f"model '{display}': weights in {local} do not load ({type(e).__name__}: {e})") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local)
+    except Exception as e:
+        raise ModelLoadError(
+            f"model '{display}': no usable tokenizer in {local} ({type(e).__name__}: {e}); "
+            "save the tokenizer next to the weights (tokenizer.save_pretrained(dir))"
+        ) from e
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"model '{display}': its tokenizer has no character offsets (needs a fast tokenizer)")
+    model.to(device).eval()
+    return GroundingDetector(model, tokenizer, name=display)

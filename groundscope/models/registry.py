@@ -1,0 +1,62 @@
+"""Short model names -> where the weights live, and what each model is.
+
+Configs as data (timm's registry idea): one table, read by `load_detector` and `groundscope models`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str  # a hub id ("org/name"); bundled models name a package directory instead
+    family: str  # "Grounding DINO", "MM-Grounding-DINO", "LLMDet"
+    backbone: str
+    description: str
+    bundled: bool = False
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry(
+            "gdino-tiny", "IDEA-Research/grounding-dino-tiny", "Grounding DINO", "Swin-T",
+            "original Grounding DINO-T, pre-trained on O365, GoldG, Cap4M",
+        ),
+        ModelEntry(
+            "gdino-base", "IDEA-Research/grounding-dino-base", "Grounding DINO", "Swin-B",
+            "original Grounding DINO-B, pre-trained on more data including COCO (not zero-shot on COCO)",
+        ),
+        ModelEntry(
+            "mm-gdino-tiny", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det", "MM-Grounding-DINO",
+            "Swin-T", "MM-GDINO-T pre-trained on O365v1, GoldG, V3Det (zero-shot on COCO and LVIS)",
+        ),
+        ModelEntry(
+            "mm-gdino-base", "openmmlab-community/mm_grounding_dino_base_all", "MM-Grounding-DINO", "Swin-B",
+            "MM-GDINO-B pre-trained on all the paper's data (not zero-shot on COCO)",
+        ),
+        ModelEntry(
+            "mm-gdino-large", "openmmlab-community/mm_grounding_dino_large_all", "MM-Grounding-DINO", "Swin-L",
+            "MM-GDINO-L pre-trained on all the paper's data (not zero-shot on COCO)",
+        ),
+        ModelEntry(
+            "llmdet-tiny", "iSEE-Laboratory/llmdet_tiny", "LLMDet", "Swin-T",
+            "MM-GDINO-T fine-tuned under LLM supervision on GroundingCap-1M; the recommended model for real photos",
+        ),
+        ModelEntry(
+            "llmdet-base", "iSEE-Laboratory/llmdet_base", "LLMDet", "Swin-B",
+            "LLMDet with a Swin-B backbone",
+        ),
+        ModelEntry(
+            "llmdet-large", "iSEE-Laboratory/llmdet_large", "LLMDet", "Swin-L",
+            "LLMDet with a Swin-L backbone; the most accurate, the slowest",
+        ),
+    ]
+}
+
+
+def register(entry: ModelEntry) -> None:
+    """Add (or replace) a registry entry, e.g. for a fine-tuned checkpoint your team shares."""
+    REGISTRY[entry.name] = entry

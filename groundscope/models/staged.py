@@ -1,0 +1,266 @@
+"""The Grounding DINO forward pass, split into its three stages.
+
+transformers' ``GroundingDinoModel.forward`` runs image backbone, text backbone, fusion encoder and decoder in one
+call. For a vocabulary split into several prompt chunks that would run the (expensive) Swin backbone once per
+chunk and re-encode every chunk's text for every image. Here the same modules run in three stages:
+
+    encode_images(pixel_values)  -> ImageFeatures   once per image
+    encode_text(input_ids)       -> TextFeatures    once per prompt chunk (cached by the caller)
+    fuse_and_decode(img, text)   -> RawOutputs      once per (image, chunk) pair, batched
+
+The arithmetic is the reference's, module for module (same submodules, same order), so the outputs equal
+``model(pixel_values, input_ids)`` to float precision; tests/test_parity.py holds us to that. Works for both
+``GroundingDinoForObjectDetection`` and ``MMGroundingDinoForObjectDetection`` (they share this forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.models.grounding_dino.modeling_grounding_dino import (
+    generate_masks_with_special_tokens_and_transfer_map,
+)
+
+
+@dataclass
+class ImageFeatures:
+    """Flattened multi-scale image features of B images of one common size (no padding).
+
+    Attributes:
+        source: (B, S, d) projected features of all levels, S = sum of H_l * W_l.
+        mask: (B, S) bool, True where the pixel is *valid* (the reference's ``mask_flatten``).
+        pos: (B, S, d) sine position + level embeddings.
+        spatial_shapes_list: [(H_l, W_l)] per level.
+        valid_ratios: (B, L, 2).
+    """
+
+    source: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    spatial_shapes_list: list[tuple[int, int]]
+    valid_ratios: torch.Tensor
+
+    def select(self, index: torch.Tensor | list[int]) -> "ImageFeatures":
+        """Rows `index` of the batch (repeats allowed: one row per (image, chunk) pair)."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.source.device)
+        return ImageFeatures(
+            self.source[idx], self.mask[idx], self.pos[idx], self.spatial_shapes_list, self.valid_ratios[idx]
+        )
+
+
+@dataclass
+class TextFeatures:
+    """One prompt's projected text features (unpadded).
+
+    Attributes:
+        features: (1, T, d) text backbone output after ``text_projection``.
+        self_attention_mask: (1, T, T) bool, the phrase-block mask made from the *unpadded* ids.
+        position_ids: (1, T) position ids restarting after each delimiter.
+        input_ids: (1, T).
+    """
+
+    features: torch.Tensor
+    self_attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    input_ids: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.features.shape[1]
+
+
+@dataclass
+class RawOutputs:
+    """Outputs of the fused encoder + decoder for a batch of (image, prompt) pairs.
+
+    Attributes:
+        logits: (B, Q, max_text_len) final-layer token logits (-inf beyond each prompt / at padding).
+        boxes: (B, Q, 4) final-layer boxes, normalised cxcywh.
+        text_mask: (B, T) bool, valid text tokens (T = longest prompt in the batch).
+        all_logits: (num_decoder_layers, B, Q, max_text_len), for auxiliary losses.
+        all_boxes: (num_decoder_layers, B, Q, 4).
+        enc_logits: (B, Q, max_text_len) logits of the selected encoder proposals (two-stage).
+        enc_boxes: (B, Q, 4) the selected proposals, normalised cxcywh.
+        query_features: (B, Q, d) final decoder hidden states (LLMDet's region features).
+        memory: (B, S, d) encoder vision memory.
+    """
+
+    logits: torch.Tensor
+    boxes: torch.Tensor
+    text_mask: torch.Tensor
+    all_logits: torch.Tensor
+    all_boxes: torch.Tensor
+    enc_logits: torch.Tensor | None
+    enc_boxes: torch.Tensor | None
+    query_features: torch.Tensor
+    memory: torch.Tensor
+
+
+def encode_images(detector: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageFeatures:
+    """Backbone + input projections + flattening for (B, 3, H, W) images."""
+    m = detector.model
+    cfg = detector.config
+    batch_size, _, height, width = pixel_values.shape
+    if pixel_mask is None:
+        pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
+    vision_features, pos_list = m.backbone(pixel_values, pixel_mask)
+    feature_maps, masks = [], []
+    for level, (source, mask) in enumerate(vision_features):
+        feature_maps.append(m.input_proj_vision[level](source))
+        masks.append(mask)
+    # Extra lowest-resolution levels: stride-2 3x3 convolutions on the last backbone stage.
+    for level in range(len(feature_maps), cfg.num_feature_levels):
+        if level == len(vision_features):
+            source = m.input_proj_vision[level](vision_features[-1][0])
+        else:
+            source = m.input_proj_vision[level](feature_maps[-1])
+        mask = nn.functional.interpolate(pixel_mask[None].float(), size=source.shape[-2:]).to(torch.bool)[0]
+        pos_list.append(m.backbone.position_embedding(source, mask).to(source.dtype))
+        feature_maps.append(source)
+        masks.append(mask)
+
+    sources, flat_masks, pos_embeds, shapes = [], [], [], []
+    for level, (source, mask, pos) in enumerate(zip(feature_maps, masks, pos_list)):
+        shapes.append((source.shape[2], source.shape[3]))
+        sources.append(source.flatten(2).transpose(1, 2))
+        flat_masks.append(mask.flatten(1))
+        pos_embeds.append(pos.flatten(2).transpose(1, 2) + m.level_embed[level].view(1, 1, -1))
+    source_flatten = torch.cat(sources, 1)
+    valid_ratios = torch.stack([m.get_valid_ratio(mk, dtype=source_flatten.dtype) for mk in masks], 1)
+    return ImageFeatures(source_flatten, torch.cat(flat_masks, 1), torch.cat(pos_embeds, 1), shapes, valid_ratios)
+
+
+def encode_text(detector: nn.Module, input_ids: torch.Tensor) -> TextFeatures:
+    """Text backbone (BERT with the phrase-block attention mask) + projection for one (1, T) prompt."""
+    m = detector.model
+    if input_ids.shape[1] > detector.config.max_text_len:
+        raise ValueError(
+            f"prompt has {input_ids.shape[1]} tokens, more than the model's max_text_len "
+            f"{detector.config.max_text_len}; split it into chunks (groundscope.prompts.chunk_classes)"
+        )
+    self_mask, position_ids = generate_masks_with_special_tokens_and_transfer_map(input_ids, m.special_tokens)
+    token_type_ids = torch.zeros_like(input_ids)
+    out = m.text_backbone(input_ids, self_mask[:, None, :, :], token_type_ids, position_ids, return_dict=True)
+    features = m.text_projection(out.last_hidden_state)
+    return TextFeatures(features, self_mask, position_ids, input_ids)
+
+
+def pad_text(texts: list[TextFeatures]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack prompts of different lengths.
+
+    Returns features (B, T, d), token mask (B, T) bool (True = real token), self-attention mask (B, T, T) and
+    position ids (B, T). Padding tokens attend only to themselves, so no softmax row is empty and no real
+    token sees padding: a padded prompt gives the same outputs as the prompt alone.
+    """
+    t_max = max(t.length for t in texts)
+    b = len(texts)
+    ref = texts[0].features
+    feats = ref.new_zeros((b, t_max, ref.shape[-1]))
+    token_mask = torch.zeros((b, t_max), dtype=torch.bool, device=ref.device)
+    self_mask = torch.eye(t_max, dtype=torch.bool, device=ref.device).repeat(b, 1, 1)
+    pos = torch.zeros((b, t_max), dtype=torch.long, device=ref.device)
+    for i, t in enumerate(texts):
+        n = t.length
+        feats[i, :n] = t.features[0]
+        token_mask[i, :n] = True
+        self_mask[i, :n, :n] = t.self_attention_mask[0]
+        pos[i, :n] = t.position_ids[0]
+    return feats, token_mask, self_mask, pos
+
+
+def fuse_and_decode(detector: nn.Module, images: ImageFeatures, texts: list[TextFeatures]) -> RawOutputs:
+    """Fusion encoder, language-guided query selection, decoder and heads for B (image, prompt) pairs.
+
+    `images` must already hold one row per pair (see `ImageFeatures.select`).
+    """
+    m = detector.model
+    cfg = detector.config
+    batch_size = images.source.shape[0]
+    if len(texts) != batch_size:
+        raise ValueError(f"{batch_size} image rows but {len(texts)} prompts")
+    text_features, text_mask, text_self_mask, position_ids = pad_text(texts)
+    device = images.source.device
+    spatial_shapes = torch.as_tensor(images.spatial_shapes_list, dtype=torch.long, device=device)
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+
+    enc = m.encoder(
+        vision_features=images.source,
+        vision_attention_mask=~images.mask,
+        vision_position_embedding=images.pos,
+        spatial_shapes=spatial_shapes,
+        spatial_shapes_list=images.spatial_shapes_list,
+        level_start_index=level_start_index,
+        valid_ratios=images.valid_ratios,
+        text_features=text_features,
+        text_attention_mask=~text_mask,
+        text_position_embedding=None,
+        text_self_attention_masks=~text_self_mask,
+        text_position_ids=position_ids,
+        return_dict=True,
+    )
+    memory, memory_text = enc.last_hidden_state_vision, enc.last_hidden_state_text
+
+    query_embeds = m.query_position_embeddings.weight if (cfg.embedding_init_target or cfg.two_stage) else None
+    enc_logits = enc_boxes = None
+    if cfg.two_stage:
+        # Language-guided query selection: the num_queries memory tokens most similar to any text token.
+        object_query, output_proposals = m.generate_encoder_output_proposals(
+            memory, ~images.mask, images.spatial_shapes_list
+        )
+        enc_class = m.encoder_output_class_embed(object_query, memory_text, text_mask)
+        enc_coords = m.encoder_output_bbox_embed(object_query) + output_proposals
+        topk = torch.topk(enc_class.max(-1)[0], cfg.num_queries, dim=1)[1]
+        reference_points = torch.gather(enc_coords, 1, topk.unsqueeze(-1).repeat(1, 1, 4)).detach().sigmoid()
+        if query_embeds is not None:
+            target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
+        else:
+            target = torch.gather(object_query, 1, topk.unsqueeze(-1).repeat(1, 1, cfg.d_model)).detach()
+        enc_boxes = reference_points
+        enc_logits = m.encoder_output_class_embed(target, text_features, text_mask)
+    else:
+        target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
+        reference_points = m.reference_points.weight.unsqueeze(0).repeat(batch_size, 1, 1).sigmoid()
+    init_reference = reference_points
+
+    dec = m.decoder(
+        inputs_embeds=target,
+        vision_encoder_hidden_states=memory,
+        vision_encoder_attention_mask=images.mask,
+        text_encoder_hidden_states=memory_text,
+        text_encoder_attention_mask=~text_mask,
+        reference_points=reference_points,
+        spatial_shapes=spatial_shapes,
+        spatial_shapes_list=images.spatial_shapes_list,
+        level_start_index=level_start_index,
+        valid_ratios=images.valid_ratios,
+        self_attn_mask=None,
+        return_dict=True,
+    )
+    hidden = dec.intermediate_hidden_states  # (B, layers, Q, d)
+    refs = dec.intermediate_reference_points  # (B, layers, Q, 4)
+    all_logits, all_boxes = [], []
+    for level in range(hidden.shape[1]):
+        reference = init_reference if level == 0 else refs[:, level - 1]
+        reference = torch.special.logit(reference, eps=1e-5)
+        all_logits.append(detector.class_embed[level](hidden[:, level], memory_text, text_mask))
+        delta = detector.bbox_embed[level](hidden[:, level])
+        if reference.shape[-1] == 4:
+            coords = delta + reference
+        else:
+            delta[..., :2] += reference
+            coords = delta
+        all_boxes.append(coords.sigmoid())
+    all_logits_t, all_boxes_t = torch.stack(all_logits), torch.stack(all_boxes)
+    return RawOutputs(
+        logits=all_logits_t[-1],
+        boxes=all_boxes_t[-1],
+        text_mask=text_mask,
+        all_logits=all_logits_t,
+        all_boxes=all_boxes_t,
+        enc_logits=enc_logits,
+        enc_boxes=enc_boxes,
+        query_features=hidden[:, -1],
+        memory=memory,
+    )

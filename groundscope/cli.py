@@ -32,7 +32,7 @@ BatchOpt = typer.Option(4, "--batch-size", "-b", min=1, help="(image, prompt) pa
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -152,7 +152,7 @@ def run_task(
                 batch.append((path, load_image(path)))
             except ImageLoadError as e:
                 failures.append(str(e))
-                progress.console.print(f"[yellow]skipped:[/] {e}", highlight=False)
+                progress.console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
             if len(batch) == batch_size:
                 flush(batch)
                 progress.advance(bar, len(batch))
@@ -164,7 +164,7 @@ def run_task(
     if failures:
         console.print(f"[red]{len(failures)} image(s) failed:[/]", highlight=False)
         for f in failures:
-            console.print(f"  {f}", highlight=False)
+            console.print(f"  {f}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -1,0 +1,70 @@
+"""Model loading: registry names, local directories, and every way a model can be missing fails fast with the fix."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import groundscope as gs
+from groundscope.models.loading import ModelLoadError, resolve
+from groundscope.models.registry import REGISTRY
+
+REQUIRED = ["gdino-tiny", "gdino-base", "mm-gdino-tiny", "mm-gdino-base", "mm-gdino-large", "llmdet-tiny",
+            "llmdet-base", "llmdet-large"]
+
+
+def test_registry_names_resolve_to_hub_ids():
+    for name in REQUIRED:
+        source, display = resolve(name)
+        assert source == REGISTRY[name].source and "/" in source and display == name
+    assert resolve("some-org/some-model") == ("some-org/some-model", "some-org/some-model")
+
+
+def test_local_directory_loads_through_the_same_path(tiny_model_dir):
+    det = gs.load_detector(tiny_model_dir)
+    assert det.name == str(tiny_model_dir) and det.max_text_len == 256
+    assert type(det.model).__name__ in ("GroundingDinoForObjectDetection", "MMGroundingDinoForObjectDetection")
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(ModelLoadError, match="'no-such-model'.*llmdet-tiny.*--model"):
+        gs.load_detector("no-such-model")
+
+
+def test_offline_and_not_cached_fails_in_seconds(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.monotonic()
+    with pytest.raises(ModelLoadError, match="'llmdet-tiny'.*not in the local cache.*HF_HUB_OFFLINE.*--model"):
+        gs.load_detector("llmdet-tiny")
+    assert time.monotonic() - t < 10
+
+
+def test_unreachable_hub_fails_in_seconds(monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(c, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    t = time.monotonic()
+    with pytest.raises(ModelLoadError, match="hub cannot be reached.*--model"):
+        gs.load_detector("nobody-here/not-a-model")
+    assert time.monotonic() - t < 10
+
+
+def test_broken_directories(tmp_path, tiny_mm_dir):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        gs.load_detector(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match="'bert' model"):
+        gs.load_detector(bad)
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_mm_dir / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match="weights"):
+        gs.load_detector(no_weights)
+    with pytest.raises(ModelLoadError, match="is a file"):
+        gs.load_detector(tiny_mm_dir / "config.json")

@@ -1,0 +1,92 @@
+"""JSON / JSON-lines reading and writing shared by the format modules.
+
+Readers attach file and line to every error; writers produce byte-stable output (fixed key order, compact
+separators, ``\\n`` line ends, UTF-8) so the same data always gives the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from groundscope.data.errors import DataFormatError
+
+T = TypeVar("T")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed_object)`` for each non-blank line (1-based line numbers).
+
+    A line that is not valid JSON yields ``(line_number, DataFormatError)`` instead of raising, so callers
+    can choose between failing and skipping with the same loop.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("file not found", path)
+    with path.open("r", encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, DataFormatError(f"invalid JSON: {e.msg} (column {e.colno})", path, line=number)
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse a whole JSON file; a syntax error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("file not found", path)
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"invalid JSON: {e.msg} (column {e.colno})", path, line=e.lineno) from None
+
+
+def parse_records(
+    items: Iterable[tuple[Any, Any]],
+    parse: Callable[[Any], T],
+    locate: Callable[[DataFormatError, Any], DataFormatError],
+    skip_invalid: bool,
+) -> tuple[list[T], int]:
+    """Run ``parse`` on each ``(position, raw)`` item; return the parsed records and how many were skipped.
+
+    ``locate(err, position)`` turns a validator's error into one naming file and line/index. With
+    ``skip_invalid`` malformed records are counted and dropped instead of raised.
+    """
+    out: list[T] = []
+    skipped = 0
+    for position, raw in items:
+        try:
+            if isinstance(raw, DataFormatError):
+                raise raw
+            out.append(parse(raw))
+        except DataFormatError as e:
+            if not skip_invalid:
+                raise (e if e.path else locate(e, position)) from None
+            skipped += 1
+    return out, skipped
+
+
+def dumps(obj: Any) -> str:
+    """Compact, deterministic JSON text (insertion key order, no NaN, non-ASCII kept)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(obj) + "\n", encoding="utf-8", newline="\n")
+    return path
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+    return path

@@ -1,0 +1,228 @@
+"""``groundscope eval ...``: score results files with the official protocols, or run a model over a dataset.
+
+The main CLI mounts this as ``app.add_typer(eval_app, name="eval")``. Every command prints a table and, with
+``--out FILE``, writes the metrics as JSON. A bad input file prints one line naming the file and the record
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from groundscope.evaluate.coco import evaluate_coco
+from groundscope.evaluate.lvis import evaluate_lvis
+from groundscope.evaluate.odinw import evaluate_odinw, load_odinw_manifest
+from groundscope.evaluate.phrase import evaluate_phrase
+from groundscope.evaluate.plot import draw_pr_curve
+from groundscope.evaluate.refexp import evaluate_refexp
+from groundscope.evaluate.report import coco_tables, lvis_tables, metrics_table, odinw_table, write_json
+from groundscope.evaluate.run import DATASET_KINDS, DETECTION_KINDS, JOURNAL, run_evaluation
+from groundscope.evaluate.validate import EvaluationInputError
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Score detection / grounding results as the official tools do, or run a model over a dataset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+GtArg = typer.Argument(..., help="Ground-truth annotation file (JSON).", show_default=False)
+ResultsArg = typer.Argument(..., help="Results file (JSON list).", show_default=False)
+OutOpt = typer.Option(None, "--out", "-o", help="Write the metrics to this JSON file.")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line on stderr and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def input_errors() -> Iterator[None]:
+    """Bad input files become one clear line and exit code 2, not a traceback."""
+    try:
+        yield
+    except EvaluationInputError as e:
+        raise fail(str(e)) from None
+
+
+def _finish(metrics: dict, out: Optional[Path], tables) -> None:
+    for table in tables:
+        stdout.print(table)
+    if out is not None:
+        write_json(out, metrics)
+        stdout.print(f"metrics written to {escape(str(out))}", highlight=False)
+
+
+@eval_app.command()
+def coco(
+    annotations: Path = GtArg,
+    results: Path = ResultsArg,
+    out: Optional[Path] = OutOpt,
+    iou_type: Optional[List[str]] = typer.Option(
+        None, "--iou-type", help="bbox and/or segm (default: bbox, plus segm when the results carry masks)."
+    ),
+    per_class: bool = typer.Option(False, "--per-class", help="Also print the per-class AP table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
+) -> None:
+    """COCO AP: the 12 standard stats (box, and mask when present) and per-class AP."""
+    for t in iou_type or []:
+        if t not in ("bbox", "segm"):
+            raise fail(f"--iou-type must be bbox or segm, not {t!r}")
+    with input_errors():
+        metrics = evaluate_coco(annotations, results, iou_types=iou_type or None, pr_curve=plot is not None)
+    if plot is not None and metrics.get("pr_curve"):
+        draw_pr_curve(metrics["pr_curve"], plot, f"COCO {metrics['iou_type']}: {results.name}")
+    _finish(metrics, out, coco_tables(metrics, per_class=per_class))
+
+
+@eval_app.command()
+def lvis(
+    annotations: Path = GtArg,
+    results: Path = ResultsArg,
+    out: Optional[Path] = OutOpt,
+    max_dets: int = typer.Option(300, "--max-dets", help="Per-image cap of the standard protocol."),
+    fixed: bool = typer.Option(True, "--fixed/--no-fixed", help="Also compute fixed AP (Dave et al.)."),
+    dets_per_cat: int = typer.Option(10_000, "--dets-per-cat", min=1, help="Per-category cap of fixed AP."),
+    per_class: bool = typer.Option(False, "--per-class", help="Also print the per-class AP table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
+) -> None:
+    """LVIS AP with APr/APc/APf (300 detections per image) and fixed AP (10,000 per category)."""
+    with input_errors():
+        metrics = evaluate_lvis(
+            annotations,
+            results,
+            max_dets=max_dets,
+            fixed=fixed,
+            max_dets_per_cat=dets_per_cat,
+            pr_curve=plot is not None,
+        )
+    if plot is not None and metrics.get("pr_curve"):
+        draw_pr_curve(metrics["pr_curve"], plot, f"LVIS: {results.name}")
+    _finish(metrics, out, lvis_tables(metrics, per_class=per_class))
+
+
+@eval_app.command()
+def odinw(
+    datasets: Optional[List[str]] = typer.Argument(
+        None, help="Triples NAME ANNOTATIONS RESULTS, one per dataset.", show_default=False
+    ),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", "-m", help='JSON list of {"name", "annotations", "results"} (paths relative to it).'
+    ),
+    out: Optional[Path] = OutOpt,
+) -> None:
+    """ODinW: COCO AP of each dataset and their average (ODinW13 / ODinW35)."""
+    args = datasets or []
+    if len(args) % 3:
+        raise fail(f"datasets are given as NAME ANNOTATIONS RESULTS triples; got {len(args)} values")
+    with input_errors():
+        entries = load_odinw_manifest(manifest) if manifest is not None else []
+    entries += [(args[i], Path(args[i + 1]), Path(args[i + 2])) for i in range(0, len(args), 3)]
+    if not entries:
+        raise fail("no datasets: give NAME ANNOTATIONS RESULTS triples or --manifest FILE")
+    try:
+        metrics = evaluate_odinw(entries)
+    except ValueError as e:  # bad files (EvaluationInputError) and a repeated dataset name alike
+        raise fail(str(e)) from None
+    _finish(metrics, out, [odinw_table(metrics)])
+
+
+@eval_app.command()
+def refexp(
+    annotations: Path = GtArg,
+    results: Path = ResultsArg,
+    out: Optional[Path] = OutOpt,
+    iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box needs to count as correct."),
+) -> None:
+    """RefCOCO / RefCOCO+ / RefCOCOg (MDETR format): Precision@1, @5, @10."""
+    with input_errors():
+        metrics = evaluate_refexp(annotations, results, iou_threshold=iou)
+    _finish(metrics, out, [metrics_table(f"referring expressions: {annotations.name}", metrics)])
+
+
+@eval_app.command()
+def phrase(
+    annotations: Path = GtArg,
+    results: Path = ResultsArg,
+    out: Optional[Path] = OutOpt,
+    protocol: str = typer.Option("any-box", "--protocol", help="any-box (default) or merged (MDETR's merged boxes)."),
+    iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box needs to count as correct."),
+) -> None:
+    """Flickr30k Entities phrase grounding: Recall@1, @5, @10."""
+    name = protocol.replace("-", "_")
+    if name not in ("any_box", "merged"):
+        raise fail(f"--protocol must be any-box or merged, not {protocol!r}")
+    with input_errors():
+        metrics = evaluate_phrase(annotations, results, iou_threshold=iou, protocol=name)
+    _finish(metrics, out, [metrics_table(f"phrase grounding ({protocol}): {annotations.name}", metrics)])
+
+
+@eval_app.command()
+def run(
+    annotations: Path = typer.Argument(..., help="Annotation file of the dataset.", show_default=False),
+    model: str = typer.Option(..., "--model", "-m", help="Registry name, hub id or local directory."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"One of: {', '.join(DATASET_KINDS)}."),
+    images: Path = typer.Option(..., "--images", "-i", help="Folder the annotation file names are relative to."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, metrics.json; resumable)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per detector call."),
+    box_threshold: float = typer.Option(0.0, "--box-threshold", help="Minimum score kept (0 = the protocol)."),
+    max_detections: int = typer.Option(300, "--max-detections", min=1, help="Boxes per image (300 = COCO/LVIS)."),
+    label_map: Optional[Path] = typer.Option(None, "--label-map", help='ODVG label map {"0": "name", ...}.'),
+    plot: bool = typer.Option(False, "--plot", help="Also draw OUT/pr_curve.png (detection datasets)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run a detector over a dataset, write OUT/results.json and OUT/metrics.json, print the metrics."""
+    if dataset not in DATASET_KINDS:
+        raise fail(f"--dataset must be one of {', '.join(DATASET_KINDS)}, not {dataset!r}")
+    if plot and dataset not in DETECTION_KINDS:
+        stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
+    import groundscope  # lazily: the model stack (torch, transformers) loads only for this command
+
+    try:
+        detector = groundscope.load_detector(model, device=device)
+    except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
+        raise fail(f"cannot load model {model!r}: {e}") from None
+    try:
+        from groundscope.images import ImageLoadError
+    except ImportError:  # no image module in this build: input errors are all there is to catch
+        ImageLoadError = EvaluationInputError  # noqa: N806
+    with input_errors():
+        try:
+            metrics = run_evaluation(
+                detector,
+                dataset,
+                annotations,
+                images,
+                out,
+                label_map=label_map,
+                batch_size=batch_size,
+                box_threshold=box_threshold,
+                max_detections=max_detections,
+                plot=plot and dataset in DETECTION_KINDS,
+                progress=progress,
+                model_name=model,
+                console=stderr,
+            )
+        except ImageLoadError as e:
+            raise fail(f"{e} (finished images are kept in {out / JOURNAL}; rerun the same command to resume)") from None
+        except KeyboardInterrupt:
+            raise fail(f"interrupted; finished images are kept in {out / JOURNAL}; rerun to resume", 130) from None
+    if dataset == "lvis":
+        tables = lvis_tables(metrics)
+    elif dataset in DETECTION_KINDS:
+        tables = coco_tables(metrics)
+    else:
+        tables = [metrics_table(f"{dataset}: {annotations.name}", metrics)]
+    _finish(metrics, None, tables)
+    stdout.print(f"results and metrics written to {escape(str(out))}", highlight=False)

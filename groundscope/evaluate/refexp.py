@@ -1,0 +1,152 @@
+"""Referring expression comprehension (RefCOCO, RefCOCO+, RefCOCOg): Precision@1, @5, @10 at IoU >= 0.5.
+
+Ground truth, MDETR format (``final_refcoco_val.json`` and friends): a COCO-like file where every ``images``
+entry is one referring expression and owns exactly one annotation, the target::
+
+    {"images": [{"id": 0, "file_name": "COCO_train2014_000000581857.jpg", "caption": "the lady with the blue shirt",
+                 "original_img_id": 581857, "width": 640, "height": 427, ...}],
+     "annotations": [{"id": 1, "image_id": 0, "bbox": [x, y, w, h], "category_id": 1, ...}],
+     "categories": [...]}                                    # categories are optional and unused
+
+Results: a COCO results list, several boxes per expression (``image_id``), ranked by ``score``::
+
+    [{"image_id": 0, "bbox": [x, y, w, h], "score": 0.93}, {"image_id": 0, "bbox": [...], "score": 0.41}, ...]
+
+An expression is correct at k when any of its k highest-scoring boxes overlaps the target at IoU >= 0.5
+(mmdetection's ``RefExpMetric`` / MDETR's evaluator). IoU is on continuous coordinates (no +1). Boxes with equal
+scores keep their file order. An expression without any predicted box counts as wrong.
+
+Output: ``{"P@1": .., "P@5": .., "P@10": .., "num_expressions": N}``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from groundscope.detections import box_iou
+from groundscope.evaluate.validate import (
+    EvaluationInputError,
+    JsonInput,
+    check_images,
+    check_ranked_box,
+    check_result_list,
+    is_id,
+    load_json,
+    xywh_problem,
+    xywh_to_xyxy,
+)
+
+
+@dataclass
+class ReferringExpression:
+    """One expression of a RefCOCO-style split.
+
+    Attributes:
+        image_id: the ``images`` entry id (one per expression, not the COCO image id).
+        expression: the referring text (``caption``).
+        box: target box, xyxy pixels.
+        image: the whole ``images`` record (``file_name``, ``original_img_id``, ...).
+    """
+
+    image_id: int
+    expression: str
+    box: list[float]
+    image: dict
+
+
+def load_refexp_ground_truth(ground_truth: JsonInput) -> tuple[list[ReferringExpression], str]:
+    """Read and check an MDETR-format referring expression file -> (expressions in file order, source)."""
+    data, source = load_json(ground_truth, "<ground truth>")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+        data.get("annotations"), list
+    ):
+        raise EvaluationInputError(source, "a referring expression file is a JSON object with 'images' and 'annotations' lists")
+    images = check_images(data["images"], source)
+    if not images:
+        raise EvaluationInputError(source, "has no expressions ('images' is empty)")
+    targets: dict[int, list[float]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise EvaluationInputError(source, "an annotation must be a JSON object", where, ann)
+        image_id = ann.get("image_id")
+        if not is_id(image_id) or image_id not in images:
+            raise EvaluationInputError(source, f"image_id {image_id!r} is not in 'images'", where, ann)
+        if image_id in targets:
+            raise EvaluationInputError(
+                source, f"expression {image_id} has a second annotation; the format has exactly one target", where, ann
+            )
+        problem = xywh_problem(ann.get("bbox"))
+        if problem:
+            raise EvaluationInputError(source, problem, where, ann)
+        targets[image_id] = xywh_to_xyxy([ann["bbox"]])[0]
+    out = []
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img.get("caption"), str) or not img["caption"].strip():
+            raise EvaluationInputError(source, "an expression needs a non-empty 'caption'", f"images[{i}]", img)
+        if img["id"] not in targets:
+            raise EvaluationInputError(source, "this expression has no target annotation", f"images[{i}]", img)
+        out.append(ReferringExpression(img["id"], img["caption"], targets[img["id"]], img))
+    return out, source
+
+
+def load_ranked_results(
+    results: JsonInput, known: set, key: tuple[str, ...], gt_source: str
+) -> dict[tuple, list[tuple[float, list[float]]]]:
+    """Group ranked box results by `key` fields, best score first -> {key values: [(score, xyxy), ...]}.
+
+    `known` holds the valid key tuples; a record naming another one is an error.
+    """
+    records, source = load_json(results, "<results>")
+    check_result_list(records, source)
+    groups: dict[tuple, list[tuple[float, list[float]]]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        where = f"results[{i}]"
+        check_ranked_box(rec, source, where)
+        values = tuple(rec.get(k) for k in key)
+        if not all(is_id(v) for v in values) or values not in known:
+            names = ", ".join(f"{k} {v!r}" for k, v in zip(key, values))
+            raise EvaluationInputError(source, f"{names} is not in {gt_source}", where, rec)
+        groups[values].append((float(rec["score"]), xywh_to_xyxy([rec["bbox"]])[0]))
+    for values, boxes in groups.items():
+        boxes.sort(key=lambda sb: sb[0], reverse=True)  # stable: ties keep file order
+    return groups
+
+
+def hits_at_k(pred_xyxy: Sequence[Sequence[float]], gt_xyxy: Sequence[Sequence[float]], ks: Sequence[int], iou_threshold: float) -> dict[int, bool]:
+    """Whether any of the first k ranked predictions reaches `iou_threshold` with any ground-truth box, per k."""
+    if len(pred_xyxy) == 0 or len(gt_xyxy) == 0:
+        return {k: False for k in ks}
+    best = box_iou(np.asarray(pred_xyxy), np.asarray(gt_xyxy)).max(axis=1)  # (P,) best overlap of each prediction
+    return {k: bool((best[:k] >= iou_threshold).any()) for k in ks}
+
+
+def evaluate_refexp(
+    ground_truth: JsonInput,
+    results: JsonInput,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    iou_threshold: float = 0.5,
+) -> dict:
+    """Precision@k of ranked box results on one RefCOCO/RefCOCO+/RefCOCOg split (see the module docstring).
+
+    Raises:
+        EvaluationInputError: bad files, naming the file and the record.
+    """
+    if any(k <= 0 for k in ks):
+        raise ValueError(f"every k must be positive, got {list(ks)}")
+    expressions, gt_source = load_refexp_ground_truth(ground_truth)
+    ranked = load_ranked_results(results, {(e.image_id,) for e in expressions}, ("image_id",), gt_source)
+    correct = {k: 0 for k in ks}
+    for e in expressions:
+        boxes = [b for _, b in ranked.get((e.image_id,), [])]
+        for k, hit in hits_at_k(boxes, [e.box], ks, iou_threshold).items():
+            correct[k] += hit
+    n = len(expressions)
+    out: dict = {f"P@{k}": correct[k] / n for k in ks}
+    out["num_expressions"] = n
+    return out

@@ -1,0 +1,89 @@
+"""Terminal tables (rich) and JSON output for the metric dicts of `groundscope.evaluate`.
+
+Tables round to 4 decimals for reading; the JSON keeps every digit the evaluator computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from rich.table import Table
+
+from groundscope.evaluate.coco import COCO_KEYS
+from groundscope.evaluate.lvis import LVIS_AP_KEYS
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(title: str, metrics: Mapping, keys: Iterable[str] | None = None) -> Table:
+    """One row: metric names as columns (the scalar entries of `metrics`, or `keys`)."""
+    keys = [k for k in (keys or metrics) if k in metrics and isinstance(metrics[k], (int, float))]
+    table = Table(title=title, title_justify="left")
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_row(*(fmt(metrics[k]) for k in keys))
+    return table
+
+
+def per_class_table(rows: Sequence[Mapping], title: str = "per-class AP") -> Table:
+    table = Table(title=title, title_justify="left")
+    extra = ["frequency"] if rows and "frequency" in rows[0] else []
+    for col in ["id", "name", *extra, "AP", "AP50"]:
+        table.add_column(col, justify="right" if col in ("id", "AP", "AP50") else "left")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["name"]), *(str(r[c]) for c in extra), fmt(r["AP"]), fmt(r["AP50"]))
+    return table
+
+
+def coco_tables(metrics: Mapping, *, per_class: bool = False) -> list[Table]:
+    tables = [metrics_table(f"COCO {metrics.get('iou_type', 'bbox')}", metrics, COCO_KEYS)]
+    if per_class and metrics.get("per_class"):
+        tables.append(per_class_table(metrics["per_class"]))
+    if isinstance(metrics.get("segm"), Mapping):
+        tables += coco_tables(metrics["segm"], per_class=per_class)
+    return tables
+
+
+def lvis_tables(metrics: Mapping, *, per_class: bool = False) -> list[Table]:
+    ar = [k for k in metrics if k.startswith("AR@")]
+    tables = [metrics_table("LVIS (standard)", metrics, [*LVIS_AP_KEYS, *ar])]
+    if isinstance(metrics.get("fixed"), Mapping):
+        cap = metrics["fixed"].get("max_dets_per_cat")
+        tables.append(metrics_table(f"LVIS fixed AP ({cap} detections per category)", metrics["fixed"], LVIS_AP_KEYS))
+    if per_class and metrics.get("per_class"):
+        tables.append(per_class_table(metrics["per_class"]))
+    return tables
+
+
+def odinw_table(result: Mapping, keys: Sequence[str] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")) -> Table:
+    table = Table(title=f"ODinW ({result['num_datasets']} datasets)", title_justify="left")
+    table.add_column("dataset")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in result["datasets"].items():
+        table.add_row(name, *(fmt(m[k]) for k in keys))
+    table.add_section()
+    table.add_row("average", *(fmt(result["average"][k]) for k in keys), style="bold")
+    return table
+
+
+def write_json(path: str | Path, payload) -> Path:
+    """Write JSON atomically (temp file + rename): a crash never leaves half a metrics file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path

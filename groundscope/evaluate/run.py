@@ -1,0 +1,356 @@
+"""Run a detector over a dataset, write its results, score them: ``groundscope eval run``.
+
+What the detector is asked, per dataset kind:
+
+========  =============================================================  ===========================================
+kind      annotations                                                    call (one image per item)
+========  =============================================================  ===========================================
+coco      COCO instances file                                            ``detect(images, class names)``
+lvis      LVIS file (``file_name``, else the ``coco_url`` path)          ``detect(images, class names)``
+odvg      ODVG detection JSON-lines (+ optional label map)               ``detect(images, class names)``
+refexp    MDETR RefCOCO/+/g file (one expression per ``images`` entry)   ``refer(images, expressions, top_k=10)``
+phrase    phrase grounding file (see `groundscope.evaluate.phrase`)      ``ground(images, captions, phrases=spans)``
+========  =============================================================  ===========================================
+
+Class names are passed the way MM-Grounding-DINO prompts LVIS: ``_`` becomes a space and a parenthesised
+qualifier is dropped (``bow_(weapon)`` -> ``bow``).
+
+Files in the output folder:
+
+* ``results.jsonl``: the journal. Line 1 describes the run (dataset, annotation file, model, settings); then
+  one line ``{"image_id": .., "results": [...]}`` per finished image, appended and flushed as soon as the image
+  is done. A rerun with the same settings skips the images already there, so an interrupted evaluation
+  loses nothing; a journal from a different run is refused rather than mixed in.
+* ``results.json``: all results as one list, in the format the matching ``groundscope eval <metric>`` reads
+  (COCO results; refexp ``{image_id, bbox, score}``; phrase ``{image_id, phrase_id, bbox, score}``).
+* ``metrics.json``: the metrics (keys as in `evaluate_coco`, `evaluate_lvis`, `evaluate_refexp`,
+  `evaluate_phrase`), computed from ``results.json`` as written.
+* ``ground_truth.json``: for odvg, the COCO conversion the results refer to.
+* ``pr_curve.png``: with ``plot=True``, for the detection kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from groundscope.evaluate.coco import coco_metrics
+from groundscope.evaluate.lvis import lvis_metrics
+from groundscope.evaluate.odvg import odvg_to_coco
+from groundscope.evaluate.phrase import Phrase, evaluate_phrase, load_phrase_ground_truth
+from groundscope.evaluate.plot import draw_pr_curve
+from groundscope.evaluate.refexp import evaluate_refexp, load_refexp_ground_truth
+from groundscope.evaluate.report import write_json
+from groundscope.evaluate.validate import (
+    DetectionGroundTruth,
+    EvaluationInputError,
+    load_detection_ground_truth,
+    load_detection_results,
+)
+
+DETECTION_KINDS = ("coco", "lvis", "odvg")
+DATASET_KINDS = (*DETECTION_KINDS, "refexp", "phrase")
+JOURNAL = "results.jsonl"
+
+
+def prompt_name(name: str) -> str:
+    """Category name -> the text the detector is prompted with (mmdetection's ``clean_label_name``)."""
+    name = re.sub(r"\(.*?\)", "", name).replace("_", " ")
+    return re.sub(r"\s+", " ", name).strip()
+
+
+@dataclass
+class WorkItem:
+    """One unit of detector work: an image (detection), an expression (refexp) or a caption (phrase).
+
+    Attributes:
+        key: the ``image_id`` results are written under.
+        file_name: image path relative to the images folder.
+        text: expression or caption.
+        phrases: the caption's phrases (phrase grounding).
+    """
+
+    key: int
+    file_name: str
+    text: str | None = None
+    phrases: list[Phrase] = field(default_factory=list)
+
+
+@dataclass
+class EvalDataset:
+    """A dataset ready to run: the work items, and for detection the classes and their category ids."""
+
+    kind: str
+    source: str
+    items: list[WorkItem]
+    classes: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
+    gt: DetectionGroundTruth | None = None
+
+
+def _file_name(image: dict, source: str, where: str) -> str:
+    if isinstance(image.get("file_name"), str) and image["file_name"]:
+        return image["file_name"]
+    if isinstance(image.get("coco_url"), str):  # LVIS v1 gives only the URL: "val2017/000000397133.jpg" under COCO
+        return urlparse(image["coco_url"]).path.lstrip("/")
+    raise EvaluationInputError(source, "an image needs a 'file_name' to be run", where, image)
+
+
+def load_eval_dataset(kind: str, annotations: str | Path, out_dir: Path, label_map: str | Path | None = None) -> EvalDataset:
+    """Read the annotation file of `kind` into work items (and, for detection, the checked ground truth)."""
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, not {kind!r}")
+    annotations = Path(annotations)
+    if kind in DETECTION_KINDS:
+        if kind == "odvg":
+            # Keep the conversion next to the results so `groundscope eval coco` can rescore them later.
+            gt_path = write_json(out_dir / "ground_truth.json", odvg_to_coco(annotations, label_map))
+            gt = load_detection_ground_truth(gt_path)
+        else:
+            gt = load_detection_ground_truth(annotations, lvis=kind == "lvis")
+        items = [
+            WorkItem(img["id"], _file_name(img, gt.source, f"images[{i}]")) for i, img in enumerate(gt.data["images"])
+        ]
+        classes = [prompt_name(gt.category_name(c)) for c in gt.category_ids]
+        return EvalDataset(kind, gt.source, items, classes, gt.category_ids, gt)
+    if kind == "refexp":
+        expressions, source = load_refexp_ground_truth(annotations)
+        items = [WorkItem(e.image_id, _file_name(e.image, source, f"image {e.image_id}"), e.expression) for e in expressions]
+        return EvalDataset(kind, source, items)
+    captions, source = load_phrase_ground_truth(annotations)
+    items = []
+    for c in captions:
+        if not c.phrases:  # nothing to evaluate on this caption
+            continue
+        for p in c.phrases:
+            if not p.spans:
+                raise EvaluationInputError(
+                    source, f"phrase {p.phrase_id} has no 'tokens_positive' spans to prompt the model with", f"image {c.image_id}"
+                )
+        items.append(WorkItem(c.image_id, _file_name(c.image, source, f"image {c.image_id}"), c.caption, c.phrases))
+    return EvalDataset(kind, source, items)
+
+
+# ---------------------------------------------------------------------------------------------- journal
+class ResultJournal:
+    """``results.jsonl``: a header line describing the run, then one line of results per finished item."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path = path
+        self.header = header
+
+    def load(self) -> dict[int, list[dict]]:
+        """Items already done -> their results. Creates the file (with its header) when absent.
+
+        A last line cut short by a crash is dropped (and removed from the file, so appends stay line-aligned).
+        """
+        if not self.path.exists():
+            self._rewrite([json.dumps({"run": self.header})])
+            return {}
+        lines = self.path.read_text().split("\n")
+        tail = lines.pop()  # "" when the file ends with a newline, else a line a crash may have cut short
+        if tail:
+            try:
+                json.loads(tail)
+                lines.append(tail)
+            except json.JSONDecodeError:
+                pass
+            self._rewrite(lines)  # newline-terminated again, so the next append starts a fresh line
+        if not lines:
+            self._rewrite([json.dumps({"run": self.header})])
+            return {}
+        complete = lines
+        try:
+            header = json.loads(complete[0]).get("run")
+        except (json.JSONDecodeError, AttributeError):
+            header = None
+        if header != self.header:
+            differs = (
+                ", ".join(f"{k}: {header.get(k)!r} here, {v!r} now" for k, v in self.header.items() if header.get(k) != v)
+                if isinstance(header, dict)
+                else "its first line is not a run description"
+            )
+            raise EvaluationInputError(
+                str(self.path),
+                f"holds results of a different run ({differs}); use another --out folder or delete the file",
+            )
+        done: dict[int, list[dict]] = {}
+        for n, line in enumerate(complete[1:], start=2):
+            try:
+                rec = json.loads(line)
+                done[int(rec["image_id"])] = list(rec["results"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise EvaluationInputError(
+                    str(self.path), f"line {n} is not a results line; delete the file to start over"
+                ) from None
+        return done
+
+    def append(self, key: int, results: list[dict]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"image_id": key, "results": results}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _rewrite(self, lines: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.path)
+
+
+# ---------------------------------------------------------------------------------------------- detector calls
+def _boxes(det) -> list[tuple[list[float], float, int]]:
+    """(xywh, score, class_id) of a `Detections`; a degenerate box (x2 < x1) becomes zero-size, a sure miss."""
+    out = []
+    for (x1, y1, x2, y2), score, cid in zip(det.xyxy.tolist(), det.scores.tolist(), det.class_ids.tolist()):
+        out.append(([x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)], float(score), int(cid)))
+    return out
+
+
+def _records(ds: EvalDataset, item: WorkItem, det, top_k: int) -> list[dict]:
+    boxes = _boxes(det)
+    if ds.kind in DETECTION_KINDS:
+        out = []
+        for bbox, score, cid in boxes:
+            if not 0 <= cid < len(ds.category_ids):
+                raise RuntimeError(f"detector returned class id {cid} for a list of {len(ds.classes)} classes")
+            out.append({"image_id": item.key, "category_id": ds.category_ids[cid], "bbox": bbox, "score": score})
+        return out
+    if ds.kind == "refexp":
+        ranked = sorted(boxes, key=lambda b: b[1], reverse=True)[:top_k]
+        return [{"image_id": item.key, "bbox": bbox, "score": score} for bbox, score, _ in ranked]
+    out = []
+    for index, phrase in enumerate(item.phrases):  # phrase grounding: class id = phrase index
+        ranked = sorted((b for b in boxes if b[2] == index), key=lambda b: b[1], reverse=True)[:top_k]
+        out += [{"image_id": item.key, "phrase_id": phrase.phrase_id, "bbox": bbox, "score": score} for bbox, score, _ in ranked]
+    return out
+
+
+def _phrase_arg(p: Phrase):
+    """One span -> (start, end); several -> the list of spans (the detector API takes both)."""
+    return p.spans[0] if len(p.spans) == 1 else list(p.spans)
+
+
+def _call(detector, ds: EvalDataset, paths: list[str], batch: list[WorkItem], box_threshold: float, max_detections: int, top_k: int):
+    if ds.kind in DETECTION_KINDS:
+        out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections)
+    elif ds.kind == "refexp":
+        out = detector.refer(paths, [it.text for it in batch], top_k=top_k)
+    else:
+        out = detector.ground(
+            paths,
+            [it.text for it in batch],
+            phrases=[[_phrase_arg(p) for p in it.phrases] for it in batch],
+            box_threshold=box_threshold,
+            max_detections=max_detections,
+        )
+    out = [out] if hasattr(out, "xyxy") else list(out)
+    if len(out) != len(batch):
+        raise RuntimeError(f"detector returned {len(out)} results for {len(batch)} images")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def run_evaluation(
+    detector: Any,
+    dataset: str,
+    annotations: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    label_map: str | Path | None = None,
+    batch_size: int = 1,
+    box_threshold: float = 0.0,
+    max_detections: int = 300,
+    top_k: int = 10,
+    plot: bool = False,
+    progress: bool = True,
+    model_name: str | None = None,
+    console: Console | None = None,
+    on_item: Callable[[WorkItem], None] | None = None,
+) -> dict:
+    """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
+
+    Args:
+        detector: anything with the detector API (``detect`` / ``refer`` / ``ground`` returning `Detections`),
+            e.g. ``groundscope.load_detector(name)``.
+        dataset: one of `DATASET_KINDS`.
+        annotations: the annotation file (see the module docstring).
+        images: folder the annotations' file names are relative to.
+        out_dir: output folder (created; an earlier partial run in it is resumed).
+        label_map: ODVG label map file.
+        batch_size: items per detector call.
+        box_threshold, max_detections: passed to ``detect`` / ``ground`` (300 = the COCO/LVIS protocol).
+        top_k: boxes kept per expression / phrase (P@10 and R@10 need 10).
+        plot: also draw ``pr_curve.png`` (detection kinds).
+        progress: show a progress bar.
+        model_name: recorded in the journal (defaults to the detector's ``name`` or class name).
+        console: where the progress bar goes (default: stderr).
+        on_item: called after each item is written (hooks for tests and callers).
+
+    Raises:
+        EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
+        groundscope.images.ImageLoadError: an unreadable image (the results so far are kept).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = Path(images)
+    ds = load_eval_dataset(dataset, annotations, out_dir, label_map)
+    header = {
+        "dataset": dataset,
+        "annotations": str(Path(annotations).resolve()),
+        "model": model_name or getattr(detector, "name", None) or type(detector).__name__,
+        "box_threshold": box_threshold,
+        "max_detections": max_detections,
+        "top_k": top_k,
+    }
+    journal = ResultJournal(out_dir / JOURNAL, header)
+    done = journal.load()
+    known = {it.key for it in ds.items}
+    stray = set(done) - known
+    if stray:
+        raise EvaluationInputError(str(journal.path), f"has results for image ids not in {ds.source}: {sorted(stray)[:5]}")
+    pending = [it for it in ds.items if it.key not in done]
+    for it in pending:  # fail before loading a model or spending an hour, not at image 4,000
+        if not (images / it.file_name).is_file():
+            raise EvaluationInputError(ds.source, f"image file {images / it.file_name} not found", f"image {it.key}")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task(f"{dataset} {Path(annotations).name}", total=len(ds.items), completed=len(ds.items) - len(pending))
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            paths = [str(images / it.file_name) for it in batch]
+            for it, det in zip(batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k)):
+                recs = _records(ds, it, det, top_k)
+                journal.append(it.key, recs)
+                done[it.key] = recs
+                if on_item is not None:
+                    on_item(it)
+            bar.advance(task, len(batch))
+
+    results_path = write_json(out_dir / "results.json", [r for it in ds.items for r in done[it.key]])
+    if ds.kind in DETECTION_KINDS:
+        records, _ = load_detection_results(results_path, ds.gt)
+        if ds.kind == "lvis":
+            metrics = lvis_metrics(ds.gt, records, curve=plot)
+        else:
+            metrics = coco_metrics(ds.gt, records, "bbox", curve=plot)
+        if plot and metrics.get("pr_curve"):
+            draw_pr_curve(metrics["pr_curve"], out_dir / "pr_curve.png", f"{dataset}: {Path(annotations).name}")
+    elif ds.kind == "refexp":
+        metrics = evaluate_refexp(annotations, results_path)
+    else:
+        metrics = evaluate_phrase(annotations, results_path)
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,261 @@
+"""`run_evaluation` / `groundscope eval run` with fake detectors: outputs, metrics, resuming, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from groundscope.detections import Detections
+from groundscope.evaluate import COCO_KEYS, EvaluationInputError, run_evaluation
+from groundscope.evaluate.cli import eval_app
+
+# ------------------------------------------------------------------------------------------------ data
+# file -> [(xywh, category name)]
+BOXES = {
+    "a.png": [([10, 10, 50, 40], "traffic_light"), ([100, 80, 120, 90], "dog")],
+    "b.png": [([5, 5, 20, 20], "dog")],
+    "c.png": [([30, 30, 200, 150], "traffic_light")],
+    "d.png": [],
+}
+CATEGORIES = {"traffic_light": 3, "dog": 7}
+
+
+def xyxy(b):
+    return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in BOXES:
+        Image.new("RGB", (320, 240), (90, 120, 150)).save(folder / name)
+    return folder
+
+
+def write(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+@pytest.fixture()
+def coco_file(tmp_path) -> Path:
+    images = [{"id": i + 1, "file_name": f, "width": 320, "height": 240} for i, f in enumerate(BOXES)]
+    anns = []
+    for img in images:
+        for box, name in BOXES[img["file_name"]]:
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": CATEGORIES[name], "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    cats = [{"id": cid, "name": name, "frequency": "f"} for name, cid in CATEGORIES.items()]
+    for img in images:  # LVIS fields too, so the same file serves the lvis kind
+        img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
+    return write(tmp_path / "instances.json", {"images": images, "annotations": anns, "categories": cats})
+
+
+class OracleDetector:
+    """Duck-typed detector that answers from the ground truth (plus one low-scoring decoy box per call).
+
+    Records every call in `calls`; raises KeyboardInterrupt on call number `interrupt_at` (1-based).
+    """
+
+    name = "oracle"
+
+    def __init__(self, expressions=None, phrases=None, interrupt_at: int | None = None):
+        self.expressions = expressions or {}
+        self.phrases = phrases or {}
+        self.calls: list[tuple[str, list[str]]] = []
+        self.interrupt_at = interrupt_at
+
+    def _log(self, method, images):
+        self.calls.append((method, [Path(p).name for p in images]))
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+
+    def detect(self, images, classes, box_threshold=0.0, max_detections=300):
+        self._log("detect", images)
+        assert classes == ["traffic light", "dog"]  # prompt names: "_" -> " ", in category id order
+        out = []
+        for p in images:
+            gt = BOXES[Path(p).name]
+            boxes = [xyxy(b) for b, _ in gt] + [[0, 200, 10, 210]]
+            ids = [classes.index(n.replace("_", " ")) for _, n in gt] + [1]
+            out.append(Detections(boxes, [0.9] * len(gt) + [0.05], ids, [classes[i] for i in ids]))
+        return out
+
+    def refer(self, images, expressions, top_k=1):
+        self._log("refer", images)
+        assert top_k == 10
+        return [
+            Detections([[0, 0, 5, 5], self.expressions[e]], [0.3, 0.8], [0, 0], [e, e])  # decoy listed first
+            for e in expressions
+        ]
+
+    def ground(self, images, captions, phrases=None, box_threshold=0.0, max_detections=300):
+        self._log("ground", images)
+        out = []
+        for cap, spans in zip(captions, phrases):
+            boxes = [self.phrases[(cap, tuple(s))] for s in spans]
+            out.append(Detections(boxes, [0.7] * len(boxes), list(range(len(boxes))), [cap[a:b] for a, b in spans]))
+        return out
+
+
+def run(detector, dataset, annotations, images, out, **kw):
+    return run_evaluation(detector, dataset, annotations, images, out, progress=False, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ detection
+def test_coco_run_writes_results_and_perfect_metrics(coco_file, images, tmp_path):
+    det = OracleDetector()
+    out = tmp_path / "out"
+    metrics = run(det, "coco", coco_file, images, out, batch_size=3)
+    assert [c[1] for c in det.calls] == [["a.png", "b.png", "c.png"], ["d.png"]]
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert metrics[key] == pytest.approx(1.0), key  # the decoys score below every true box
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(COCO_KEYS) <= set(metrics) and "per_class" in metrics
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == 4 + 4  # four true boxes and one decoy per image
+    first = results[0]
+    assert first == {"image_id": 1, "category_id": 3, "bbox": pytest.approx([10, 10, 50, 40]), "score": pytest.approx(0.9)}
+
+
+def test_interrupted_run_resumes_without_redoing_images(coco_file, images, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(OracleDetector(interrupt_at=3), "coco", coco_file, images, out)
+    journal = (out / "results.jsonl").read_text().splitlines()
+    assert len(journal) == 1 + 2  # header + the two images finished before the interruption
+    assert not (out / "metrics.json").exists()
+
+    det = OracleDetector()
+    metrics = run(det, "coco", coco_file, images, out)
+    assert [c[1] for c in det.calls] == [["c.png"], ["d.png"]]
+    fresh = run(OracleDetector(), "coco", coco_file, images, tmp_path / "fresh")
+    assert metrics == fresh
+    assert (out / "results.json").read_text() == (tmp_path / "fresh" / "results.json").read_text()
+
+
+def test_line_cut_short_by_a_crash_is_redone(coco_file, images, tmp_path):
+    out = tmp_path / "out"
+    complete = run(OracleDetector(), "coco", coco_file, images, out)
+    journal = out / "results.jsonl"
+    text = journal.read_text()
+    journal.write_text(text[: len(text) - 25])  # the last image's line loses its end
+    det = OracleDetector()
+    assert run(det, "coco", coco_file, images, out) == complete
+    assert [c[1] for c in det.calls] == [["d.png"]]
+    assert journal.read_text() == text
+
+
+def test_journal_of_another_run_is_refused(coco_file, images, tmp_path):
+    out = tmp_path / "out"
+    run(OracleDetector(), "coco", coco_file, images, out)
+    with pytest.raises(EvaluationInputError, match="different run .*max_detections"):
+        run(OracleDetector(), "coco", coco_file, images, out, max_detections=100)
+
+
+def test_missing_image_fails_before_the_detector_runs(coco_file, images, tmp_path):
+    (images / "c.png").unlink()
+    det = OracleDetector()
+    with pytest.raises(EvaluationInputError, match=r"c\.png not found"):
+        run(det, "coco", coco_file, images, tmp_path / "out")
+    assert det.calls == []
+
+
+def test_lvis_run_with_plot(coco_file, images, tmp_path):
+    out = tmp_path / "out"
+    metrics = run(OracleDetector(), "lvis", coco_file, images, out, plot=True)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["fixed"]["AP"] == pytest.approx(1.0)
+    assert metrics["APf"] == pytest.approx(1.0) and metrics["APr"] == -1.0
+    with Image.open(out / "pr_curve.png") as png:
+        assert png.format == "PNG" and png.size == (640, 480)
+        # the curves are drawn: coloured pixels exist beyond the black/white/grey frame
+        pixels = np.asarray(png.convert("RGB")).reshape(-1, 3)
+        assert (np.ptp(pixels, axis=1) > 60).any()
+
+
+def test_odvg_run_with_label_map(images, tmp_path):
+    lines = []
+    for name, boxes in BOXES.items():
+        inst = [{"bbox": xyxy(b), "label": 0 if n == "traffic_light" else 1} for b, n in boxes]
+        lines.append(json.dumps({"filename": name, "height": 240, "width": 320, "detection": {"instances": inst}}))
+    odvg = tmp_path / "val.odvg.jsonl"
+    odvg.write_text("\n".join(lines) + "\n")
+    label_map = write(tmp_path / "labels.json", {"0": "traffic_light", "1": "dog"})
+    out = tmp_path / "out"
+    metrics = run(OracleDetector(), "odvg", odvg, images, out, label_map=label_map)
+    assert metrics["AP"] == pytest.approx(1.0)
+    gt = json.loads((out / "ground_truth.json").read_text())
+    assert [c["name"] for c in gt["categories"]] == ["traffic_light", "dog"]
+    assert len(gt["images"]) == 4 and len(gt["annotations"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------ refexp, phrase
+def test_refexp_run(images, tmp_path):
+    exprs = {"the left light": [10, 10, 50, 40], "dog in the middle": [100, 80, 120, 90], "small dog": [5, 5, 20, 20]}
+    files = ["a.png", "a.png", "b.png"]
+    gt = {
+        "images": [{"id": i, "file_name": f, "caption": e} for i, (f, e) in enumerate(zip(files, exprs))],
+        "annotations": [{"id": i + 1, "image_id": i, "bbox": b} for i, b in enumerate(exprs.values())],
+    }
+    ann = write(tmp_path / "refcoco_val.json", gt)
+    out = tmp_path / "out"
+    metrics = run(OracleDetector(expressions={e: xyxy(b) for e, b in exprs.items()}), "refexp", ann, images, out)
+    assert metrics == {"P@1": 1.0, "P@5": 1.0, "P@10": 1.0, "num_expressions": 3}
+    results = json.loads((out / "results.json").read_text())
+    assert [r["score"] for r in results[:2]] == pytest.approx([0.8, 0.3])  # ranked by score
+
+
+def test_phrase_run_passes_spans_and_scores(images, tmp_path):
+    caption = "A dog next to a traffic light"
+    gt = {
+        "images": [{"id": 5, "file_name": "a.png", "caption": caption}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "bbox": [100, 80, 120, 90], "phrase_ids": 0, "tokens_positive": [[0, 5]]},
+            {"id": 2, "image_id": 5, "bbox": [10, 10, 50, 40], "phrase_ids": 1, "tokens_positive": [[14, 29]]},
+        ],
+    }
+    ann = write(tmp_path / "flickr_val.json", gt)
+    phrases = {(caption, (0, 5)): xyxy([100, 80, 120, 90]), (caption, (14, 29)): xyxy([10, 10, 50, 40])}
+    out = tmp_path / "out"
+    metrics = run(OracleDetector(phrases=phrases), "phrase", ann, images, out)
+    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "num_phrases": 2}
+    results = json.loads((out / "results.json").read_text())
+    assert [r["phrase_id"] for r in results] == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_run_loads_the_model_by_name(coco_file, images, tmp_path, monkeypatch):
+    import groundscope
+
+    loaded = {}
+
+    def fake_load_detector(name, device="cpu", dtype=None):
+        loaded["args"] = (name, device)
+        return OracleDetector()
+
+    monkeypatch.setattr(groundscope, "load_detector", fake_load_detector, raising=False)
+    out = tmp_path / "out"
+    args = ["run", str(coco_file), "--model", "tiny-test", "--dataset", "coco", "--images", str(images), "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    assert loaded["args"] == ("tiny-test", "cpu")
+    assert json.loads((out / "metrics.json").read_text())["AP"] == pytest.approx(1.0)
+    assert "AP50" in result.stdout
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["run"]["model"] == "tiny-test"
+
+
+def test_cli_run_reports_bad_annotations_in_one_line(images, tmp_path, monkeypatch):
+    import groundscope
+
+    monkeypatch.setattr(groundscope, "load_detector", lambda name, device="cpu", dtype=None: OracleDetector(), raising=False)
+    bad = write(tmp_path / "bad.json", {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}], "categories": [{"id": 1, "name": "x"}]})
+    args = ["run", str(bad), "--model", "m", "--dataset", "coco", "--images", str(images), "--out", str(tmp_path / "o"), "--no-progress"]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[0]" in lines[0] and "image_id 2" in lines[0]

@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: detect with LLMDet-T on the example photos (downloads the model once, ~700 MB).
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/groundscope demo --out demo_out
+	$(BIN)/groundscope detect examples/chelsea.jpg examples/astronaut.jpg examples/coffee.jpg \
+		--classes "cat,person,rocket,flag,cup,spoon" --model llmdet-tiny --out demo_out
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

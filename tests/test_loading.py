@@ -68,3 +68,15 @@ def test_broken_directories(tmp_path, tiny_mm_dir):
         gs.load_detector(no_weights)
     with pytest.raises(ModelLoadError, match="is a file"):
         gs.load_detector(tiny_mm_dir / "config.json")
+
+
+def test_resize_edges_come_from_the_preprocessor_config(tmp_path, tiny_mm_dir, example_photo):
+    import shutil
+
+    small = tmp_path / "small"
+    shutil.copytree(tiny_mm_dir, small)
+    (small / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 320, "longest_edge": 512}}))
+    det = gs.load_detector(small)
+    assert det.image_size == (320, 512)
+    assert tuple(det.prepare([example_photo])[0].pixel_values.shape[1:]) == (320, 426)  # chelsea is 451x300
+    assert gs.load_detector(tiny_mm_dir).image_size == (800, 1333)

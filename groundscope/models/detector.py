@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from groundscope.detections import Detections
-from groundscope.images import ImageInput, PreparedImage, load_image, preprocess
+from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE, ImageInput, PreparedImage, load_image, preprocess
 from groundscope.models import staged
 from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
 from groundscope.prompts import Prompt, PromptError, chunk_classes, expression_prompt, normalize_caption, phrase_prompt
@@ -50,10 +50,18 @@ class GroundingDetector:
     return a list of `Detections`, one per image, in order.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "model"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        name: str = "model",
+        image_size: tuple[int, int] = (SHORTEST_EDGE, LONGEST_EDGE),
+    ):
+        """`image_size` is (shortest edge, longest edge) of the resize; the published checkpoints use (800, 1333)."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.image_size = tuple(int(v) for v in image_size)
         self.max_text_len = int(model.config.max_text_len)
         self._text_cache: OrderedDict[tuple[int, ...], staged.TextFeatures] = OrderedDict()
 
@@ -215,7 +223,7 @@ class GroundingDetector:
         return feats
 
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
-        return [preprocess(load_image(im) if not isinstance(im, PreparedImage) else im) for im in images]
+        return [preprocess(load_image(im), *self.image_size) for im in images]
 
     @torch.inference_mode()
     def _run(

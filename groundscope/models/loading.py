@@ -137,4 +137,23 @@ def load_detector(
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model '{display}': its tokenizer has no character offsets (needs a fast tokenizer)")
     model.to(device).eval()
-    return GroundingDetector(model, tokenizer, name=display)
+    return GroundingDetector(model, tokenizer, name=display, image_size=read_image_size(Path(local)))
+
+
+def read_image_size(model_dir: Path) -> tuple[int, int]:
+    """(shortest, longest) resize edges from the model's preprocessor_config.json; (800, 1333) without one."""
+    import json
+
+    from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE
+
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        f = model_dir / name
+        if f.exists():
+            try:
+                cfg = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ModelLoadError(f"{f} is not valid JSON ({e}); fix or delete it") from e
+            size = cfg.get("size") or cfg.get("image_processor", {}).get("size") or {}
+            if "shortest_edge" in size:
+                return int(size["shortest_edge"]), int(size.get("longest_edge", size["shortest_edge"]))
+    return SHORTEST_EDGE, LONGEST_EDGE

@@ -78,5 +78,5 @@ def test_resize_edges_come_from_the_preprocessor_config(tmp_path, tiny_mm_dir, e
     (small / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 320, "longest_edge": 512}}))
     det = gs.load_detector(small)
     assert det.image_size == (320, 512)
-    assert tuple(det.prepare([example_photo])[0].pixel_values.shape[1:]) == (320, 426)  # chelsea is 451x300
+    assert tuple(det.prepare([example_photo])[0].pixel_values.shape[1:]) == (320, 481)  # chelsea is 451x300 (w x h)
     assert gs.load_detector(tiny_mm_dir).image_size == (800, 1333)

@@ -56,14 +56,14 @@ def read_groundingcap(path: str | Path, skip_invalid: bool = False) -> Dataset:
     return dataset
 
 
-def groundingcap_entry(image: ImageRecord) -> dict:
+def groundingcap_entry(image: ImageRecord, categories: list[str] = ()) -> dict:
     """The GroundingCap record of ``image``. Without a ``long_caption`` the grounding caption stands in,
     because the format needs one and a plain detection source (COCO) has nothing longer."""
-    entry = grounding_entry(image)
+    entry = grounding_entry(image, categories)
     long_caption = image.long_caption if image.long_caption is not None else entry["grounding"]["caption"]
     entry["conversations"] = [{"from": "human", "value": PROMPT}, {"from": "gpt", "value": long_caption}]
     return entry
 
 
 def write_groundingcap(path: str | Path, dataset: Dataset) -> Path:
-    return write_jsonl(path, (groundingcap_entry(im) for im in dataset.images))
+    return write_jsonl(path, (groundingcap_entry(im, dataset.categories) for im in dataset.images))

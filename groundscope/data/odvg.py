@@ -153,7 +153,8 @@ def read_odvg(path: str | Path, label_map: str | Path | LabelMap | None = None,
     def parse(raw: Any) -> ImageRecord:
         if isinstance(raw, dict) and "detection" in raw:
             return _parse_detection(raw, lmap, seen)
-        if isinstance(raw, dict) and "grounding" not in raw and "filename" in raw:
+        if isinstance(raw, dict) and "grounding" not in raw:
+            _image_header(raw)  # a missing header key is the clearer message
             raise DataFormatError("record has neither 'detection' nor 'grounding'")
         return parse_grounding(raw)
 
@@ -189,14 +190,20 @@ def assign_labels_from_categories(dataset: Dataset) -> None:
 # ----------------------------------------------------------------------------------------------- writers
 
 
-def caption_and_spans(image: ImageRecord) -> tuple[str, list[list[Span]]]:
+def _category(inst: Instance, categories: list[str]) -> str | None:
+    if inst.category is not None:
+        return inst.category
+    return categories[inst.label] if inst.label is not None and 0 <= inst.label < len(categories) else None
+
+
+def caption_and_spans(image: ImageRecord, categories: list[str] = ()) -> tuple[str, list[list[Span]]]:
     """The image's grounding caption and each instance's spans; built GLIP-style from phrases (or category
-    names) as ``"red circle. blue star."`` when the record has no caption."""
+    names, ``categories[label]``) as ``"red circle. blue star."`` when the record has no caption."""
     if image.caption is not None and all(inst.tokens_positive for inst in image.instances):
         return image.caption, [list(inst.tokens_positive) for inst in image.instances]
     names = []
     for inst in image.instances:
-        name = inst.phrase or inst.category
+        name = inst.phrase or _category(inst, list(categories))
         if not name:
             raise ValueError(f"{image.filename}: an instance has neither phrase nor category to caption")
         names.append(name)
@@ -204,16 +211,17 @@ def caption_and_spans(image: ImageRecord) -> tuple[str, list[list[Span]]]:
     return caption, [[s] for s in spans]
 
 
-def grounding_entry(image: ImageRecord) -> dict:
-    """The ODVG grounding record for ``image``."""
-    caption, spans = caption_and_spans(image)
+def grounding_entry(image: ImageRecord, categories: list[str] = ()) -> dict:
+    """The ODVG grounding record for ``image``; ``categories`` names labelled instances without a category."""
+    caption, spans = caption_and_spans(image, categories)
     regions = []
     for inst, sp in zip(image.instances, spans):
         region: dict[str, Any] = {"bbox": clean_box(inst.bbox),
                                   "phrase": inst.phrase or " ".join(caption[a:b] for a, b in sp),
                                   "tokens_positive": [list(s) for s in sp]}
-        if inst.category is not None:
-            region["category"] = inst.category
+        category = _category(inst, list(categories))
+        if category is not None:
+            region["category"] = category
         if inst.description is not None:
             region["description"] = inst.description
         regions.append(region)
@@ -245,4 +253,4 @@ def write_odvg_detection(path: str | Path, dataset: Dataset, label_map_path: str
 
 def write_odvg_grounding(path: str | Path, dataset: Dataset) -> Path:
     """Write grounding records (one per image)."""
-    return write_jsonl(path, (grounding_entry(im) for im in dataset.images))
+    return write_jsonl(path, (grounding_entry(im, dataset.categories) for im in dataset.images))

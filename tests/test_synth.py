@@ -167,7 +167,7 @@ def test_test_split_files(test_dir):
     assert novel.categories == novel_classes() and novel.category_ids == list(range(57, 65))
     assert every.categories == base_classes() + novel_classes()
     assert syn.category_ids == base.category_ids
-    for name, canonical in zip(syn.categories, base.categories):
+    for name, canonical in zip(syn.categories, base.categories, strict=True):
         colour, shape = canonical.split(" ", 1)
         assert name == f"{TEST_SYNONYMS[colour]} {shape}"
 
@@ -221,9 +221,9 @@ def test_captions_phrases_and_descriptions(train_dir):
     coco = read_coco(train_dir / "coco.json")
     capset = read_groundingcap(train_dir / "groundingcap.jsonl")
     grounding = read_odvg(train_dir / "odvg_grounding.jsonl")
-    for im, cap, gr in zip(coco.images, capset.images, grounding.images):
+    for im, cap, gr in zip(coco.images, capset.images, grounding.images, strict=True):
         assert cap.long_caption == im.long_caption and gr.caption == im.caption
-        for inst, region in zip(im.instances, gr.instances):
+        for inst, region in zip(im.instances, gr.instances, strict=True):
             a = inst.attributes
             (s, e), = inst.tokens_positive
             assert im.caption[s:e] == inst.phrase == region.phrase

@@ -17,7 +17,7 @@ pixels. Examples for one scene::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from groundscope.data.records import Span
 from groundscope.data.scene import RELATIONS, SceneObject, region_phrase, relation_holds, superlative_winners

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -50,7 +50,7 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same bytes.")] = 0,
-    split: Annotated[Split, typer.Option("--split", help="train: base classes only; test: base + novel.")] = Split.train,
+    split: Annotated[Split, typer.Option("--split", help="train: base classes; test: base + novel.")] = Split.train,
 ) -> None:
     """Generate the synthetic grounding world: images plus COCO, ODVG, GroundingCap and refexp files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -72,12 +72,12 @@ def synth(
 def convert_cmd(
     src: Annotated[Path, typer.Argument(help="Input annotation file.")],
     dst: Annotated[Path, typer.Argument(help="Output annotation file.")],
-    src_format: Annotated[Optional[Format], typer.Option("--from", help="Input format (inferred if omitted).")] = None,
-    dst_format: Annotated[Optional[Format], typer.Option("--to", help="Output format (inferred if omitted).")] = None,
-    label_map: Annotated[Optional[Path], typer.Option("--label-map", help="Label map for ODVG detection input.")] = None,
+    src_format: Annotated[Format | None, typer.Option("--from", help="Input format (inferred if omitted).")] = None,
+    dst_format: Annotated[Format | None, typer.Option("--to", help="Output format (inferred if omitted).")] = None,
+    label_map: Annotated[Path | None, typer.Option("--label-map", help="Label map of ODVG detection input.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Skip and count malformed records.")] = False,
     odvg_mode: Annotated[OdvgMode, typer.Option("--odvg-mode", help="ODVG output records.")] = OdvgMode.auto,
-    out_label_map: Annotated[Optional[Path], typer.Option(
+    out_label_map: Annotated[Path | None, typer.Option(
         "--out-label-map", help="Where ODVG detection output writes its label map (default: beside OUT).")] = None,
 ) -> None:
     """Convert annotations between COCO, ODVG, RefCOCO (MDETR) and GroundingCap."""

@@ -187,7 +187,7 @@ def refexps_from_dataset(dataset: Dataset) -> RefExpSet:
                                    category=_category(dataset, inst), ann_id=inst.id))
             continue
         names = [inst.phrase or _category(dataset, inst) for inst in im.instances]
-        for inst, name in zip(im.instances, names):
+        for inst, name in zip(im.instances, names, strict=True):
             if name and names.count(name) == 1:
                 text = f"the {name}"
                 out.refs.append(RefExp(expression=text, bbox=inst.bbox, filename=im.filename, height=im.height,

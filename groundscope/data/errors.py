@@ -50,7 +50,7 @@ class DataFormatError(ValueError):
 
     def located(
         self, path: str | Path, *, line: int | None = None, index: int | None = None, section: str | None = None
-    ) -> "DataFormatError":
+    ) -> DataFormatError:
         """The same error placed at a file position (validators raise it unplaced; readers place it)."""
         return DataFormatError(
             self.reason,

@@ -7,8 +7,9 @@ separators, ``\\n`` line ends, UTF-8) so the same data always gives the same fil
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from groundscope.data.errors import DataFormatError
 

@@ -215,7 +215,7 @@ def grounding_entry(image: ImageRecord, categories: list[str] = ()) -> dict:
     """The ODVG grounding record for ``image``; ``categories`` names labelled instances without a category."""
     caption, spans = caption_and_spans(image, categories)
     regions = []
-    for inst, sp in zip(image.instances, spans):
+    for inst, sp in zip(image.instances, spans, strict=True):
         region: dict[str, Any] = {"bbox": clean_box(inst.bbox),
                                   "phrase": inst.phrase or " ".join(caption[a:b] for a, b in sp),
                                   "tokens_positive": [list(s) for s in sp]}

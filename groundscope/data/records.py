@@ -18,8 +18,9 @@ Spans are ``(start, end)`` character offsets, end exclusive, into ``ImageRecord.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from groundscope.data.errors import DataFormatError
 

@@ -13,8 +13,8 @@ the *visible* boxes (what an annotator sees) with margins, so every relation is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from groundscope.data.records import Box
 from groundscope.data.vocab import class_name

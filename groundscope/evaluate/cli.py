@@ -60,7 +60,7 @@ def _finish(metrics: dict, out: Optional[Path], tables) -> None:
         stdout.print(table)
     if out is not None:
         write_json(out, metrics)
-        stdout.print(f"metrics written to {escape(str(out))}", highlight=False)
+        stdout.print(f"metrics written to {escape(str(out))}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command()
@@ -225,4 +225,4 @@ def run(
     else:
         tables = [metrics_table(f"{dataset}: {annotations.name}", metrics)]
     _finish(metrics, None, tables)
-    stdout.print(f"results and metrics written to {escape(str(out))}", highlight=False)
+    stdout.print(f"results and metrics written to {escape(str(out))}", highlight=False, soft_wrap=True)

@@ -24,13 +24,52 @@ def fmt(value) -> str:
     return str(value)
 
 
-def metrics_table(title: str, metrics: Mapping, keys: Iterable[str] | None = None) -> Table:
-    """One row: metric names as columns (the scalar entries of `metrics`, or `keys`)."""
+# What each key means, in the words of the official summaries.
+MEANING = {
+    "AP": "AP @ IoU 0.50:0.95",
+    "AP50": "AP @ IoU 0.50",
+    "AP75": "AP @ IoU 0.75",
+    "APs": "AP, small objects (area < 32²)",
+    "APm": "AP, medium objects (32² to 96²)",
+    "APl": "AP, large objects (area > 96²)",
+    "APr": "AP, rare categories",
+    "APc": "AP, common categories",
+    "APf": "AP, frequent categories",
+    "AR1": "AR, 1 detection per image",
+    "AR10": "AR, 10 detections per image",
+    "AR100": "AR, 100 detections per image",
+    "ARs": "AR, small objects",
+    "ARm": "AR, medium objects",
+    "ARl": "AR, large objects",
+}
+
+
+def _meaning(key: str) -> str:
+    if key in MEANING:
+        return MEANING[key]
+    if key.startswith("AR@"):
+        return f"AR, {key[3:]} detections per image"
+    if key[:2] in ("P@", "R@"):
+        kind = "precision" if key[0] == "P" else "recall"
+        return f"{kind} of the top {key[2:]} boxes at IoU >= 0.5"
+    return ""
+
+
+def metrics_table(title: str, metrics: Mapping, keys: Iterable[str] | None = None, extra: Mapping | None = None) -> Table:
+    """One row per scalar metric (all scalar entries of `metrics`, or `keys`): name, value, meaning.
+
+    With `extra` (e.g. LVIS fixed AP), a second value column shows its entries for the same keys.
+    """
     keys = [k for k in (keys or metrics) if k in metrics and isinstance(metrics[k], (int, float))]
     table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value" if extra is None else "standard", justify="right")
+    if extra is not None:
+        table.add_column("fixed", justify="right")
+    table.add_column("", style="dim")
     for k in keys:
-        table.add_column(k, justify="right")
-    table.add_row(*(fmt(metrics[k]) for k in keys))
+        values = [fmt(metrics[k])] + ([] if extra is None else [fmt(extra.get(k)) if k in extra else ""])
+        table.add_row(k, *values, _meaning(k))
     return table
 
 
@@ -55,10 +94,9 @@ def coco_tables(metrics: Mapping, *, per_class: bool = False) -> list[Table]:
 
 def lvis_tables(metrics: Mapping, *, per_class: bool = False) -> list[Table]:
     ar = [k for k in metrics if k.startswith("AR@")]
-    tables = [metrics_table("LVIS (standard)", metrics, [*LVIS_AP_KEYS, *ar])]
-    if isinstance(metrics.get("fixed"), Mapping):
-        cap = metrics["fixed"].get("max_dets_per_cat")
-        tables.append(metrics_table(f"LVIS fixed AP ({cap} detections per category)", metrics["fixed"], LVIS_AP_KEYS))
+    fixed = metrics.get("fixed") if isinstance(metrics.get("fixed"), Mapping) else None
+    title = "LVIS" + (f" (fixed AP: {fixed.get('max_dets_per_cat')} detections per category)" if fixed else "")
+    tables = [metrics_table(title, metrics, [*LVIS_AP_KEYS, *ar], extra=fixed)]
     if per_class and metrics.get("per_class"):
         tables.append(per_class_table(metrics["per_class"]))
     return tables

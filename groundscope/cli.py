@@ -256,6 +256,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     Console().print(table)
 
 
+def _register_subcommands() -> None:
+    """Verbs that live with their own modules: data (synth, convert) and evaluation (eval ...)."""
+    from groundscope.data.cli import register as register_data
+    from groundscope.evaluate.cli import eval_app
+
+    register_data(app)
+    app.add_typer(eval_app, name="eval")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()
 

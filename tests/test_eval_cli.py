@@ -21,7 +21,10 @@ def write(path: Path, obj) -> Path:
 
 
 def gt_dict(lvis: bool = False) -> dict:
-    images = [{"id": 1, "file_name": "1.png", "width": 640, "height": 480}, {"id": 2, "file_name": "2.png", "width": 640, "height": 480}]
+    images = [
+        {"id": 1, "file_name": "1.png", "width": 640, "height": 480},
+        {"id": 2, "file_name": "2.png", "width": 640, "height": 480},
+    ]
     anns = [
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500, "iscrowd": 0},
         {"id": 2, "image_id": 2, "category_id": 2, "bbox": [100, 100, 120, 80], "area": 9600, "iscrowd": 0},
@@ -88,7 +91,9 @@ def test_lvis_command_standard_and_fixed(files):
 def test_odinw_command_triples_and_manifest(files):
     tmp = files["tmp"]
     write(tmp / "perfect.json", [RESULTS[0], RESULTS[2]])
-    manifest = write(tmp / "odinw.json", [{"name": "Aquarium", "annotations": "instances.json", "results": "perfect.json"}])
+    manifest = write(
+        tmp / "odinw.json", [{"name": "Aquarium", "annotations": "instances.json", "results": "perfect.json"}]
+    )
     out = tmp / "odinw_metrics.json"
     result = invoke("odinw", "--manifest", manifest, "Pothole", files["gt"], files["res"], "--out", out)
     assert result.exit_code == 0, result.output
@@ -105,9 +110,18 @@ def test_refexp_and_phrase_commands(files):
     tmp = files["tmp"]
     ref_gt = write(
         tmp / "refcoco.json",
-        {"images": [{"id": 0, "file_name": "1.png", "caption": "the cat"}], "annotations": [{"id": 1, "image_id": 0, "bbox": [10, 10, 50, 50]}]},
+        {
+            "images": [{"id": 0, "file_name": "1.png", "caption": "the cat"}],
+            "annotations": [{"id": 1, "image_id": 0, "bbox": [10, 10, 50, 50]}],
+        },
     )
-    ref_res = write(tmp / "ref_res.json", [{"image_id": 0, "bbox": [200, 200, 5, 5], "score": 0.9}, {"image_id": 0, "bbox": [10, 10, 50, 50], "score": 0.5}])
+    ref_res = write(
+        tmp / "ref_res.json",
+        [
+            {"image_id": 0, "bbox": [200, 200, 5, 5], "score": 0.9},
+            {"image_id": 0, "bbox": [10, 10, 50, 50], "score": 0.5},
+        ],
+    )
     out = tmp / "ref.json"
     result = invoke("refexp", ref_gt, ref_res, "--out", out)
     assert result.exit_code == 0, result.output
@@ -136,7 +150,10 @@ def test_refexp_and_phrase_commands(files):
 @pytest.mark.parametrize(
     "results, expected",
     [
-        ([RESULTS[0], {"image_id": 12, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}], ["results[1]", "image_id 12"]),
+        (
+            [RESULTS[0], {"image_id": 12, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}],
+            ["results[1]", "image_id 12"],
+        ),
         ([{"image_id": 1, "category_id": 1, "bbox": [1, 1, -2, 2], "score": 0.5}], ["results[0]", "negative size"]),
         ([], ["no results"]),
     ],

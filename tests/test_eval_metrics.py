@@ -49,7 +49,14 @@ def coco_gt(boxes_by_image: dict[int, list[tuple[int, list[float]]]], categories
     for image_id, boxes in boxes_by_image.items():
         for cat, b in boxes:
             anns.append(
-                {"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": b,
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                }
             )
     cats = [{"id": c, "name": f"class{c}"} for c in categories]
     return {"images": images, "annotations": anns, "categories": cats}
@@ -77,7 +84,7 @@ def test_cocoapi_val2014_100_matches_official_demo(iou_type):
     dt = folder / expected[iou_type]["dt"]
     got = evaluate_coco(folder / expected["gt"], dt, iou_types=(iou_type,))
     assert got["iou_type"] == iou_type
-    for key, value in zip(expected["order"], expected[iou_type]["expected"]):
+    for key, value in zip(expected["order"], expected[iou_type]["expected"], strict=True):
         assert got[key] == pytest.approx(value, abs=1e-9), key
     if iou_type == "bbox":
         assert got["AP"] == pytest.approx(0.50458, abs=5e-6)
@@ -88,7 +95,7 @@ def test_detectron2_persons_box_and_mask():
     expected = load(folder / "expected_metrics.json")
     got = evaluate_coco(folder / "gt_annotations.json", folder / "detections.json")
     # results carry masks -> both box (top level) and mask (under "segm") metrics
-    for key, b, s in zip(expected["order"], expected["expected"]["bbox"], expected["expected"]["segm"]):
+    for key, b, s in zip(expected["order"], expected["expected"]["bbox"], expected["expected"]["segm"], strict=True):
         assert got[key] == pytest.approx(b, abs=1e-9), key
         assert got["segm"][key] == pytest.approx(s, abs=1e-9), key
     assert got["APl"] == -1.0  # no large person: the official "not applicable" value, not 0
@@ -135,9 +142,16 @@ def test_matches_pycocotools_on_generated_data_with_ties_and_crowds():
     for ann in gt["annotations"]:
         for _ in range(rng.randint(0, 3)):
             x, y, w, h = ann["bbox"]
-            jitter = [x + rng.gauss(0, w * 0.1), y + rng.gauss(0, h * 0.1), w * rng.uniform(0.8, 1.2), h * rng.uniform(0.8, 1.2)]
+            jitter = [
+                x + rng.gauss(0, w * 0.1),
+                y + rng.gauss(0, h * 0.1),
+                w * rng.uniform(0.8, 1.2),
+                h * rng.uniform(0.8, 1.2),
+            ]
             # scores on a coarse grid so that ties happen and their order must match
-            dets.append(det(ann["image_id"], jitter, round(rng.random(), 1), rng.choice([ann["category_id"]] * 3 + [1])))
+            dets.append(
+                det(ann["image_id"], jitter, round(rng.random(), 1), rng.choice([ann["category_id"]] * 3 + [1]))
+            )
     for image_id in range(1, 21):
         dets.append(det(image_id, [rng.uniform(0, 400), rng.uniform(0, 300), 30.0, 30.0], round(rng.random(), 1), 2))
     got = evaluate_coco(gt, dets)
@@ -187,6 +201,48 @@ def test_pr_curve_mean_equals_ap():
     assert len(curve["recall"]) == len(curve["AP50"]) == 101
     assert np.mean(curve["AP50"]) == pytest.approx(got["AP50"], abs=1e-12)
     assert np.mean(curve["AP"]) == pytest.approx(got["AP"], abs=1e-12)
+
+
+def test_mask_ap_buckets_detections_by_mask_area_not_box_area():
+    mask_utils = pytest.importorskip("pycocotools.mask")
+
+    def rle(y0, y1, x0, x1) -> dict:
+        m = np.zeros((300, 300), np.uint8, order="F")
+        m[y0:y1, x0:x1] = 1
+        r = mask_utils.encode(m)
+        return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode()}
+
+    gt = {
+        "images": [{"id": 1, "width": 300, "height": 300}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 10, 50, 50],
+                "area": 2500,
+                "iscrowd": 0,
+                "segmentation": rle(10, 60, 10, 60),
+            }
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    dets = [
+        # a false positive whose mask is medium (50x50) but whose box claims to be large (150x150)
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "score": 0.9,
+            "segmentation": rle(200, 250, 200, 250),
+            "bbox": [100, 100, 150, 150],
+        },
+        {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": rle(10, 60, 10, 60), "bbox": [10, 10, 50, 50]},
+    ]
+    got = evaluate_coco(gt, dets)
+    # masks: the false positive counts among medium objects, as detectron2 / mmdetection score it (box dropped)
+    assert got["segm"]["APm"] == pytest.approx(0.5)
+    # boxes: the same false positive is large, so it is ignored among medium objects
+    assert got["APm"] == pytest.approx(1.0) and got["AP"] == pytest.approx(0.5)
 
 
 def test_input_is_not_modified():
@@ -255,19 +311,24 @@ def test_lvis_federated_rules_by_hand():
     gt = lvis_gt(boxes, {1: "f", 2: "c", 3: "r"}, neg={1: [2]}, not_exhaustive={2: [1]})
     perfect = [det(1, [10, 10, 50, 50], 0.9), det(2, [10, 10, 50, 50], 0.9)]
     # category 3 is neither annotated nor negative on image 1: its detection is not scored at all
-    got = evaluate_lvis(gt, perfect + [det(1, [300, 300, 40, 40], 0.99, cat=3)])
+    got = evaluate_lvis(gt, [*perfect, det(1, [300, 300, 40, 40], 0.99, cat=3)])
     assert got["AP"] == pytest.approx(1.0) and got["APf"] == pytest.approx(1.0)
     assert got["APr"] == -1.0 and got["APc"] == -1.0  # no ground truth in those groups
     # an unmatched detection of a not-exhaustively annotated category (1 on image 2) is not a false positive
-    assert evaluate_lvis(gt, perfect + [det(2, [300, 300, 40, 40], 0.99)])["AP"] == pytest.approx(1.0)
+    assert evaluate_lvis(gt, [*perfect, det(2, [300, 300, 40, 40], 0.99)])["AP"] == pytest.approx(1.0)
     # but on image 1, where category 1 is exhaustive, the same box is a false positive above both true ones
-    assert evaluate_lvis(gt, perfect + [det(1, [300, 300, 40, 40], 0.99)])["AP"] < 1.0
+    assert evaluate_lvis(gt, [*perfect, det(1, [300, 300, 40, 40], 0.99)])["AP"] < 1.0
 
 
 def test_lvis_fixed_ap_by_hand():
     boxes = {i: [(1, [10, 10, 50, 50])] for i in (1, 2, 3)}
     gt = lvis_gt(boxes, {1: "f"})
-    dets = [det(1, [300, 300, 40, 40], 0.95), det(1, [10, 10, 50, 50], 0.9), det(2, [10, 10, 50, 50], 0.8), det(3, [10, 10, 50, 50], 0.7)]
+    dets = [
+        det(1, [300, 300, 40, 40], 0.95),
+        det(1, [10, 10, 50, 50], 0.9),
+        det(2, [10, 10, 50, 50], 0.8),
+        det(3, [10, 10, 50, 50], 0.7),
+    ]
     # top 3 of the category: FP, TP, TP -> precision 0, 1/2, 2/3 at recall 0, 1/3, 2/3; interpolated 2/3 for
     # the 67 recall points 0.00..0.66 and 0 above
     got = evaluate_lvis(gt, dets, max_dets_per_cat=3)
@@ -313,9 +374,13 @@ def test_refexp_precision_at_k_by_hand():
     gt = refexp_gt({1: target, 2: target, 3: target, 4: target})
     preds = [{"image_id": 1, "bbox": target, "score": 0.9}]
     # expression 2: the target is 3rd by score (listed first in the file: ranking is by score, not order)
-    preds += [{"image_id": 2, "bbox": target, "score": 0.5}] + [{"image_id": 2, "bbox": miss, "score": s} for s in (0.9, 0.8, 0.1)]
+    preds += [{"image_id": 2, "bbox": target, "score": 0.5}] + [
+        {"image_id": 2, "bbox": miss, "score": s} for s in (0.9, 0.8, 0.1)
+    ]
     # expression 3: the target is 7th
-    preds += [{"image_id": 3, "bbox": miss, "score": 0.9 - i / 100} for i in range(6)] + [{"image_id": 3, "bbox": target, "score": 0.5}]
+    preds += [{"image_id": 3, "bbox": miss, "score": 0.9 - i / 100} for i in range(6)] + [
+        {"image_id": 3, "bbox": target, "score": 0.5}
+    ]
     # expression 4: no prediction at all
     got = evaluate_refexp(gt, preds)
     assert got == {"P@1": 0.25, "P@5": 0.5, "P@10": 0.75, "num_expressions": 4}

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from groundscope.detections import Detections
 from groundscope.evaluate import COCO_KEYS, EvaluationInputError, run_evaluation
 from groundscope.evaluate.cli import eval_app
+from groundscope.evaluate.run import prompt_name
 
 # ------------------------------------------------------------------------------------------------ data
 # file -> [(xywh, category name)]
@@ -49,7 +50,16 @@ def coco_file(tmp_path) -> Path:
     anns = []
     for img in images:
         for box, name in BOXES[img["file_name"]]:
-            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": CATEGORIES[name], "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img["id"],
+                    "category_id": CATEGORIES[name],
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": cid, "name": name, "frequency": "f"} for name, cid in CATEGORIES.items()]
     for img in images:  # LVIS fields too, so the same file serves the lvis kind
         img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
@@ -97,7 +107,7 @@ class OracleDetector:
     def ground(self, images, captions, phrases=None, box_threshold=0.0, max_detections=300):
         self._log("ground", images)
         out = []
-        for cap, spans in zip(captions, phrases):
+        for cap, spans in zip(captions, phrases, strict=True):
             boxes = [self.phrases[(cap, tuple(s))] for s in spans]
             out.append(Detections(boxes, [0.7] * len(boxes), list(range(len(boxes))), [cap[a:b] for a, b in spans]))
         return out
@@ -120,7 +130,12 @@ def test_coco_run_writes_results_and_perfect_metrics(coco_file, images, tmp_path
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 4 + 4  # four true boxes and one decoy per image
     first = results[0]
-    assert first == {"image_id": 1, "category_id": 3, "bbox": pytest.approx([10, 10, 50, 40]), "score": pytest.approx(0.9)}
+    assert first == {
+        "image_id": 1,
+        "category_id": 3,
+        "bbox": pytest.approx([10, 10, 50, 40]),
+        "score": pytest.approx(0.9),
+    }
 
 
 def test_interrupted_run_resumes_without_redoing_images(coco_file, images, tmp_path):
@@ -154,7 +169,7 @@ def test_line_cut_short_by_a_crash_is_redone(coco_file, images, tmp_path):
 def test_journal_of_another_run_is_refused(coco_file, images, tmp_path):
     out = tmp_path / "out"
     run(OracleDetector(), "coco", coco_file, images, out)
-    with pytest.raises(EvaluationInputError, match="different run .*max_detections"):
+    with pytest.raises(EvaluationInputError, match=r"different run .*max_detections"):
         run(OracleDetector(), "coco", coco_file, images, out, max_detections=100)
 
 
@@ -178,6 +193,25 @@ def test_lvis_run_with_plot(coco_file, images, tmp_path):
         assert (np.ptp(pixels, axis=1) > 60).any()
 
 
+def test_prompt_names_follow_mmdetection():
+    assert prompt_name("traffic_light") == "traffic light"
+    assert prompt_name("bow_(weapon)") == "bow"
+    assert prompt_name("Ferris_wheel") == "Ferris wheel"
+
+
+def test_lvis_v1_images_without_file_name_use_the_coco_url_path(coco_file, images, tmp_path):
+    data = json.loads(coco_file.read_text())
+    (images / "val2017").mkdir()
+    for img in data["images"]:
+        name = img.pop("file_name")
+        img["coco_url"] = f"http://images.cocodataset.org/val2017/{name}"
+        (images / name).rename(images / "val2017" / name)
+    det = OracleDetector()
+    metrics = run(det, "lvis", write(tmp_path / "lvis_v1.json", data), images, tmp_path / "out")
+    assert metrics["AP"] == pytest.approx(1.0)
+    assert det.calls[0][1] == ["a.png"]
+
+
 def test_odvg_run_with_label_map(images, tmp_path):
     lines = []
     for name, boxes in BOXES.items():
@@ -199,7 +233,7 @@ def test_refexp_run(images, tmp_path):
     exprs = {"the left light": [10, 10, 50, 40], "dog in the middle": [100, 80, 120, 90], "small dog": [5, 5, 20, 20]}
     files = ["a.png", "a.png", "b.png"]
     gt = {
-        "images": [{"id": i, "file_name": f, "caption": e} for i, (f, e) in enumerate(zip(files, exprs))],
+        "images": [{"id": i, "file_name": f, "caption": e} for i, (f, e) in enumerate(zip(files, exprs, strict=True))],
         "annotations": [{"id": i + 1, "image_id": i, "bbox": b} for i, b in enumerate(exprs.values())],
     }
     ann = write(tmp_path / "refcoco_val.json", gt)
@@ -240,7 +274,19 @@ def test_cli_run_loads_the_model_by_name(coco_file, images, tmp_path, monkeypatc
 
     monkeypatch.setattr(groundscope, "load_detector", fake_load_detector, raising=False)
     out = tmp_path / "out"
-    args = ["run", str(coco_file), "--model", "tiny-test", "--dataset", "coco", "--images", str(images), "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        str(coco_file),
+        "--model",
+        "tiny-test",
+        "--dataset",
+        "coco",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = CliRunner().invoke(eval_app, args)
     assert result.exit_code == 0, result.output
     assert loaded["args"] == ("tiny-test", "cpu")
@@ -252,9 +298,30 @@ def test_cli_run_loads_the_model_by_name(coco_file, images, tmp_path, monkeypatc
 def test_cli_run_reports_bad_annotations_in_one_line(images, tmp_path, monkeypatch):
     import groundscope
 
-    monkeypatch.setattr(groundscope, "load_detector", lambda name, device="cpu", dtype=None: OracleDetector(), raising=False)
-    bad = write(tmp_path / "bad.json", {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}], "categories": [{"id": 1, "name": "x"}]})
-    args = ["run", str(bad), "--model", "m", "--dataset", "coco", "--images", str(images), "--out", str(tmp_path / "o"), "--no-progress"]
+    monkeypatch.setattr(
+        groundscope, "load_detector", lambda name, device="cpu", dtype=None: OracleDetector(), raising=False
+    )
+    bad = write(
+        tmp_path / "bad.json",
+        {
+            "images": [{"id": 1, "file_name": "a.png"}],
+            "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": 1, "name": "x"}],
+        },
+    )
+    args = [
+        "run",
+        str(bad),
+        "--model",
+        "m",
+        "--dataset",
+        "coco",
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     result = CliRunner().invoke(eval_app, args)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()

@@ -26,8 +26,8 @@ from groundscope.evaluate.validate import EvaluationInputError
 __all__ = [
     "COCO_KEYS",
     "DATASET_KINDS",
-    "EvaluationInputError",
     "LVIS_AP_KEYS",
+    "EvaluationInputError",
     "evaluate_coco",
     "evaluate_lvis",
     "evaluate_odinw",

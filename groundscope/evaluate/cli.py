@@ -7,9 +7,9 @@ and exits with code 2.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -55,7 +55,7 @@ def input_errors() -> Iterator[None]:
         raise fail(str(e)) from None
 
 
-def _finish(metrics: dict, out: Optional[Path], tables) -> None:
+def _finish(metrics: dict, out: Path | None, tables) -> None:
     for table in tables:
         stdout.print(table)
     if out is not None:
@@ -67,12 +67,12 @@ def _finish(metrics: dict, out: Optional[Path], tables) -> None:
 def coco(
     annotations: Path = GtArg,
     results: Path = ResultsArg,
-    out: Optional[Path] = OutOpt,
-    iou_type: Optional[List[str]] = typer.Option(
+    out: Path | None = OutOpt,
+    iou_type: list[str] | None = typer.Option(
         None, "--iou-type", help="bbox and/or segm (default: bbox, plus segm when the results carry masks)."
     ),
     per_class: bool = typer.Option(False, "--per-class", help="Also print the per-class AP table."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
 ) -> None:
     """COCO AP: the 12 standard stats (box, and mask when present) and per-class AP."""
     for t in iou_type or []:
@@ -89,12 +89,12 @@ def coco(
 def lvis(
     annotations: Path = GtArg,
     results: Path = ResultsArg,
-    out: Optional[Path] = OutOpt,
+    out: Path | None = OutOpt,
     max_dets: int = typer.Option(300, "--max-dets", help="Per-image cap of the standard protocol."),
     fixed: bool = typer.Option(True, "--fixed/--no-fixed", help="Also compute fixed AP (Dave et al.)."),
     dets_per_cat: int = typer.Option(10_000, "--dets-per-cat", min=1, help="Per-category cap of fixed AP."),
     per_class: bool = typer.Option(False, "--per-class", help="Also print the per-class AP table."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
 ) -> None:
     """LVIS AP with APr/APc/APf (300 detections per image) and fixed AP (10,000 per category)."""
     with input_errors():
@@ -113,13 +113,13 @@ def lvis(
 
 @eval_app.command()
 def odinw(
-    datasets: Optional[List[str]] = typer.Argument(
+    datasets: list[str] | None = typer.Argument(
         None, help="Triples NAME ANNOTATIONS RESULTS, one per dataset.", show_default=False
     ),
-    manifest: Optional[Path] = typer.Option(
+    manifest: Path | None = typer.Option(
         None, "--manifest", "-m", help='JSON list of {"name", "annotations", "results"} (paths relative to it).'
     ),
-    out: Optional[Path] = OutOpt,
+    out: Path | None = OutOpt,
 ) -> None:
     """ODinW: COCO AP of each dataset and their average (ODinW13 / ODinW35)."""
     args = datasets or []
@@ -141,7 +141,7 @@ def odinw(
 def refexp(
     annotations: Path = GtArg,
     results: Path = ResultsArg,
-    out: Optional[Path] = OutOpt,
+    out: Path | None = OutOpt,
     iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box needs to count as correct."),
 ) -> None:
     """RefCOCO / RefCOCO+ / RefCOCOg (MDETR format): Precision@1, @5, @10."""
@@ -154,7 +154,7 @@ def refexp(
 def phrase(
     annotations: Path = GtArg,
     results: Path = ResultsArg,
-    out: Optional[Path] = OutOpt,
+    out: Path | None = OutOpt,
     protocol: str = typer.Option("any-box", "--protocol", help="any-box (default) or merged (MDETR's merged boxes)."),
     iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box needs to count as correct."),
 ) -> None:
@@ -178,7 +178,7 @@ def run(
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per detector call."),
     box_threshold: float = typer.Option(0.0, "--box-threshold", help="Minimum score kept (0 = the protocol)."),
     max_detections: int = typer.Option(300, "--max-detections", min=1, help="Boxes per image (300 = COCO/LVIS)."),
-    label_map: Optional[Path] = typer.Option(None, "--label-map", help='ODVG label map {"0": "name", ...}.'),
+    label_map: Path | None = typer.Option(None, "--label-map", help='ODVG label map {"0": "name", ...}.'),
     plot: bool = typer.Option(False, "--plot", help="Also draw OUT/pr_curve.png (detection datasets)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -196,7 +196,7 @@ def run(
     try:
         from groundscope.images import ImageLoadError
     except ImportError:  # no image module in this build: input errors are all there is to catch
-        ImageLoadError = EvaluationInputError  # noqa: N806
+        ImageLoadError = EvaluationInputError
     with input_errors():
         try:
             metrics = run_evaluation(

@@ -18,7 +18,7 @@ and a per-class AP of a category without ground truth is None.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
@@ -142,7 +142,7 @@ def coco_metrics(
     """The 12 COCO stats of checked inputs as a dict keyed by `COCO_KEYS` (+ per_class, pr_curve)."""
     ev = run_cocoeval(gt, records, iou_type)
     out: dict = {"iou_type": iou_type}
-    out.update({k: float(v) for k, v in zip(COCO_KEYS, ev.stats[:12])})
+    out.update({k: float(v) for k, v in zip(COCO_KEYS, ev.stats[:12], strict=True)})
     if per_class:
         out["per_class"] = per_class_ap(ev, gt)
     if curve:
@@ -174,7 +174,7 @@ def evaluate_coco(
         EvaluationInputError: bad files (naming the file and record), or mask evaluation without masks.
     """
     gt = load_detection_ground_truth(ground_truth)
-    records, source = load_detection_results(results, gt, need_masks=bool(iou_types and "segm" in iou_types))
+    records, _ = load_detection_results(results, gt, need_masks=bool(iou_types and "segm" in iou_types))
     has_masks = "segmentation" in records[0]
     types = tuple(iou_types) if iou_types else (("bbox", "segm") if has_masks else ("bbox",))
     for t in types:

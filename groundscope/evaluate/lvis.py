@@ -26,7 +26,7 @@ Output of `evaluate_lvis`::
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from groundscope.evaluate.coco import per_class_ap, pr_curve, run_cocoeval
 from groundscope.evaluate.validate import (

@@ -21,8 +21,8 @@ large objects); it is -1 only when every dataset has -1.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from groundscope.evaluate.coco import COCO_KEYS, evaluate_coco
 from groundscope.evaluate.validate import EvaluationInputError, JsonInput, load_json
@@ -73,7 +73,9 @@ def load_odinw_manifest(path: str | Path) -> list[OdinwEntry]:
         raise EvaluationInputError(source, "an ODinW manifest is a non-empty list of {name, annotations, results}")
     out = []
     for i, item in enumerate(data):
-        if not (isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("name", "annotations", "results"))):
+        if not (
+            isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("name", "annotations", "results"))
+        ):
             raise EvaluationInputError(
                 source, "each dataset needs 'name', 'annotations' and 'results' strings", f"datasets[{i}]", item
             )

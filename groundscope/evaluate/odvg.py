@@ -66,7 +66,9 @@ def odvg_to_coco(path: str | Path, label_map: str | Path | dict | None = None) -
             if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
                 raise EvaluationInputError(str(path), "an instance needs 'bbox': [x1, y1, x2, y2]", where, inst)
             if box[2] < box[0] or box[3] < box[1]:
-                raise EvaluationInputError(str(path), "box has x2 < x1 or y2 < y1 ('bbox' is [x1, y1, x2, y2])", where, inst)
+                raise EvaluationInputError(
+                    str(path), "box has x2 < x1 or y2 < y1 ('bbox' is [x1, y1, x2, y2])", where, inst
+                )
             if not is_id(label):
                 raise EvaluationInputError(str(path), "an instance needs an integer 'label'", where, inst)
             if isinstance(inst.get("category"), str):

@@ -27,8 +27,8 @@ their file order. Output: ``{"R@1": .., "R@5": .., "R@10": .., "num_phrases": N}
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from groundscope.evaluate.refexp import hits_at_k, load_ranked_results
 from groundscope.evaluate.validate import (
@@ -89,10 +89,14 @@ def _spans(value, caption: str) -> list[tuple[int, int]] | None:
 def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCaption], str]:
     """Read and check a phrase grounding file -> (captions in file order, source)."""
     data, source = load_json(ground_truth, "<ground truth>")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-        data.get("annotations"), list
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
     ):
-        raise EvaluationInputError(source, "a phrase grounding file is a JSON object with 'images' and 'annotations' lists")
+        raise EvaluationInputError(
+            source, "a phrase grounding file is a JSON object with 'images' and 'annotations' lists"
+        )
     images = check_images(data["images"], source)
     for i, img in enumerate(data["images"]):
         if not isinstance(img.get("caption"), str):
@@ -108,7 +112,9 @@ def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCapt
         ids = ann.get("phrase_ids")
         ids = [ids] if is_id(ids) else ids
         if not isinstance(ids, list) or not ids or not all(is_id(p) for p in ids):
-            raise EvaluationInputError(source, "'phrase_ids' must be an integer or a non-empty list of integers", where, ann)
+            raise EvaluationInputError(
+                source, "'phrase_ids' must be an integer or a non-empty list of integers", where, ann
+            )
         problem = xywh_problem(ann.get("bbox"))
         if problem:
             raise EvaluationInputError(source, problem, where, ann)
@@ -119,7 +125,8 @@ def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCapt
             if spans is None:
                 raise EvaluationInputError(
                     source,
-                    f"'tokens_positive' must be a list of [start, end) spans inside the caption ({len(caption)} characters)",
+                    "'tokens_positive' must be a list of [start, end) spans inside the caption "
+                    f"({len(caption)} characters)",
                     where,
                     ann,
                 )

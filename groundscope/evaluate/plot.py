@@ -11,7 +11,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-_SERIES = (("AP50", "IoU 0.50", (31, 119, 180)), ("AP75", "IoU 0.75", (255, 127, 14)), ("AP", "IoU 0.50:0.95", (44, 160, 44)))
+_SERIES = (
+    ("AP50", "IoU 0.50", (31, 119, 180)),
+    ("AP75", "IoU 0.75", (255, 127, 14)),
+    ("AP", "IoU 0.50:0.95", (44, 160, 44)),
+)
 
 
 def draw_pr_curve(curve: dict, path: str | Path, title: str = "", size: tuple[int, int] = (640, 480)) -> Path:
@@ -45,7 +49,7 @@ def draw_pr_curve(curve: dict, path: str | Path, title: str = "", size: tuple[in
         values = curve.get(key)
         if not values:
             continue
-        draw.line([to_px(r, p) for r, p in zip(recall, values)], fill=colour, width=2)
+        draw.line([to_px(r, p) for r, p in zip(recall, values, strict=True)], fill=colour, width=2)
         mean = sum(values) / len(values)
         draw.line([(x1 - 150, legend_y + 6), (x1 - 130, legend_y + 6)], fill=colour, width=3)
         draw.text((x1 - 125, legend_y), f"{label}  {mean:.3f}", fill="black", font=font)

@@ -22,8 +22,8 @@ Output: ``{"P@1": .., "P@5": .., "P@10": .., "num_expressions": N}``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -61,10 +61,14 @@ class ReferringExpression:
 def load_refexp_ground_truth(ground_truth: JsonInput) -> tuple[list[ReferringExpression], str]:
     """Read and check an MDETR-format referring expression file -> (expressions in file order, source)."""
     data, source = load_json(ground_truth, "<ground truth>")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-        data.get("annotations"), list
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
     ):
-        raise EvaluationInputError(source, "a referring expression file is a JSON object with 'images' and 'annotations' lists")
+        raise EvaluationInputError(
+            source, "a referring expression file is a JSON object with 'images' and 'annotations' lists"
+        )
     images = check_images(data["images"], source)
     if not images:
         raise EvaluationInputError(source, "has no expressions ('images' is empty)")
@@ -109,15 +113,17 @@ def load_ranked_results(
         check_ranked_box(rec, source, where)
         values = tuple(rec.get(k) for k in key)
         if not all(is_id(v) for v in values) or values not in known:
-            names = ", ".join(f"{k} {v!r}" for k, v in zip(key, values))
+            names = ", ".join(f"{k} {v!r}" for k, v in zip(key, values, strict=True))
             raise EvaluationInputError(source, f"{names} is not in {gt_source}", where, rec)
         groups[values].append((float(rec["score"]), xywh_to_xyxy([rec["bbox"]])[0]))
-    for values, boxes in groups.items():
+    for boxes in groups.values():
         boxes.sort(key=lambda sb: sb[0], reverse=True)  # stable: ties keep file order
     return groups
 
 
-def hits_at_k(pred_xyxy: Sequence[Sequence[float]], gt_xyxy: Sequence[Sequence[float]], ks: Sequence[int], iou_threshold: float) -> dict[int, bool]:
+def hits_at_k(
+    pred_xyxy: Sequence[Sequence[float]], gt_xyxy: Sequence[Sequence[float]], ks: Sequence[int], iou_threshold: float
+) -> dict[int, bool]:
     """Whether any of the first k ranked predictions reaches `iou_threshold` with any ground-truth box, per k."""
     if len(pred_xyxy) == 0 or len(gt_xyxy) == 0:
         return {k: False for k in ks}

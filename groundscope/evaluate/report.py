@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from rich.table import Table
 
@@ -55,7 +55,9 @@ def _meaning(key: str) -> str:
     return ""
 
 
-def metrics_table(title: str, metrics: Mapping, keys: Iterable[str] | None = None, extra: Mapping | None = None) -> Table:
+def metrics_table(
+    title: str, metrics: Mapping, keys: Iterable[str] | None = None, extra: Mapping | None = None
+) -> Table:
     """One row per scalar metric (all scalar entries of `metrics`, or `keys`): name, value, meaning.
 
     With `extra` (e.g. LVIS fixed AP), a second value column shows its entries for the same keys.

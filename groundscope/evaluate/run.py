@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -104,7 +105,9 @@ def _file_name(image: dict, source: str, where: str) -> str:
     raise EvaluationInputError(source, "an image needs a 'file_name' to be run", where, image)
 
 
-def load_eval_dataset(kind: str, annotations: str | Path, out_dir: Path, label_map: str | Path | None = None) -> EvalDataset:
+def load_eval_dataset(
+    kind: str, annotations: str | Path, out_dir: Path, label_map: str | Path | None = None
+) -> EvalDataset:
     """Read the annotation file of `kind` into work items (and, for detection, the checked ground truth)."""
     if kind not in DATASET_KINDS:
         raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, not {kind!r}")
@@ -123,7 +126,9 @@ def load_eval_dataset(kind: str, annotations: str | Path, out_dir: Path, label_m
         return EvalDataset(kind, gt.source, items, classes, gt.category_ids, gt)
     if kind == "refexp":
         expressions, source = load_refexp_ground_truth(annotations)
-        items = [WorkItem(e.image_id, _file_name(e.image, source, f"image {e.image_id}"), e.expression) for e in expressions]
+        items = [
+            WorkItem(e.image_id, _file_name(e.image, source, f"image {e.image_id}"), e.expression) for e in expressions
+        ]
         return EvalDataset(kind, source, items)
     captions, source = load_phrase_ground_truth(annotations)
     items = []
@@ -133,7 +138,9 @@ def load_eval_dataset(kind: str, annotations: str | Path, out_dir: Path, label_m
         for p in c.phrases:
             if not p.spans:
                 raise EvaluationInputError(
-                    source, f"phrase {p.phrase_id} has no 'tokens_positive' spans to prompt the model with", f"image {c.image_id}"
+                    source,
+                    f"phrase {p.phrase_id} has no 'tokens_positive' spans to prompt the model with",
+                    f"image {c.image_id}",
                 )
         items.append(WorkItem(c.image_id, _file_name(c.image, source, f"image {c.image_id}"), c.caption, c.phrases))
     return EvalDataset(kind, source, items)
@@ -174,7 +181,9 @@ class ResultJournal:
             header = None
         if header != self.header:
             differs = (
-                ", ".join(f"{k}: {header.get(k)!r} here, {v!r} now" for k, v in self.header.items() if header.get(k) != v)
+                ", ".join(
+                    f"{k}: {header.get(k)!r} here, {v!r} now" for k, v in self.header.items() if header.get(k) != v
+                )
                 if isinstance(header, dict)
                 else "its first line is not a run description"
             )
@@ -210,7 +219,9 @@ class ResultJournal:
 def _boxes(det) -> list[tuple[list[float], float, int]]:
     """(xywh, score, class_id) of a `Detections`; a degenerate box (x2 < x1) becomes zero-size, a sure miss."""
     out = []
-    for (x1, y1, x2, y2), score, cid in zip(det.xyxy.tolist(), det.scores.tolist(), det.class_ids.tolist()):
+    for (x1, y1, x2, y2), score, cid in zip(
+        det.xyxy.tolist(), det.scores.tolist(), det.class_ids.tolist(), strict=True
+    ):
         out.append(([x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)], float(score), int(cid)))
     return out
 
@@ -230,7 +241,10 @@ def _records(ds: EvalDataset, item: WorkItem, det, top_k: int) -> list[dict]:
     out = []
     for index, phrase in enumerate(item.phrases):  # phrase grounding: class id = phrase index
         ranked = sorted((b for b in boxes if b[2] == index), key=lambda b: b[1], reverse=True)[:top_k]
-        out += [{"image_id": item.key, "phrase_id": phrase.phrase_id, "bbox": bbox, "score": score} for bbox, score, _ in ranked]
+        out += [
+            {"image_id": item.key, "phrase_id": phrase.phrase_id, "bbox": bbox, "score": score}
+            for bbox, score, _ in ranked
+        ]
     return out
 
 
@@ -239,7 +253,15 @@ def _phrase_arg(p: Phrase):
     return p.spans[0] if len(p.spans) == 1 else list(p.spans)
 
 
-def _call(detector, ds: EvalDataset, paths: list[str], batch: list[WorkItem], box_threshold: float, max_detections: int, top_k: int):
+def _call(
+    detector,
+    ds: EvalDataset,
+    paths: list[str],
+    batch: list[WorkItem],
+    box_threshold: float,
+    max_detections: int,
+    top_k: int,
+):
     if ds.kind in DETECTION_KINDS:
         out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections)
     elif ds.kind == "refexp":
@@ -319,19 +341,31 @@ def run_evaluation(
     known = {it.key for it in ds.items}
     stray = set(done) - known
     if stray:
-        raise EvaluationInputError(str(journal.path), f"has results for image ids not in {ds.source}: {sorted(stray)[:5]}")
+        raise EvaluationInputError(
+            str(journal.path), f"has results for image ids not in {ds.source}: {sorted(stray)[:5]}"
+        )
     pending = [it for it in ds.items if it.key not in done]
     for it in pending:  # fail before loading a model or spending an hour, not at image 4,000
         if not (images / it.file_name).is_file():
             raise EvaluationInputError(ds.source, f"image file {images / it.file_name} not found", f"image {it.key}")
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console or Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task(f"{dataset} {Path(annotations).name}", total=len(ds.items), completed=len(ds.items) - len(pending))
+        task = bar.add_task(
+            f"{dataset} {Path(annotations).name}", total=len(ds.items), completed=len(ds.items) - len(pending)
+        )
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             paths = [str(images / it.file_name) for it in batch]
-            for it, det in zip(batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k)):
+            for it, det in zip(
+                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k), strict=True
+            ):
                 recs = _records(ds, it, det, top_k)
                 journal.append(it.key, recs)
                 done[it.key] = recs

@@ -23,9 +23,10 @@ import copy
 import json
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 JsonInput = str | Path | dict | list
 
@@ -72,9 +73,7 @@ def load_json(obj: JsonInput, default_name: str) -> tuple[Any, str]:
     try:
         return json.loads(text), str(path)
     except json.JSONDecodeError as e:
-        raise EvaluationInputError(
-            str(path), f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-        ) from None
+        raise EvaluationInputError(str(path), f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
 
 
 # ---------------------------------------------------------------------------------------------- field checks
@@ -104,12 +103,8 @@ def _rle_problem(segm: Any, image: dict | None) -> str | None:
     size = segm["size"]
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_id(v) and v > 0 for v in size)):
         return "'segmentation.size' must be [height, width]"
-    if image is not None and "height" in image and "width" in image:
-        if list(size) != [image["height"], image["width"]]:
-            return (
-                f"mask size {list(size)} differs from the image's [height, width] "
-                f"[{image['height']}, {image['width']}]"
-            )
+    if image is not None and "height" in image and "width" in image and list(size) != [image["height"], image["width"]]:
+        return f"mask size {list(size)} differs from the image's [height, width] [{image['height']}, {image['width']}]"
     return None
 
 
@@ -194,7 +189,10 @@ def load_detection_ground_truth(gt: JsonInput, *, lvis: bool = False) -> Detecti
             for key in ("neg_category_ids", "not_exhaustive_category_ids"):
                 if not isinstance(img.get(key), list):
                     raise EvaluationInputError(
-                        source, f"an LVIS image needs a '{key}' list (the federated protocol uses it)", f"images[{i}]", img
+                        source,
+                        f"an LVIS image needs a '{key}' list (the federated protocol uses it)",
+                        f"images[{i}]",
+                        img,
                     )
 
     annotations = _require_list(data, "annotations", source)

@@ -326,3 +326,66 @@ def test_cli_run_reports_bad_annotations_in_one_line(images, tmp_path, monkeypat
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[0]" in lines[0] and "image_id 2" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ real detector
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_real_detector_scores_one_against_its_own_best_boxes(tiny_mm_dir, tmp_path):
+    """End to end with the real detector API (a tiny random model from conftest): run once, make the model's own
+    best boxes the ground truth, run again: every metric must then be exactly 1, which proves the calls, the
+    class/phrase index mapping and the xyxy -> xywh -> xyxy round trip."""
+    import groundscope
+
+    det = groundscope.load_detector(str(tiny_mm_dir))
+    size = {n: Image.open(EXAMPLES / n).size for n in ("chelsea.jpg", "coffee.jpg")}
+    images = [{"id": i + 1, "file_name": n, "width": w, "height": h} for i, (n, (w, h)) in enumerate(size.items())]
+    cats = [{"id": 17, "name": "cat"}, {"id": 47, "name": "coffee_cup"}]
+
+    def coco(boxes):
+        anns = [{"id": i + 1, "image_id": img, "category_id": c, "bbox": b} for i, (img, c, b) in enumerate(boxes)]
+        return {"images": images, "annotations": anns, "categories": cats}
+
+    # pass 1: dummy ground truth, to see the model's answers
+    dummy = coco([(1, 17, [0, 0, 9, 9]), (1, 47, [0, 0, 9, 9])])
+    first = run(det, "coco", write(tmp_path / "c1.json", dummy), EXAMPLES, tmp_path / "c1")
+    results = json.loads((tmp_path / "c1" / "results.json").read_text())
+    assert 0 < len(results) <= 2 * 300 and {r["category_id"] for r in results} <= {17, 47}
+    assert first["AP"] == 0.0  # the dummy boxes are not found
+    # pass 2: ground truth = the best box of each category on image 1, the only image left, so that box is also
+    # the category's top-ranked detection over the dataset: precision 1 at full recall
+    best = {}
+    for r in results:
+        if r["image_id"] == 1 and (r["category_id"] not in best or r["score"] > best[r["category_id"]]["score"]):
+            best[r["category_id"]] = r
+    truth = coco([(1, c, r["bbox"]) for c, r in best.items()])
+    truth["images"] = truth["images"][:1]
+    second = run(det, "coco", write(tmp_path / "c2.json", truth), EXAMPLES, tmp_path / "c2")
+    assert second["AP"] == pytest.approx(1.0) and second["AR1"] == pytest.approx(1.0)
+
+    exprs = {0: ("chelsea.jpg", "the cat"), 1: ("coffee.jpg", "the cup on the saucer")}
+    ref = lambda boxes: {  # noqa: E731
+        "images": [{"id": i, "file_name": f, "caption": e} for i, (f, e) in exprs.items()],
+        "annotations": [{"id": i + 1, "image_id": i, "bbox": boxes[i]} for i in exprs],
+    }
+    run(det, "refexp", write(tmp_path / "r1.json", ref({0: [0, 0, 9, 9], 1: [0, 0, 9, 9]})), EXAMPLES, tmp_path / "r1")
+    ranked = json.loads((tmp_path / "r1" / "results.json").read_text())
+    for i in exprs:
+        scores = [r["score"] for r in ranked if r["image_id"] == i]
+        assert 0 < len(scores) <= 10 and scores == sorted(scores, reverse=True)
+    top1 = {i: next(r["bbox"] for r in ranked if r["image_id"] == i) for i in exprs}
+    assert run(det, "refexp", write(tmp_path / "r2.json", ref(top1)), EXAMPLES, tmp_path / "r2")["P@1"] == 1.0
+
+    caption = "A cat sits next to a red cup"
+    phrase = lambda b0, b1: {  # noqa: E731
+        "images": [{"id": 3, "file_name": "chelsea.jpg", "caption": caption}],
+        "annotations": [
+            {"id": 1, "image_id": 3, "bbox": b0, "phrase_ids": 0, "tokens_positive": [[0, 5]]},
+            {"id": 2, "image_id": 3, "bbox": b1, "phrase_ids": 1, "tokens_positive": [[18, 28]]},
+        ],
+    }
+    run(det, "phrase", write(tmp_path / "p1.json", phrase([0, 0, 9, 9], [0, 0, 9, 9])), EXAMPLES, tmp_path / "p1")
+    grounded = json.loads((tmp_path / "p1" / "results.json").read_text())
+    top = [next(r["bbox"] for r in grounded if r["phrase_id"] == p) for p in (0, 1)]
+    assert run(det, "phrase", write(tmp_path / "p2.json", phrase(*top)), EXAMPLES, tmp_path / "p2")["R@1"] == 1.0

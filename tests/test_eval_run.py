@@ -295,12 +295,40 @@ def test_cli_run_loads_the_model_by_name(coco_file, images, tmp_path, monkeypatc
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["run"]["model"] == "tiny-test"
 
 
+def test_model_factory_is_called_only_when_work_is_left(coco_file, images, tmp_path):
+    made = []
+
+    def factory():
+        made.append(OracleDetector())
+        return made[-1]
+
+    out = tmp_path / "out"
+    first = run(factory, "coco", coco_file, images, out, model_name="oracle")
+    assert len(made) == 1 and len(made[0].calls) == 4
+    assert run(factory, "coco", coco_file, images, out, model_name="oracle") == first  # finished: rescore only
+    assert len(made) == 1
+
+
+def test_cli_run_reports_a_model_that_does_not_load(coco_file, images, tmp_path, monkeypatch):
+    import groundscope
+
+    def broken(name, device="cpu", dtype=None):
+        raise OSError(f"model {name!r} is not in the local cache")
+
+    monkeypatch.setattr(groundscope, "load_detector", broken, raising=False)
+    args = ["run", str(coco_file), "-m", "nope", "-d", "coco", "-i", str(images), "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(eval_app, [*args, "--no-progress"])
+    assert result.exit_code == 2
+    assert "cannot load model 'nope'" in result.stderr and "Traceback" not in result.output
+
+
 def test_cli_run_reports_bad_annotations_in_one_line(images, tmp_path, monkeypatch):
     import groundscope
 
-    monkeypatch.setattr(
-        groundscope, "load_detector", lambda name, device="cpu", dtype=None: OracleDetector(), raising=False
-    )
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for a bad annotation file")
+
+    monkeypatch.setattr(groundscope, "load_detector", never, raising=False)
     bad = write(
         tmp_path / "bad.json",
         {

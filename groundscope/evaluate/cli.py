@@ -187,20 +187,20 @@ def run(
         raise fail(f"--dataset must be one of {', '.join(DATASET_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
         stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
-    import groundscope  # lazily: the model stack (torch, transformers) loads only for this command
+    import groundscope  # looked up at call time, so callers and tests may swap `groundscope.load_detector`
+    from groundscope.images import ImageLoadError
 
-    try:
-        detector = groundscope.load_detector(model, device=device)
-    except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
-        raise fail(f"cannot load model {model!r}: {e}") from None
-    try:
-        from groundscope.images import ImageLoadError
-    except ImportError:  # no image module in this build: input errors are all there is to catch
-        ImageLoadError = EvaluationInputError
+    def load_model():
+        # Called by run_evaluation after the annotations and images are checked, and only if work is left.
+        try:
+            return groundscope.load_detector(model, device=device)
+        except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
+            raise fail(f"cannot load model {model!r}: {e}") from None
+
     with input_errors():
         try:
             metrics = run_evaluation(
-                detector,
+                load_model,
                 dataset,
                 annotations,
                 images,

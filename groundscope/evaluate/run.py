@@ -26,7 +26,8 @@ Files in the output folder:
 * ``metrics.json``: the metrics (keys as in `evaluate_coco`, `evaluate_lvis`, `evaluate_refexp`,
   `evaluate_phrase`), computed from ``results.json`` as written.
 * ``ground_truth.json``: for odvg, the COCO conversion the results refer to.
-* ``pr_curve.png``: with ``plot=True``, for the detection kinds.
+* ``pr_curve.png``: with ``plot=True``, for the detection kinds (``metrics.json`` then also holds the curve data
+  under ``pr_curve``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,13 +297,14 @@ def run_evaluation(
     progress: bool = True,
     model_name: str | None = None,
     console: Console | None = None,
-    on_item: Callable[[WorkItem], None] | None = None,
 ) -> dict:
     """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
 
     Args:
         detector: anything with the detector API (``detect`` / ``refer`` / ``ground`` returning `Detections`),
-            e.g. ``groundscope.load_detector(name)``.
+            e.g. ``groundscope.load_detector(name)``; or a function without arguments that returns one. The
+            function is called only once the annotations and image files have been checked and if images are
+            left to run, so a bad file or an already finished run never waits for a model to load.
         dataset: one of `DATASET_KINDS`.
         annotations: the annotation file (see the module docstring).
         images: folder the annotations' file names are relative to.
@@ -316,7 +317,6 @@ def run_evaluation(
         progress: show a progress bar.
         model_name: recorded in the journal (defaults to the detector's ``name`` or class name).
         console: where the progress bar goes (default: stderr).
-        on_item: called after each item is written (hooks for tests and callers).
 
     Raises:
         EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
@@ -331,7 +331,9 @@ def run_evaluation(
     header = {
         "dataset": dataset,
         "annotations": str(Path(annotations).resolve()),
-        "model": model_name or getattr(detector, "name", None) or type(detector).__name__,
+        "model": model_name
+        or getattr(detector, "name", None)
+        or getattr(detector, "__name__", type(detector).__name__),
         "box_threshold": box_threshold,
         "max_detections": max_detections,
         "top_k": top_k,
@@ -349,6 +351,8 @@ def run_evaluation(
         if not (images / it.file_name).is_file():
             raise EvaluationInputError(ds.source, f"image file {images / it.file_name} not found", f"image {it.key}")
 
+    if pending and not any(hasattr(detector, m) for m in ("detect", "refer", "ground")):
+        detector = detector()  # a factory: load the model now that there is work for it
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -369,8 +373,6 @@ def run_evaluation(
                 recs = _records(ds, it, det, top_k)
                 journal.append(it.key, recs)
                 done[it.key] = recs
-                if on_item is not None:
-                    on_item(it)
             bar.advance(task, len(batch))
 
     results_path = write_json(out_dir / "results.json", [r for it in ds.items for r in done[it.key]])

@@ -2,7 +2,7 @@
 
 The official evaluators fail on bad input with bare asserts (``Results do not correspond to current coco
 set``), ``KeyError``s deep inside, or worse, silently: pycocotools ignores results whose category is not in
-the ground truth and scores a negative-size box as a miss. Every check here raises `EvaluationInputError`,
+the ground truth and takes a negative-size box without complaint. Every check here raises `EvaluationInputError`,
 whose message names the file, the offending record (by its position, e.g. ``annotations[12]``, and an
 excerpt) and what is wrong with it.
 

@@ -262,6 +262,24 @@ def test_phrase_run_passes_spans_and_scores(images, tmp_path):
     assert [r["phrase_id"] for r in results] == [0, 1]
 
 
+def test_phrase_spans_from_tokens_positive_eval(images, tmp_path):
+    """MDETR / mmdetection files give the spans per image, ordered by phrase id, instead of per annotation."""
+    caption = "A dog next to a traffic light"
+    gt = {
+        "images": [{"id": 5, "file_name": "a.png", "caption": caption, "tokens_positive_eval": [[[0, 5]], [[14, 29]]]}],
+        "annotations": [
+            {"id": 2, "image_id": 5, "bbox": [10, 10, 50, 40], "phrase_ids": 8},
+            {"id": 1, "image_id": 5, "bbox": [100, 80, 120, 90], "phrase_ids": 3},
+        ],
+    }
+    phrases = {(caption, (0, 5)): xyxy([100, 80, 120, 90]), (caption, (14, 29)): xyxy([10, 10, 50, 40])}
+    metrics = run(OracleDetector(phrases=phrases), "phrase", write(tmp_path / "f.json", gt), images, tmp_path / "o")
+    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "num_phrases": 2}
+    gt["images"][0]["tokens_positive_eval"] = [[[0, 5]]]  # one entry for two phrases
+    with pytest.raises(EvaluationInputError, match=r"images\[0\].*tokens_positive_eval"):
+        run(OracleDetector(phrases=phrases), "phrase", write(tmp_path / "g.json", gt), images, tmp_path / "o2")
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_run_loads_the_model_by_name(coco_file, images, tmp_path, monkeypatch):
     import groundscope

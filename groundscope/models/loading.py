@@ -17,6 +17,7 @@ import torch
 from groundscope.models.registry import REGISTRY
 
 SUPPORTED_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # models that ship inside the package
 
 
 class ModelLoadError(RuntimeError):
@@ -48,6 +49,13 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
             raise ModelLoadError(f"model '{text}' is a file; pass the directory that holds config.json and the weights")
         return str(path), text
     entry = REGISTRY.get(text)
+    if entry is not None and entry.bundled:
+        bundled = BUNDLED_DIR / entry.source
+        if not (bundled / "config.json").exists():
+            raise ModelLoadError(
+                f"bundled model '{text}' is missing from this installation ({bundled}); reinstall groundscope"
+            )
+        return str(bundled), text
     if entry is not None:
         return entry.source, text
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):

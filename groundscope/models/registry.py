@@ -11,7 +11,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    source: str  # a hub id ("org/name"); bundled models name a package directory instead
+    source: str  # a hub id ("org/name"); bundled models name their folder under groundscope/models/bundled
     family: str  # "Grounding DINO", "MM-Grounding-DINO", "LLMDet"
     backbone: str
     description: str

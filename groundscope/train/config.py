@@ -4,7 +4,7 @@ A config file has up to seven sections; only ``model.path``, ``data.train.path``
 ``train.max_steps`` / ``train.epochs`` are required::
 
     model:    {path: mm-gdino-tiny, freeze: [model.text_backbone], device: cpu}
-    data:     {train: {path: odvg.jsonl, label_map: label_map.json}, val: {path: val/coco.json},
+    data:     {train: {path: odvg.jsonl, label_map: label_map.json}, val: {path: val/coco.json},   # or a list
                scales: [480, 512, 544], max_size: 800, flip_prob: 0.5, num_negatives: 85}
     loss:     {cls: 1.0, bbox: 5.0, giou: 2.0, match_cls: 2.0, match_bbox: 5.0, match_giou: 2.0}
     optim:    {lr: 1.0e-4, weight_decay: 1.0e-4, backbone_lr_mult: 0.1, text_lr_mult: 0.1, clip_grad: 0.1}
@@ -63,7 +63,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: DataSource = _spec(doc="training annotations")
+    train: list[DataSource] = _spec(doc="training annotation files (one mapping or a list; records are pooled)")
     val: DataSource | None = _spec(None, doc="COCO/ODVG-detection annotations for periodic evaluation")
     scales: list[int] | None = _spec(None, min=32, doc="shortest-edge choices (default: the model's shortest edge)")
     max_size: int | None = _spec(None, min=32, doc="longest-edge cap (default: the model's longest edge)")
@@ -189,9 +189,11 @@ def _convert(value: Any, tp: Any, meta: dict, where: str) -> Any:
     if is_dataclass(tp):
         return _build(tp, value, where)
     if origin is list:
+        (item,) = typing.get_args(tp)
+        if is_dataclass(item) and isinstance(value, dict):
+            return [_convert(value, item, meta, where)]  # one mapping where a list is expected: a list of one
         if not isinstance(value, list):
             raise ConfigError(f"{where}: must be {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)
         return [_convert(v, item, meta, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -262,6 +264,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.betas: must be two numbers, got {cfg.optim.betas}")
     if cfg.eval.every > 0 and cfg.data.val is None:
         raise ConfigError("eval.every: evaluation needs data.val (a COCO or ODVG detection file)")
+    if not cfg.data.train:
+        raise ConfigError("data.train: list at least one annotation file")
     if cfg.data.scales is not None and not cfg.data.scales:
         raise ConfigError("data.scales: must list at least one shortest edge (or be left out)")
     return cfg

@@ -143,6 +143,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         mode: "auto" (COCO and records without a caption: detection, else grounding), "detection", "grounding".
         source_format: the file format the records came from ("coco" makes "auto" mean detection).
         seed: base of every per-sample generator.
+        index_offset: added to the index in the generator seed (distinct streams for pooled datasets).
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         mode: str = "auto",
         source_format: str = "odvg",
         seed: int = 0,
+        index_offset: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -177,6 +179,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         self.full_negative_prob = full_negative_prob
         self.grounding_negatives = grounding_negatives
         self.seed = seed
+        self.index_offset = int(index_offset)
         self.epoch = 0
         self._counts: dict[str, int] = {}
         self.modes = [self._mode_of(r, mode, source_format) for r in records.images]
@@ -210,7 +213,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, self.epoch, self.index_offset + index])
 
     # ------------------------------------------------------------------ sample
     def __getitem__(self, index: int) -> Sample:
@@ -379,6 +382,41 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
             return caption, len(caption)
         cut = int(enc["offset_mapping"][room - 1][1])
         return caption[:cut], cut
+
+
+class PooledDataset(torch.utils.data.Dataset):
+    """Several `GroundingTrainDataset`s (e.g. ODVG detection + grounding files) as one index space.
+
+    Each part keeps its own label map for negatives; part k's samples are seeded with the global index.
+    """
+
+    def __init__(self, parts: Sequence[GroundingTrainDataset]):
+        if not parts:
+            raise ValueError("no datasets to pool")
+        self.parts = list(parts)
+        self.starts = []
+        n = 0
+        for p in self.parts:
+            if p.index_offset != n:
+                raise ValueError(f"part index_offset {p.index_offset} != its start {n} in the pool")
+            self.starts.append(n)
+            n += len(p)
+        self.total = n
+
+    def __len__(self) -> int:
+        return self.total
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.total:
+            raise IndexError(index)
+        k = max(i for i, s in enumerate(self.starts) if s <= index)
+        sample = self.parts[k][index - self.starts[k]]
+        sample.index = index
+        return sample
 
 
 @dataclass

@@ -42,6 +42,7 @@ from groundscope.train import checkpoint as ckpt_io
 from groundscope.train.config import ConfigError, TrainConfig
 from groundscope.train.data import (
     GroundingTrainDataset,
+    PooledDataset,
     ResumableBatchSampler,
     batches_per_epoch,
     collate,
@@ -203,25 +204,29 @@ class Trainer:
             raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
 
         d = config.data
-        records, fmt = load_records(d.train.path, d.train.format, d.train.label_map)
-        if not records.images:
-            raise TrainError(f"'{d.train.path}' holds no images to train on")
         shortest, longest = detector.image_size
-        self.dataset = GroundingTrainDataset(
-            records,
-            detector.tokenizer,
-            int(self.model.config.max_text_len),
-            d.train.image_root or Path(d.train.path).parent,
-            d.scales or [shortest],
-            d.max_size or longest,
-            flip_prob=d.flip_prob,
-            num_negatives=d.num_negatives,
-            full_negative_prob=d.full_negative_prob,
-            grounding_negatives=d.grounding_negatives,
-            mode=d.train.mode,
-            source_format=fmt,
-            seed=t.seed,
-        )
+        parts = []
+        for source in d.train:
+            records, fmt = load_records(source.path, source.format, source.label_map)
+            if not records.images:
+                raise TrainError(f"'{source.path}' holds no images to train on")
+            parts.append(GroundingTrainDataset(
+                records,
+                detector.tokenizer,
+                int(self.model.config.max_text_len),
+                source.image_root or Path(source.path).parent,
+                d.scales or [shortest],
+                d.max_size or longest,
+                flip_prob=d.flip_prob,
+                num_negatives=d.num_negatives,
+                full_negative_prob=d.full_negative_prob,
+                grounding_negatives=d.grounding_negatives,
+                mode=source.mode,
+                source_format=fmt,
+                seed=t.seed,
+                index_offset=sum(len(p) for p in parts),
+            ))
+        self.dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
         self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
         if t.max_steps is not None:
             self.max_steps = t.max_steps
@@ -272,8 +277,12 @@ class Trainer:
         sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, t.seed, self.pos.epoch, self.pos.batch,
                                         shuffle=self.cfg.data.shuffle)
         workers = self.cfg.data.num_workers
+        # Creating a DataLoader iterator draws a worker seed from torch's global generator unless it has its
+        # own; the global one also drives dropout, so a resumed run (which creates iterators at other moments)
+        # would see different dropout masks.
+        generator = torch.Generator().manual_seed(t.seed * 100003 + self.pos.epoch)
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                                num_workers=workers, persistent_workers=False))
+                                                num_workers=workers, persistent_workers=False, generator=generator))
 
     def _next_batch(self):
         while True:

@@ -1,0 +1,87 @@
+"""``groundscope train`` and ``groundscope build-nano``: the training commands, added to the main app by `register`.
+
+    groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR]
+    groundscope build-nano OUT_DIR [--text-layers 3] [--vocab-size 8192] [--dtype float16] [--seed 0]
+
+Exit codes: 0 finished, 2 bad config / arguments / data / model (one line naming the problem), 1 training
+failed, 130 interrupted by Ctrl-C after saving a checkpoint (continue with ``--resume``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` and ``build-nano`` commands to `app`."""
+
+    @app.command("train")
+    def train_cmd(
+        config: Path = typer.Argument(..., help="YAML training config (see configs/ for examples)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Continue from this checkpoint file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (overrides train.out_dir)."),
+    ) -> None:
+        """Fine-tune a detector (or train one from scratch) as CONFIG says."""
+        from groundscope.data import DataFormatError
+        from groundscope.images import ImageLoadError
+        from groundscope.models.loading import ModelLoadError
+        from groundscope.train.config import ConfigError, load_config
+        from groundscope.train.data import TrainDataError
+        from groundscope.train.loop import Trainer, TrainError
+
+        try:
+            cfg = load_config(config)
+            trainer = Trainer(cfg, out, console=console)
+            summary = trainer.fit(resume=checkpoint if checkpoint is not None else resume)
+        except (ConfigError, ModelLoadError, DataFormatError, TrainDataError) as e:
+            raise _fail(str(e), 2)
+        except (TrainError, ImageLoadError) as e:
+            raise _fail(str(e), 1)
+        except KeyboardInterrupt:
+            raise _fail("aborted by a second Ctrl-C; the last saved checkpoint is unchanged", 130)
+        if summary["interrupted"]:
+            console.print(
+                f"interrupted at step {summary['step']}/{summary['max_steps']}; checkpoint {summary['checkpoint']}; "
+                f"continue with: groundscope train {config} --resume" + (f" --out {out}" if out else ""),
+                highlight=False,
+            )
+            raise typer.Exit(130)
+        console.print(f"done: {summary['step']} steps in {summary['seconds']:.0f} s; model in {summary['model_dir']}",
+                      highlight=False)
+
+    @app.command("build-nano")
+    def build_nano_cmd(
+        out_dir: Path = typer.Argument(..., help="Folder for the new model (config, weights, tokenizer)."),
+        text_layers: int = typer.Option(3, "--text-layers", min=1, max=6, help="MiniLM layers kept."),
+        vocab_size: int = typer.Option(8192, "--vocab-size", min=0,
+                                       help="Word pieces kept (0 = all 30,522; more than 25 MB then)."),
+        dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
+        shortest: int = typer.Option(320, "--shortest", min=32, help="Shortest resize edge."),
+        longest: int = typer.Option(512, "--longest", min=32, help="Longest resize edge."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
+    ) -> None:
+        """Create the nano MM-Grounding-DINO (random vision, pretrained MiniLM text) to train from scratch."""
+        from groundscope.train.nano import build_nano, weight_report
+
+        if dtype not in ("float16", "float32", "bfloat16"):
+            raise _fail(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}", 2)
+        try:
+            path = build_nano(out_dir, image_size=(shortest, longest), text_layers=text_layers,
+                              vocab_size=vocab_size or None, dtype=dtype, seed=seed)
+        except (ImportError, ValueError) as e:
+            raise _fail(str(e), 2)
+        report = weight_report(path)
+        console.print(f"nano model in {path}: {report['parameters']:,} parameters, {report['megabytes']} MB",
+                      highlight=False)

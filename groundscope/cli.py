@@ -257,11 +257,14 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 def _register_subcommands() -> None:
-    """Verbs that live with their own modules: data (synth, convert) and evaluation (eval ...)."""
+    """Verbs that live with their own modules: data (synth, convert), training (train, build-nano) and
+    evaluation (eval ...)."""
     from groundscope.data.cli import register as register_data
     from groundscope.evaluate.cli import eval_app
+    from groundscope.train.cli import register as register_train
 
     register_data(app)
+    register_train(app)
     app.add_typer(eval_app, name="eval")
 
 

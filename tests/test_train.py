@@ -382,6 +382,33 @@ def test_frozen_prefix_is_not_trained_and_typos_are_reported(world, tiny_dir, tm
         Trainer(config_from_dict(raw))
 
 
+def test_fine_tunes_grounding_dino_and_mm_gdino_checkpoints(tiny_model_dir, world, tmp_path):
+    """Both model types load_detector reads (conftest's tiny random GroundingDino and MMGroundingDino)."""
+    from groundscope.models.loading import load_detector
+    from groundscope.train.loop import Trainer
+
+    cfg = config_from_dict(_config(tiny_model_dir, world, tmp_path / "ft", data={"scales": [96], "max_size": 160},
+                                   train={"max_steps": 2, "batch_size": 1, "checkpoint_every": 0}))
+    summary = Trainer(cfg).fit()
+    losses = _train_losses(tmp_path / "ft" / "log.jsonl")
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses.values())
+    assert type(load_detector(summary["model_dir"]).model).__name__ == type(load_detector(tiny_model_dir).model).__name__
+
+
+def test_activation_checkpointing_is_exact_and_bf16_runs(world, tiny_dir, tmp_path):
+    from groundscope.train.loop import Trainer
+
+    losses = {}
+    for name, train in [("plain", {}), ("ckpt", {"activation_checkpointing": True}), ("bf16", {"bf16": True})]:
+        cfg = config_from_dict(_config(tiny_dir, world, tmp_path / name,
+                                       train={"max_steps": 2, "checkpoint_every": 0, **train}))
+        Trainer(cfg).fit()
+        losses[name] = _train_losses(tmp_path / name / "log.jsonl")
+    assert losses["ckpt"] == losses["plain"]  # recomputation restores the RNG: bit-identical
+    assert losses["bf16"][1] == pytest.approx(losses["plain"][1], rel=0.05)  # same weights, lower precision
+    assert all(math.isfinite(v) for v in losses["bf16"].values())
+
+
 def test_overfits_four_synthetic_images(world, tmp_path):
     """4 images, 17 objects of 56 possible classes; evaluated with all 56 names in the prompt."""
     from groundscope.train.loop import Trainer

@@ -121,6 +121,8 @@ class TrainSection:
     accumulate: int = _spec(1, min=1, doc="forward passes per optimizer step")
     seed: int = _spec(0, min=0, doc="seed of data order, augmentation, negatives and torch")
     bf16: bool = _spec(False, doc="bfloat16 autocast for the forward pass (weights and optimizer stay float32)")
+    activation_checkpointing: bool = _spec(False, doc="recompute layer activations in backward: much less memory, "
+                                                      "about a third more time (MM-GDINO's with_cp / num_cp)")
     log_every: int = _spec(10, min=1, doc="console refresh interval (every step is written to the JSONL log)")
     checkpoint_every: int = _spec(500, min=0, doc="optimizer steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = _spec(2, min=0, doc="step-numbered checkpoints kept besides last.pt")

@@ -108,3 +108,43 @@ def forward_train(
         encoder = Predictions(logits, coords.sigmoid())
     decoder = [Predictions(raw.all_logits[k], raw.all_boxes[k]) for k in range(raw.all_logits.shape[0])]
     return TrainOutputs(decoder, encoder, raw.text_mask)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute layer activations in the backward pass instead of keeping them (MM-GDINO trains with it:
+    ``with_cp`` in its Swin, ``num_cp=6`` in its encoder). Returns the number of layers wrapped.
+
+    Wrapped: every fusion-encoder and decoder layer, every BERT layer, and the innermost checkpointable layers of
+    a transformers vision backbone (Swin blocks). Each layer's ``forward`` is replaced on the instance, so
+    parameter names, state dicts and saved models are unchanged. Recomputation restores the RNG state, so the
+    losses equal those without checkpointing; it only runs when gradients are being recorded.
+    """
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    m = model.model
+    targets = list(m.encoder.layers) + list(m.decoder.layers)
+    text_layers = getattr(getattr(m.text_backbone, "encoder", None), "layer", None)
+    if text_layers is not None:
+        targets += list(text_layers)
+    for mod in m.backbone.modules():
+        if isinstance(mod, GradientCheckpointingLayer) and not any(
+            isinstance(c, GradientCheckpointingLayer) for c in mod.modules() if c is not mod
+        ):
+            targets.append(mod)
+    count = 0
+    for mod in targets:
+        if getattr(mod, "_groundscope_checkpointed", False):
+            continue
+        inner = mod.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        mod.forward = forward
+        mod._groundscope_checkpointed = True
+        count += 1
+    return count
+

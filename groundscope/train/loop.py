@@ -48,7 +48,7 @@ from groundscope.train.data import (
     collate,
     load_records,
 )
-from groundscope.train.forward import forward_train
+from groundscope.train.forward import enable_activation_checkpointing, forward_train
 from groundscope.train.losses import GroundingLoss, LossWeights
 from groundscope.train.matcher import HungarianMatcher
 from groundscope.train.plot import draw_loss_curve
@@ -199,6 +199,8 @@ class Trainer:
         self.detector = detector
         self.model = detector.model.to(self.device)
         self.frozen = apply_freeze(self.model, config.model.freeze)
+        if t.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
         self._frozen_modules = frozen_modules(self.model, config.model.freeze)
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
@@ -535,7 +537,8 @@ class Trainer:
             if not interrupted:
                 dtype = getattr(torch, t.save_dtype)
                 model_dir = ckpt_io.export_model(self.detector, self.out / "model", dtype)
-                if self.cfg.eval.at_end and self.cfg.data.val is not None:
+                periodic = self.cfg.eval.every and self.max_steps % self.cfg.eval.every == 0
+                if (self.cfg.eval.at_end or periodic) and self.cfg.data.val is not None:
                     last_eval = self.evaluate(final=True)
                     self._print_eval(last_eval)
                 self._rewrite_plot()

@@ -71,7 +71,8 @@ class DataSection:
     num_negatives: int = _spec(85, min=0, doc="most negative classes per detection prompt")
     full_negative_prob: float = _spec(0.5, min=0.0, max=1.0, doc="probability of using all num_negatives")
     grounding_negatives: int = _spec(0, min=0, doc="phrases of other images appended to grounding captions")
-    num_workers: int = _spec(0, min=0, doc="DataLoader worker processes")
+    num_workers: int = _spec(0, min=0, doc="DataLoader worker processes (on a CPU-only machine they compete with "
+                                            "torch's threads for the cores: keep 0 there)")
     shuffle: bool = _spec(True, doc="shuffle the records every epoch")
 
 

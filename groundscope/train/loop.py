@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -30,7 +31,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -229,6 +230,15 @@ class Trainer:
                 index_offset=sum(len(p) for p in parts),
             ))
         self.dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
+        cores = os.cpu_count() or 1
+        if self.device.type == "cpu" and d.num_workers and torch.get_num_threads() + d.num_workers > cores:
+            # OpenMP threads spin while they wait; with workers on the same cores a step can take 50x longer.
+            self.console.print(
+                f"[yellow]warning:[/] {d.num_workers} data worker(s) + {torch.get_num_threads()} torch threads on "
+                f"{cores} cores: training on the CPU can slow down many times over; use data.num_workers: 0, "
+                "fewer threads (torch.set_num_threads) or OMP_WAIT_POLICY=PASSIVE",
+                highlight=False,
+            )
         self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
         if t.max_steps is not None:
             self.max_steps = t.max_steps
@@ -284,7 +294,8 @@ class Trainer:
         # would see different dropout masks.
         generator = torch.Generator().manual_seed(t.seed * 100003 + self.pos.epoch)
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                                num_workers=workers, persistent_workers=False, generator=generator))
+                                                num_workers=workers, persistent_workers=False, generator=generator,
+                                                worker_init_fn=_ignore_sigint if workers else None))
 
     def _next_batch(self):
         while True:
@@ -560,6 +571,12 @@ class Trainer:
         if rec:
             self.console.print(f"eval step {rec['step']}: AP {rec.get('AP', float('nan')):.4f}  "
                                f"AP50 {rec.get('AP50', float('nan')):.4f}", highlight=False)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process: a terminal sends SIGINT to the whole process group,
+    and a worker that quit on it would break the step the main process is finishing before it saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _part_order(key: str) -> tuple:

@@ -216,6 +216,23 @@ def test_grounding_samples_are_never_flipped_and_keep_phrase_tokens(world, tiny_
     assert len(s.prompt.labels) > len({tuple(i.tokens_positive) for i in rec.instances})  # negatives appended
 
 
+def test_referring_expressions_train_like_refer_prompts(world, tiny_dir):
+    from groundscope.models.loading import load_detector
+    from groundscope.prompts import expression_prompt
+    from groundscope.train.data import GroundingTrainDataset, load_records
+
+    det = load_detector(tiny_dir)
+    records, fmt = load_records(world / "refexp.json")
+    assert fmt == "refexp" and records.images
+    ds = GroundingTrainDataset(records, det.tokenizer, 256, world, [128], 256, flip_prob=1.0, source_format=fmt)
+    assert set(ds.modes) == {"expression"}
+    s = ds[0]
+    want = expression_prompt(det.tokenizer, records.images[0].caption)
+    assert not s.flipped and len(s.target) == 1
+    assert torch.equal(s.prompt.input_ids, want.input_ids)
+    assert s.target.token_map[0].nonzero()[:, 0].tolist() == want.token_spans[0]  # the whole expression
+
+
 def test_collate_pads_and_masks():
     from groundscope.prompts import Prompt
     from groundscope.train.data import Sample, collate

@@ -47,11 +47,13 @@ def _spec(default: Any = MISSING, *, doc: str = "", min: float | None = None, ma
 class DataSource:
     """One annotation file."""
 
-    path: str = _spec(doc="COCO .json, ODVG .jsonl or GroundingCap .jsonl file")
-    format: str = _spec("auto", choices=("auto", "coco", "odvg", "groundingcap"), doc="file format")
+    path: str = _spec(doc="COCO .json, ODVG .jsonl, GroundingCap .jsonl or MDETR refexp .json file")
+    format: str = _spec("auto", choices=("auto", "coco", "odvg", "groundingcap", "refexp"), doc="file format")
     label_map: str | None = _spec(None, doc="ODVG label map {\"0\": \"name\"} (detection records)")
     image_root: str | None = _spec(None, doc="folder the file names are relative to (default: the file's folder)")
-    mode: str = _spec("auto", choices=("auto", "detection", "grounding"), doc="how records become prompts")
+    mode: str = _spec("auto", choices=("auto", "detection", "grounding", "expression"),
+                      doc="how records become prompts (auto: refexp -> expression, COCO -> detection, "
+                          "records with caption spans -> grounding)")
 
 
 @dataclass

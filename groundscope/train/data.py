@@ -10,6 +10,9 @@ is used in one of two modes:
   label map are added, otherwise a uniformly random number between 1 and that; negatives are added while
   they fit; the whole list is shuffled. A class name "a/b" (Objects365 style) is one of its alternatives,
   chosen at random each time.
+* **expression** (RefCOCO-style referring expressions, MDETR ``final_refexp`` files): the prompt is the
+  expression and the whole expression is the one entity of its target box, exactly as
+  `GroundingDetector.refer` prompts at inference (`groundscope.prompts.expression_prompt`).
 * **grounding** (ODVG grounding, GroundingCap): the prompt is the caption with one entity per distinct
   ``tokens_positive`` span set (`groundscope.prompts.phrase_prompt`). Optionally `grounding_negatives`
   phrases of other images are appended (". phrase." each) as entities without boxes; MM-GDINO adds none.
@@ -36,14 +39,15 @@ from PIL import Image
 
 from groundscope.data import Dataset as RecordSet
 from groundscope.data import ImageRecord, read_any
-from groundscope.data.convert import infer_format
+from groundscope.data.convert import dataset_from_refexps, infer_format
 from groundscope.evaluate.run import prompt_name
 from groundscope.images import load_image, preprocess
-from groundscope.prompts import Prompt, PromptError, class_prompt, clean_class_name, phrase_prompt
+from groundscope.prompts import Prompt, PromptError, class_prompt, clean_class_name, expression_prompt, phrase_prompt
 from groundscope.train.box_ops import xyxy_to_cxcywh
 from groundscope.train.targets import Target
 
-MODES = ("auto", "detection", "grounding")
+MODES = ("auto", "detection", "grounding", "expression")
+FORMATS = ("coco", "odvg", "groundingcap", "refexp")
 MIN_BOX_SIDE = 1.0  # px in the original image; thinner boxes have no extent to regress
 
 
@@ -106,15 +110,20 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
 
 def load_records(path: str | Path, fmt: str = "auto", label_map: str | Path | None = None) -> tuple[RecordSet, str]:
-    """Read a COCO / ODVG / GroundingCap file -> (records, format); `fmt` "auto" infers it from the file."""
+    """Read a COCO / ODVG / GroundingCap / refexp file -> (records, format); `fmt` "auto" infers it from the file.
+
+    Referring expressions become one record per expression (caption = the expression, one box)."""
     path = Path(path)
     if not path.exists():
         raise TrainDataError(f"training data '{path}' does not exist")
     if fmt == "auto":
         fmt = infer_format(path)
-    if fmt not in ("coco", "odvg", "groundingcap"):
-        raise TrainDataError(f"'{path}' is {fmt!r} data; training reads coco, odvg or groundingcap files")
-    return read_any(path, fmt, label_map=label_map), fmt
+    if fmt not in FORMATS:
+        raise TrainDataError(f"'{path}' is {fmt!r} data; training reads {', '.join(FORMATS)} files")
+    data = read_any(path, fmt, label_map=label_map)
+    if fmt == "refexp":
+        data = dataset_from_refexps(data, per_expression=True)
+    return data, fmt
 
 
 def _token_count(tokenizer, text: str, cache: dict[str, int]) -> int:
@@ -140,8 +149,9 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         num_negatives: most negative classes per detection prompt (MM-GDINO: 85).
         full_negative_prob: probability of sampling `num_negatives` rather than a random count.
         grounding_negatives: phrases of other images appended to a grounding caption.
-        mode: "auto" (COCO and records without a caption: detection, else grounding), "detection", "grounding".
-        source_format: the file format the records came from ("coco" makes "auto" mean detection).
+        mode: "auto" (refexp files: expression; COCO and records without a caption: detection; else grounding),
+            "detection", "grounding" or "expression".
+        source_format: the file format the records came from (it decides what "auto" means).
         seed: base of every per-sample generator.
         index_offset: added to the index in the generator seed (distinct streams for pooled datasets).
     """
@@ -200,6 +210,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
     def _mode_of(record: ImageRecord, mode: str, fmt: str) -> str:
         if mode != "auto":
             return mode
+        if fmt == "refexp":
+            return "expression"
         has_spans = record.caption is not None and any(i.tokens_positive for i in record.instances)
         if fmt == "coco" or not has_spans:
             return "detection"
@@ -234,6 +246,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
         if mode == "detection":
             prompt, keep, entity = self._detection_prompt(record, rng)
+        elif mode == "expression":
+            prompt, keep, entity = self._expression_prompt(record)
         else:
             prompt, keep, entity = self._grounding_prompt(record, rng)
         boxes = boxes[keep]
@@ -307,12 +321,25 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
 
         order = rng.permutation(len(names))
         slot_of_position = {int(old): new for new, old in enumerate(order)}
-        prompt = class_prompt(
-            self.tokenizer, [names[int(o)] for o in order], list(range(len(names))), self.max_text_len
-        )
+        try:
+            prompt = class_prompt(
+                self.tokenizer, [names[int(o)] for o in order], list(range(len(names))), self.max_text_len
+            )
+        except PromptError as e:
+            raise TrainDataError(f"'{record.filename}': {e}") from e
         keep = [k for k, lab in enumerate(labels) if lab in label_slot]
         entity = [slot_of_position[label_slot[labels[k]]] for k in keep]
         return prompt, keep, entity
+
+    def _expression_prompt(self, record: ImageRecord) -> tuple[Prompt, list[int], list[int]]:
+        """The expression is the prompt and, whole, the entity of every box of the record (normally one)."""
+        if not record.caption or not record.caption.strip():
+            raise TrainDataError(f"'{record.filename}': a referring-expression record needs its expression")
+        try:
+            prompt = expression_prompt(self.tokenizer, record.caption, self.max_text_len)
+        except PromptError as e:
+            raise TrainDataError(f"'{record.filename}': {e}") from e
+        return prompt, list(range(len(record.instances))), [0] * len(record.instances)
 
     def _grounding_prompt(self, record: ImageRecord, rng: np.random.Generator) -> tuple[Prompt, list[int], list[int]]:
         """Caption prompt, one entity per distinct span set -> (prompt, kept boxes, box entities)."""

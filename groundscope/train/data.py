@@ -234,9 +234,13 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         image = load_image(self.image_root / record.filename)
         width, height = image.size
         if (record.width, record.height) != (width, height):
-            # Annotations are in the annotated size; an image re-saved at another size would misplace them.
+            # Boxes are in the annotated size; an image re-saved at another size would misplace them all.
+            hint = (" (width and height swapped: the file has an EXIF rotation, which groundscope applies; "
+                    "save the image without it or annotate the rotated image)"
+                    if (record.height, record.width) == (width, height) else "; fix the record or the image")
             raise TrainDataError(
-                f"image '{record.filename}' is {width}x{height} but its record says {record.width}x{record.height}"
+                f"image '{record.filename}' is {width}x{height} but its record says "
+                f"{record.width}x{record.height}{hint}"
             )
         mode = self.modes[index]
         boxes = np.asarray([i.bbox for i in record.instances], dtype=np.float64).reshape(-1, 4)

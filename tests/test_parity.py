@@ -202,3 +202,15 @@ def test_backbone_runs_once_per_image_for_all_chunks(short_text_model, example_p
     assert len(chunk_classes(det.tokenizer, vocab, det.max_text_len)) >= 3
     det.detect([example_photo, example_photo], vocab, batch_size=4)
     assert sum(seen) == 2
+
+
+def test_clear_cache_drops_stale_text_encodings(tiny_mm_dir, example_photo):
+    det = gs.load_detector(tiny_mm_dir)
+    before = det.detect(example_photo, ["cat"], max_detections=5)
+    with torch.no_grad():
+        det.model.model.text_projection.weight.mul_(-1.0)  # new weights: the cached encoding is stale now
+    stale = det.detect(example_photo, ["cat"], max_detections=5)
+    det.clear_cache()
+    fresh = det.detect(example_photo, ["cat"], max_detections=5)
+    np.testing.assert_allclose(stale.scores, before.scores)
+    assert not np.allclose(fresh.scores, before.scores)

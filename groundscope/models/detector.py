@@ -222,6 +222,10 @@ class GroundingDetector:
             self._text_cache.popitem(last=False)
         return feats
 
+    def clear_cache(self) -> None:
+        """Forget cached text encodings; call it after changing the weights (e.g. between training steps)."""
+        self._text_cache.clear()
+
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
         return [preprocess(load_image(im), *self.image_size) for im in images]
 

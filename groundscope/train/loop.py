@@ -460,7 +460,7 @@ class Trainer:
             path = _subset_annotations(path, fmt, e.max_images, out_dir)
         self.model.eval()
         # The detector caches text features across calls; they are stale once the weights change.
-        self.detector._text_cache.clear()
+        self.detector.clear_cache()
         try:
             metrics = run_evaluation(
                 self.detector, fmt, path, val.image_root or Path(val.path).parent, out_dir,
@@ -468,7 +468,7 @@ class Trainer:
                 max_detections=e.max_detections, progress=False, console=self.console,
             )
         finally:
-            self.detector._text_cache.clear()
+            self.detector.clear_cache()
             self._set_train_mode()
         record = {"type": "eval", "step": self.pos.step, "final": final,
                   **{k: v for k, v in metrics.items() if isinstance(v, float)}}

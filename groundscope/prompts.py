@@ -86,7 +86,7 @@ def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: i
     if max_tokens is not None and input_ids.shape[1] > max_tokens:
         raise PromptError(
             f"prompt is {input_ids.shape[1]} tokens, more than the model's limit of {max_tokens}: "
-            f"'{text[:80]}{'...' if len(text) > 80 else ''}'; shorten it or pass fewer phrases"
+            f"'{text[:80]}{'...' if len(text) > 80 else ''}'; shorten it, or split it into sentences"
         )
     token_spans = []
     for label, spans in zip(labels, entity_spans):
@@ -227,6 +227,11 @@ def phrase_prompt(tokenizer, caption: str, phrases: Sequence, max_tokens: int | 
     spans = find_phrase_spans(text, phrases)
     labels = [text[sp[0][0] : sp[-1][1]] for sp in spans]
     return _build(tokenizer, text, spans, list(range(len(spans))), labels, max_tokens)
+
+
+def caption_prompt(tokenizer, caption: str, max_tokens: int | None = None) -> Prompt:
+    """A caption with no entities yet: its phrases are read off the token scores (the reference demo's rule)."""
+    return _build(tokenizer, normalize_caption(caption), [], [], [], max_tokens)
 
 
 def expression_prompt(tokenizer, expression: str, max_tokens: int | None = None) -> Prompt:

@@ -98,3 +98,12 @@ def test_expression_prompt_and_limits(tok):
         expression_prompt(tok, "word " * 300, max_tokens=256)
     with pytest.raises(PromptError, match="caption is empty"):
         phrase_prompt(tok, "   ", ["x"])
+
+
+def test_caption_prompt_has_no_entities_and_a_limit(tok):
+    from groundscope.prompts import caption_prompt
+
+    p = caption_prompt(tok, "two cats on a couch")
+    assert p.text == "two cats on a couch." and p.labels == [] and len(p.offsets) == p.num_tokens
+    with pytest.raises(PromptError, match="more than the model's limit of 256"):
+        caption_prompt(tok, "cat " * 300, max_tokens=256)

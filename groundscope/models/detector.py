@@ -20,7 +20,7 @@ from groundscope.detections import Detections
 from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE, ImageInput, PreparedImage, load_image, preprocess
 from groundscope.models import staged
 from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
-from groundscope.prompts import Prompt, PromptError, chunk_classes, expression_prompt, normalize_caption, phrase_prompt
+from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_classes, expression_prompt, phrase_prompt
 
 TEXT_CACHE_SIZE = 512
 
@@ -152,15 +152,11 @@ class GroundingDetector:
             phr = _per_image(phrases, len(imgs), "phrase lists", lambda v: False)
         else:
             phr = [phrases] * len(imgs)
-        prompts, decode = [], []
-        for cap, ph in zip(caps, phr):
-            if ph is None:
-                text = normalize_caption(cap)
-                ids, offsets = self._tokenize(text)
-                prompts.append([Prompt(text, ids, [], [], [], [], offsets)])
-            else:
-                prompts.append([phrase_prompt(self.tokenizer, cap, ph, self.max_text_len)])
-            decode.append(ph is None)
+        prompts = [
+            [caption_prompt(self.tokenizer, cap, self.max_text_len) if ph is None
+             else phrase_prompt(self.tokenizer, cap, ph, self.max_text_len)]
+            for cap, ph in zip(caps, phr)
+        ]
 
         def reduce(out_logits, out_boxes, prompt):
             if not prompt.labels:
@@ -199,16 +195,6 @@ class GroundingDetector:
         return dets if batch else dets[0]
 
     # ------------------------------------------------------------------ engine
-    def _tokenize(self, text: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        enc = self.tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
-        ids = enc["input_ids"]
-        if ids.shape[1] > self.max_text_len:
-            raise PromptError(
-                f"caption is {ids.shape[1]} tokens, over the model's {self.max_text_len}-token limit: "
-                f"'{text[:80]}...'; shorten it or ground its sentences one at a time"
-            )
-        return ids, [tuple(int(v) for v in o) for o in enc["offset_mapping"][0].tolist()]
-
     def text_features(self, prompt: Prompt) -> staged.TextFeatures:
         """The prompt's text encoding, computed once and cached (LRU) across images and calls."""
         key = tuple(prompt.input_ids[0].tolist())

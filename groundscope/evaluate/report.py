@@ -41,6 +41,12 @@ MEANING = {
     "ARs": "AR, small objects",
     "ARm": "AR, medium objects",
     "ARl": "AR, large objects",
+    # the synthetic world's benchmark (groundscope.evaluate.synth)
+    "base_AP": "AP @ IoU 0.50:0.95, the 56 base colour-shape classes",
+    "base_AP50": "AP @ IoU 0.50, base classes",
+    "novel_AP50": "AP @ IoU 0.50, the 8 colour-shape pairs never trained on",
+    "synonyms_AP50": "AP @ IoU 0.50, base classes named with test-only colour words",
+    "rec_P@1": "referring expressions: top box at IoU >= 0.5",
 }
 
 

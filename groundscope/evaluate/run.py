@@ -377,7 +377,7 @@ def run_evaluation(
 
     results_path = write_json(out_dir / "results.json", [r for it in ds.items for r in done[it.key]])
     if ds.kind in DETECTION_KINDS:
-        records, _ = load_detection_results(results_path, ds.gt)
+        records, _ = load_detection_results(results_path, ds.gt, allow_empty=True)
         if ds.kind == "lvis":
             metrics = lvis_metrics(ds.gt, records, curve=plot)
         else:

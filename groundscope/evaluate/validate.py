@@ -241,9 +241,12 @@ def load_detection_ground_truth(gt: JsonInput, *, lvis: bool = False) -> Detecti
 
 # ---------------------------------------------------------------------------------------------- results
 def load_detection_results(
-    results: JsonInput, gt: DetectionGroundTruth, *, need_masks: bool = False
+    results: JsonInput, gt: DetectionGroundTruth, *, need_masks: bool = False, allow_empty: bool = False
 ) -> tuple[list[dict], str]:
     """Read and check a COCO results list against a checked ground truth.
+
+    `allow_empty`: an empty list is a valid answer (a model we ran found nothing: it scores 0); a results
+    file handed in by a user must not be empty.
 
     Returns:
         (records, source). Records are our own copies.
@@ -253,7 +256,8 @@ def load_detection_results(
         truth does not have, a missing/negative/non-finite box, a non-finite score, a mask of the wrong size.
     """
     records, source = load_json(results, "<results>")
-    check_result_list(records, source)
+    if not (allow_empty and records == []):
+        check_result_list(records, source)
     # The evaluators read the first record to decide how to read all of them (pycocotools' loadRes), so a file
     # must be consistent: boxes on all records or none, masks on all records or none.
     need_masks = need_masks or any(isinstance(r, dict) and "segmentation" in r for r in records)

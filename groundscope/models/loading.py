@@ -67,6 +67,14 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
     )
 
 
+def _offline_hint() -> str:
+    """Point at the models that ship inside the package, which need no network (if this install has them)."""
+    names = [e.name for e in REGISTRY.values() if e.bundled and (BUNDLED_DIR / e.source / "config.json").exists()]
+    if not names:
+        return ""
+    return f" ({', '.join(names)} ship with groundscope and run offline, on the synthetic world's shapes only)"
+
+
 def _fetch(source: str, display: str, revision: str | None) -> str:
     """Local directory for `source`: itself if it is one, else the hub snapshot (cache first)."""
     if Path(source).is_dir():
@@ -82,12 +90,12 @@ def _fetch(source: str, display: str, revision: str | None) -> str:
     if _offline():
         raise ModelLoadError(
             f"model '{display}' ({source}) is not in the local cache and HF_HUB_OFFLINE is set; "
-            "unset HF_HUB_OFFLINE to download it, or pass a local directory with --model"
+            f"unset HF_HUB_OFFLINE to download it, or pass a local directory with --model{_offline_hint()}"
         )
     if not _hub_reachable():
         raise ModelLoadError(
             f"model '{display}' ({source}) is not in the local cache and the hub cannot be reached; "
-            "connect to the internet, or pass a local directory with --model"
+            f"connect to the internet, or pass a local directory with --model{_offline_hint()}"
         )
     try:
         return snapshot_download(source, revision=revision, allow_patterns=patterns)

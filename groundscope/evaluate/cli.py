@@ -55,6 +55,21 @@ def input_errors() -> Iterator[None]:
         raise fail(str(e)) from None
 
 
+def model_loader(model: str, device: str):
+    """A function that loads `model` when called: the evaluations call it only after the annotations and images
+    are checked, and only if work is left. A model that does not load is one line and exit code 2."""
+
+    def load():
+        import groundscope  # looked up at call time, so callers and tests may swap `groundscope.load_detector`
+
+        try:
+            return groundscope.load_detector(model, device=device)
+        except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
+            raise fail(f"cannot load model {model!r}: {e}") from None
+
+    return load
+
+
 def _finish(metrics: dict, out: Path | None, tables) -> None:
     for table in tables:
         stdout.print(table)
@@ -187,20 +202,12 @@ def run(
         raise fail(f"--dataset must be one of {', '.join(DATASET_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
         stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
-    import groundscope  # looked up at call time, so callers and tests may swap `groundscope.load_detector`
     from groundscope.images import ImageLoadError
-
-    def load_model():
-        # Called by run_evaluation after the annotations and images are checked, and only if work is left.
-        try:
-            return groundscope.load_detector(model, device=device)
-        except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
-            raise fail(f"cannot load model {model!r}: {e}") from None
 
     with input_errors():
         try:
             metrics = run_evaluation(
-                load_model,
+                model_loader(model, device),
                 dataset,
                 annotations,
                 images,
@@ -238,19 +245,12 @@ def synth(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The synthetic world's benchmark: base AP/AP50, novel AP50, synonym AP50 and referring P@1 in one run."""
-    import groundscope
     from groundscope.evaluate.synth import evaluate_synth_world
     from groundscope.images import ImageLoadError
 
-    def load_model():
-        try:
-            return groundscope.load_detector(model, device=device)
-        except Exception as e:  # the CLI boundary: whatever stops the model loading, say it in one line
-            raise fail(f"cannot load model {model!r}: {e}") from None
-
     with input_errors():
         try:
-            result = evaluate_synth_world(load_model, test_dir, out, batch_size=batch_size, progress=progress,
+            result = evaluate_synth_world(model_loader(model, device), test_dir, out, batch_size=batch_size, progress=progress,
                                           model_name=model, console=stderr)
         except ImageLoadError as e:
             raise fail(f"{e} (finished parts are kept in {out}; rerun the same command to resume)") from None

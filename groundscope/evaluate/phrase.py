@@ -36,9 +36,9 @@ from groundscope.evaluate.refexp import hits_at_k, load_ranked_results
 from groundscope.evaluate.validate import (
     EvaluationInputError,
     JsonInput,
-    check_images,
     is_id,
-    load_json,
+    iter_annotations,
+    load_mdetr_file,
     xywh_problem,
     xywh_to_xyxy,
 )
@@ -90,27 +90,12 @@ def _spans(value, caption: str) -> list[tuple[int, int]] | None:
 
 def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCaption], str]:
     """Read and check a phrase grounding file -> (captions in file order, source)."""
-    data, source = load_json(ground_truth, "<ground truth>")
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("images"), list)
-        or not isinstance(data.get("annotations"), list)
-    ):
-        raise EvaluationInputError(
-            source, "a phrase grounding file is a JSON object with 'images' and 'annotations' lists"
-        )
-    images = check_images(data["images"], source)
+    data, source, images = load_mdetr_file(ground_truth, "phrase grounding")
     for i, img in enumerate(data["images"]):
         if not isinstance(img.get("caption"), str):
             raise EvaluationInputError(source, "a caption entry needs a 'caption' string", f"images[{i}]", img)
     phrases: dict[int, dict[int, Phrase]] = {img_id: {} for img_id in images}
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise EvaluationInputError(source, "an annotation must be a JSON object", where, ann)
-        image_id = ann.get("image_id")
-        if not is_id(image_id) or image_id not in images:
-            raise EvaluationInputError(source, f"image_id {image_id!r} is not in 'images'", where, ann)
+    for where, ann, image_id in iter_annotations(data, images, source):
         ids = ann.get("phrase_ids")
         ids = [ids] if is_id(ids) else ids
         if not isinstance(ids, list) or not ids or not all(is_id(p) for p in ids):

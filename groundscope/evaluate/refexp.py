@@ -31,11 +31,12 @@ from groundscope.detections import box_iou
 from groundscope.evaluate.validate import (
     EvaluationInputError,
     JsonInput,
-    check_images,
     check_ranked_box,
     check_result_list,
     is_id,
+    iter_annotations,
     load_json,
+    load_mdetr_file,
     xywh_problem,
     xywh_to_xyxy,
 )
@@ -60,26 +61,11 @@ class ReferringExpression:
 
 def load_refexp_ground_truth(ground_truth: JsonInput) -> tuple[list[ReferringExpression], str]:
     """Read and check an MDETR-format referring expression file -> (expressions in file order, source)."""
-    data, source = load_json(ground_truth, "<ground truth>")
-    if (
-        not isinstance(data, dict)
-        or not isinstance(data.get("images"), list)
-        or not isinstance(data.get("annotations"), list)
-    ):
-        raise EvaluationInputError(
-            source, "a referring expression file is a JSON object with 'images' and 'annotations' lists"
-        )
-    images = check_images(data["images"], source)
+    data, source, images = load_mdetr_file(ground_truth, "referring expression")
     if not images:
         raise EvaluationInputError(source, "has no expressions ('images' is empty)")
     targets: dict[int, list[float]] = {}
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise EvaluationInputError(source, "an annotation must be a JSON object", where, ann)
-        image_id = ann.get("image_id")
-        if not is_id(image_id) or image_id not in images:
-            raise EvaluationInputError(source, f"image_id {image_id!r} is not in 'images'", where, ann)
+    for where, ann, image_id in iter_annotations(data, images, source):
         if image_id in targets:
             raise EvaluationInputError(
                 source, f"expression {image_id} has a second annotation; the format has exactly one target", where, ann

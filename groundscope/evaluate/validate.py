@@ -23,7 +23,7 @@ import copy
 import json
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,32 @@ def check_images(images: list, source: str) -> dict[int, dict]:
             raise EvaluationInputError(source, f"duplicate image id {img['id']}", where, img)
         out[img["id"]] = img
     return out
+
+
+def load_mdetr_file(ground_truth: JsonInput, what: str) -> tuple[dict, str, dict[int, dict]]:
+    """Read an MDETR-style file (referring expressions, phrase grounding): a JSON object whose 'images' are the
+    captions / expressions and whose 'annotations' are their boxes -> (data, source, {image id: image})."""
+    data, source = load_json(ground_truth, "<ground truth>")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        raise EvaluationInputError(source, f"a {what} file is a JSON object with 'images' and 'annotations' lists")
+    return data, source, check_images(data["images"], source)
+
+
+def iter_annotations(data: dict, images: dict[int, dict], source: str) -> Iterator[tuple[str, dict, int]]:
+    """(position, annotation, image id) of each annotation that is an object with a known image_id; anything
+    else raises, naming the record."""
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise EvaluationInputError(source, "an annotation must be a JSON object", where, ann)
+        image_id = ann.get("image_id")
+        if not is_id(image_id) or image_id not in images:
+            raise EvaluationInputError(source, f"image_id {image_id!r} is not in 'images'", where, ann)
+        yield where, ann, image_id
 
 
 def load_detection_ground_truth(gt: JsonInput, *, lvis: bool = False) -> DetectionGroundTruth:

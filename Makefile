@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-photos test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: detect with LLMDet-T on the example photos (downloads the model once, ~700 MB).
+# The main job, offline: the bundled nano model on an image of the synthetic world.
 demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/groundscope detect examples/synth_shapes.png \
+		--classes "pink cross,cyan star,blue diamond,yellow diamond,red circle,green heart" --model nano --out demo_out
+
+# Real photos with LLMDet-T (downloads the model once, ~700 MB).
+demo-photos: $(STAMP)
 	$(BIN)/groundscope detect examples/chelsea.jpg examples/astronaut.jpg examples/coffee.jpg \
 		--classes "cat,person,rocket,flag,cup,spoon" --model llmdet-tiny --out demo_out
 

@@ -53,6 +53,12 @@ REGISTRY: dict[str, ModelEntry] = {
             "llmdet-large", "iSEE-Laboratory/llmdet_large", "LLMDet", "Swin-L",
             "LLMDet with a Swin-L backbone; the most accurate, the slowest",
         ),
+        ModelEntry(
+            "nano", "nano", "MM-Grounding-DINO", "Swin 32-wide + MiniLM",
+            "12M parameters, ships with groundscope, runs offline; trained on the synthetic shapes world only "
+            "(groundscope/models/bundled/nano/README.md)",
+            bundled=True,
+        ),
     ]
 }
 

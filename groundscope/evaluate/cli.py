@@ -250,8 +250,8 @@ def synth(
 
     with input_errors():
         try:
-            result = evaluate_synth_world(model_loader(model, device), test_dir, out, batch_size=batch_size, progress=progress,
-                                          model_name=model, console=stderr)
+            result = evaluate_synth_world(model_loader(model, device), test_dir, out, batch_size=batch_size,
+                                          progress=progress, model_name=model, console=stderr)
         except ImageLoadError as e:
             raise fail(f"{e} (finished parts are kept in {out}; rerun the same command to resume)") from None
         except KeyboardInterrupt:

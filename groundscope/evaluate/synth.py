@@ -27,14 +27,13 @@ from rich.console import Console
 from groundscope.evaluate.run import run_evaluation
 from groundscope.evaluate.validate import EvaluationInputError
 
-# (sub-folder, annotation file, dataset kind, metric key in that run's metrics, summary key)
+# (sub-folder of the output, annotation file, dataset kind, ((metric of that part, its summary key), ...))
 SYNTH_PARTS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
     ("base", "coco_base.json", "coco", (("AP", "base_AP"), ("AP50", "base_AP50"))),
     ("novel", "coco_novel.json", "coco", (("AP50", "novel_AP50"),)),
     ("synonyms", "coco_synonyms.json", "coco", (("AP50", "synonyms_AP50"),)),
     ("refexp", "refexp.json", "refexp", (("P@1", "rec_P@1"),)),
 )
-
 
 
 def evaluate_synth_world(

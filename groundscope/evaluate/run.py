@@ -281,6 +281,11 @@ def _call(
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+def is_detector(obj: Any) -> bool:
+    """A detector (anything with ``detect`` / ``refer`` / ``ground``), as opposed to a function that loads one."""
+    return any(hasattr(obj, m) for m in ("detect", "refer", "ground"))
+
+
 def run_evaluation(
     detector: Any,
     dataset: str,
@@ -351,7 +356,7 @@ def run_evaluation(
         if not (images / it.file_name).is_file():
             raise EvaluationInputError(ds.source, f"image file {images / it.file_name} not found", f"image {it.key}")
 
-    if pending and not any(hasattr(detector, m) for m in ("detect", "refer", "ground")):
+    if pending and not is_detector(detector):
         detector = detector()  # a factory: load the model now that there is work for it
     columns = (
         TextColumn("{task.description}"),

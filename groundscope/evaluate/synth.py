@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from groundscope.evaluate.run import run_evaluation
+from groundscope.evaluate.run import is_detector, run_evaluation
 from groundscope.evaluate.validate import EvaluationInputError
 
 # (sub-folder of the output, annotation file, dataset kind, ((metric of that part, its summary key), ...))
@@ -70,7 +70,7 @@ def evaluate_synth_world(
 
     def load() -> Any:
         if not loaded:
-            loaded.append(detector if hasattr(detector, "detect") else detector())
+            loaded.append(detector if is_detector(detector) else detector())
         return loaded[0]
 
     result: dict = {"summary": {}}

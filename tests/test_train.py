@@ -292,6 +292,31 @@ def test_config_required_keys_and_yaml_file_errors(tmp_path):
         load_config(broken)
 
 
+def test_set_overrides_dotted_keys_lists_and_new_sections(tmp_path):
+    from groundscope.train.config import apply_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, tmp_path, tmp_path / "o", optim={"lr": 1e-4})))
+    cfg = load_config(path, ["train.max_steps=7", "optim.lr=2e-4", "data.scales=[224, 256]",
+                             "data.train.0.label_map=lm.json", "train.denoising.enabled=true",
+                             "schedule.kind=constant", "model.freeze=[model.text_backbone]"])
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 2e-4 and cfg.data.scales == [224, 256]
+    assert cfg.data.train[0].label_map == "lm.json" and cfg.train.denoising.enabled
+    assert cfg.schedule.kind == "constant" and cfg.model.freeze == ["model.text_backbone"]
+    # validated exactly like the file: the override is named in the error with the key's own message
+    with pytest.raises(ConfigError, match=r"c\.yaml with --set train\.max_steps=abc: train\.max_steps: must be an integer"):
+        load_config(path, ["train.max_steps=abc"])
+    with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key \(did you mean 'lr'\?\)"):
+        load_config(path, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
+        load_config(path, ["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"'data\.train\.3' indexes a list of 1 entries"):
+        load_config(path, ["data.train.3.path=x"])
+    # the input mapping is not modified
+    raw = {"train": {"max_steps": 1}}
+    assert apply_overrides(raw, ["train.max_steps=2"]) == {"train": {"max_steps": 2}} and raw["train"]["max_steps"] == 1
+
+
 def test_example_configs_are_valid():
     files = sorted((REPO / "configs").glob("*.yaml"))
     assert len(files) >= 2
@@ -494,6 +519,14 @@ def test_cli_train_and_config_errors(world, tiny_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cli" / "model" / "model.safetensors").exists()
     assert not (tmp_path / "unused").exists()
+    # --set overrides reach the run and its saved config
+    res = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "cli2"), "--set", "train.max_steps=1",
+                              "--set", "optim.lr=3e-4"])
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((tmp_path / "cli2" / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 1 and saved["optim"]["lr"] == 3e-4
+    res = runner.invoke(app, ["train", str(path), "--set", "optim.clip=1"])
+    assert res.exit_code == 2 and "optim.clip: unknown key" in res.output
     cfg["optim"] = {"clip": 1.0}
     path.write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["train", str(path)])

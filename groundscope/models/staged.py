@@ -15,6 +15,7 @@ The arithmetic is the reference's, module for module (same submodules, same orde
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,9 @@ class RawOutputs:
         enc_boxes: (B, Q, 4) the selected proposals, normalised cxcywh.
         query_features: (B, Q, d) final decoder hidden states (LLMDet's region features).
         memory: (B, S, d) encoder vision memory.
+        memory_text: (B, T, d) encoder text memory.
+        dn_logits: (num_decoder_layers, B, N, max_text_len) logits of the N denoising queries (training only).
+        dn_boxes: (num_decoder_layers, B, N, 4) their boxes.
     """
 
     logits: torch.Tensor
@@ -96,6 +100,9 @@ class RawOutputs:
     enc_boxes: torch.Tensor | None
     query_features: torch.Tensor
     memory: torch.Tensor
+    memory_text: torch.Tensor | None = None
+    dn_logits: torch.Tensor | None = None
+    dn_boxes: torch.Tensor | None = None
 
 
 def encode_images(detector: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageFeatures:
@@ -170,10 +177,15 @@ def pad_text(texts: list[TextFeatures]) -> tuple[torch.Tensor, torch.Tensor, tor
     return feats, token_mask, self_mask, pos
 
 
-def fuse_and_decode(detector: nn.Module, images: ImageFeatures, texts: list[TextFeatures]) -> RawOutputs:
+def fuse_and_decode(
+    detector: nn.Module, images: ImageFeatures, texts: list[TextFeatures], denoising=None
+) -> RawOutputs:
     """Fusion encoder, language-guided query selection, decoder and heads for B (image, prompt) pairs.
 
-    `images` must already hold one row per pair (see `ImageFeatures.select`).
+    `images` must already hold one row per pair (see `ImageFeatures.select`). `denoising` (training only, a
+    `groundscope.train.denoising.DenoisingQueries`) puts N denoising queries in front of the matching ones,
+    with the attention mask that hides them from the matching queries; their outputs come back separately in
+    ``dn_logits`` / ``dn_boxes`` and every other output is that of the matching queries alone.
     """
     m = detector.model
     cfg = detector.config
@@ -222,22 +234,35 @@ def fuse_and_decode(detector: nn.Module, images: ImageFeatures, texts: list[Text
     else:
         target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
         reference_points = m.reference_points.weight.unsqueeze(0).repeat(batch_size, 1, 1).sigmoid()
+    num_dn = 0
+    self_attn_mask = None
+    if denoising is not None:
+        num_dn = denoising.num_queries
+        # Label embedding of a denoising query: the mean of its entity's tokens in the fused text memory.
+        weights = denoising.entity_weights[:, :, : memory_text.shape[1]].to(device=device, dtype=memory_text.dtype)
+        target = torch.cat([torch.bmm(weights, memory_text), target], 1)
+        reference_points = torch.cat([denoising.boxes.to(device=device, dtype=reference_points.dtype),
+                                      reference_points], 1)
+        blocked = denoising.attn_mask.to(device)
+        self_attn_mask = torch.zeros(blocked.shape, dtype=target.dtype, device=device)
+        self_attn_mask = self_attn_mask.masked_fill(blocked, torch.finfo(target.dtype).min)[None, None]
     init_reference = reference_points
 
-    dec = m.decoder(
-        inputs_embeds=target,
-        vision_encoder_hidden_states=memory,
-        vision_encoder_attention_mask=images.mask,
-        text_encoder_hidden_states=memory_text,
-        text_encoder_attention_mask=~text_mask,
-        reference_points=reference_points,
-        spatial_shapes=spatial_shapes,
-        spatial_shapes_list=images.spatial_shapes_list,
-        level_start_index=level_start_index,
-        valid_ratios=images.valid_ratios,
-        self_attn_mask=None,
-        return_dict=True,
-    )
+    with _decoder_query_count(m.decoder, reference_points.shape[1]):
+        dec = m.decoder(
+            inputs_embeds=target,
+            vision_encoder_hidden_states=memory,
+            vision_encoder_attention_mask=images.mask,
+            text_encoder_hidden_states=memory_text,
+            text_encoder_attention_mask=~text_mask,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=images.spatial_shapes_list,
+            level_start_index=level_start_index,
+            valid_ratios=images.valid_ratios,
+            self_attn_mask=self_attn_mask,
+            return_dict=True,
+        )
     hidden = dec.intermediate_hidden_states  # (B, layers, Q, d)
     refs = dec.intermediate_reference_points  # (B, layers, Q, 4)
     all_logits, all_boxes = [], []
@@ -253,6 +278,10 @@ def fuse_and_decode(detector: nn.Module, images: ImageFeatures, texts: list[Text
             coords = delta
         all_boxes.append(coords.sigmoid())
     all_logits_t, all_boxes_t = torch.stack(all_logits), torch.stack(all_boxes)
+    dn_logits = dn_boxes = None
+    if num_dn:
+        dn_logits, dn_boxes = all_logits_t[:, :, :num_dn], all_boxes_t[:, :, :num_dn]
+        all_logits_t, all_boxes_t = all_logits_t[:, :, num_dn:], all_boxes_t[:, :, num_dn:]
     return RawOutputs(
         logits=all_logits_t[-1],
         boxes=all_boxes_t[-1],
@@ -261,6 +290,22 @@ def fuse_and_decode(detector: nn.Module, images: ImageFeatures, texts: list[Text
         all_boxes=all_boxes_t,
         enc_logits=enc_logits,
         enc_boxes=enc_boxes,
-        query_features=hidden[:, -1],
+        query_features=hidden[:, -1, num_dn:],
         memory=memory,
+        memory_text=memory_text,
+        dn_logits=dn_logits,
+        dn_boxes=dn_boxes,
     )
+
+
+@contextmanager
+def _decoder_query_count(decoder: nn.Module, count: int):
+    """transformers' decoder sizes its text attention mask by ``config.num_queries``; with denoising queries
+    in front the decoder runs more queries than that, so the count is raised for the call and then restored."""
+    cfg = decoder.config
+    saved = cfg.num_queries
+    cfg.num_queries = count
+    try:
+        yield
+    finally:
+        cfg.num_queries = saved

@@ -1,6 +1,6 @@
 """``groundscope train`` and ``groundscope build-nano``: the training commands, added to the main app by `register`.
 
-    groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR]
+    groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR] [--set key.path=value ...]
     groundscope build-nano OUT_DIR [--text-layers 3] [--vocab-size 8192] [--dtype float16] [--seed 0]
 
 Exit codes: 0 finished, 2 bad config / arguments / data / model (one line naming the problem), 1 training
@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Continue from this checkpoint file."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (overrides train.out_dir)."),
+        overrides: Optional[list[str]] = typer.Option(
+            None, "--set", help="Override a config key: --set train.max_steps=500 --set optim.lr=2e-4 "
+                                "(dotted path, YAML value; repeatable). The run's config.yaml records the result."),
     ) -> None:
         """Fine-tune a detector (or train one from scratch) as CONFIG says."""
         from groundscope.data import DataFormatError
@@ -42,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from groundscope.train.loop import Trainer, TrainError
 
         try:
-            cfg = load_config(config)
+            cfg = load_config(config, overrides or ())
             trainer = Trainer(cfg, out, console=console)
             summary = trainer.fit(resume=checkpoint if checkpoint is not None else resume)
         except (ConfigError, ModelLoadError, DataFormatError, TrainDataError) as e:
@@ -54,7 +57,8 @@ def register(app: typer.Typer) -> None:
         if summary["interrupted"]:
             console.print(
                 f"interrupted at step {summary['step']}/{summary['max_steps']}; checkpoint {summary['checkpoint']}; "
-                f"continue with: groundscope train {config} --resume" + (f" --out {out}" if out else ""),
+                f"continue with: groundscope train {config} --resume" + (f" --out {out}" if out else "")
+                + "".join(f" --set {o}" for o in overrides or ()),
                 highlight=False,
             )
             raise typer.Exit(130)

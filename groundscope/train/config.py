@@ -9,7 +9,8 @@ A config file has up to seven sections; only ``model.path``, ``data.train.path``
     loss:     {cls: 1.0, bbox: 5.0, giou: 2.0, match_cls: 2.0, match_bbox: 5.0, match_giou: 2.0}
     optim:    {lr: 1.0e-4, weight_decay: 1.0e-4, backbone_lr_mult: 0.1, text_lr_mult: 0.1, clip_grad: 0.1}
     schedule: {kind: step, warmup_steps: 1000, milestones: [20000, 27000], gamma: 0.1}
-    train:    {max_steps: 30000, batch_size: 2, accumulate: 1, bf16: false, seed: 0, out_dir: runs/x}
+    train:    {max_steps: 30000, batch_size: 2, accumulate: 1, bf16: false, seed: 0, out_dir: runs/x,
+               denoising: {enabled: true, queries: 100, label_noise: 0.5, box_noise: 1.0}}
     eval:     {every: 1000, max_detections: 100}
 
 Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
@@ -21,6 +22,7 @@ groundscope command (the example configs are meant to be run from the repository
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -116,6 +118,19 @@ class ScheduleSection:
 
 
 @dataclass
+class DenoisingSection:
+    enabled: bool = _spec(False, doc="contrastive denoising queries (DINO's CDN) in the training forward; "
+                                     "never at inference")
+    queries: int = _spec(100, min=1, doc="denoising query budget per image: groups = queries // most boxes "
+                                        "of one image in the batch (MM-GDINO: 100)")
+    label_noise: float = _spec(0.5, min=0.0, max=1.0, doc="label noise scale: an entity is swapped for another "
+                                                         "of the prompt with probability label_noise / 2")
+    box_noise: float = _spec(1.0, min=0.0, doc="box noise scale (DINO's lambda): positives move < lambda x half "
+                                              "the box size, negatives lambda..2 lambda x that")
+    weight: float = _spec(1.0, min=0.0, doc="factor of the denoising loss in the total")
+
+
+@dataclass
 class TrainSection:
     out_dir: str = _spec("runs/train", doc="checkpoints, logs, the curve and the final model go here")
     max_steps: int | None = _spec(None, min=1, doc="optimizer steps (give this or epochs)")
@@ -132,6 +147,7 @@ class TrainSection:
     save_dtype: str = _spec("float32", choices=("float32", "float16", "bfloat16"),
                             doc="dtype of the exported safetensors weights")
     progress: bool = _spec(True, doc="rich progress display (only on a terminal)")
+    denoising: DenoisingSection = _spec(factory=DenoisingSection, doc="contrastive denoising queries")
 
 
 @dataclass
@@ -281,8 +297,62 @@ def config_from_dict(raw: Any) -> TrainConfig:
     return validate(_build(TrainConfig, raw, ""))
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML config; errors are `ConfigError` prefixed with the file name."""
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Set dotted keys in a parsed config: ``["train.max_steps=500", "data.train.0.path=x.jsonl"]``.
+
+    Values are parsed as YAML (``1e-4``, ``true``, ``[288, 320]``, ``null``); a number segment indexes a list.
+    Missing mappings on the way are created, so a section the file leaves out can be set; an unknown key is
+    left for validation to reject with the list of valid keys, as in the file itself. Returns a new mapping.
+    """
+    import copy
+
+    out = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(out, dict):
+        raise ConfigError(f"the config must be a mapping of sections, got {out!r}")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.max_steps=500")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
+        if isinstance(value, str) and _FLOAT.match(value):
+            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string; on a command line it is a number
+        parts = key.split(".")
+        node: Any = out
+        parent: Any = None
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, dict) and part.isdigit() and part not in node and parent is not None:
+                # a single mapping where a list is allowed (data.train: {path: ...}) is a list of one
+                node = [node]
+                parent[parts[depth - 1] if isinstance(parent, dict) else int(parts[depth - 1])] = node
+            parent = node
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item!r}: '{where}' indexes a list of {len(node)} entries; "
+                                      f"use 0..{len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:depth])}' is {node!r}, not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read and validate a YAML config, with `overrides` (``key.path=value``, see `apply_overrides`) applied
+    first; errors are `ConfigError` prefixed with the file name (and the overrides, when there are any)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -292,7 +362,8 @@ def load_config(path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
     try:
-        return config_from_dict(raw)
+        return config_from_dict(apply_overrides(raw, list(overrides)) if overrides else raw)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{where}: {e}") from e

@@ -19,6 +19,7 @@ from torch import nn
 
 from groundscope.models import staged
 from groundscope.prompts import Prompt
+from groundscope.train.denoising import DenoisingQueries
 from groundscope.train.losses import Predictions
 
 
@@ -30,11 +31,13 @@ class TrainOutputs:
         decoder: one `Predictions` per decoder layer ((B, Q, L) logits, (B, Q, 4) boxes), last layer last.
         encoder: the top-k encoder proposals with gradients (two-stage models), else None.
         text_mask: (B, T) bool, valid prompt tokens.
+        denoising: one `Predictions` per decoder layer for the denoising queries ((B, N, L), (B, N, 4)), or None.
     """
 
     decoder: list[Predictions]
     encoder: Predictions | None
     text_mask: torch.Tensor
+    denoising: list[Predictions] | None = None
 
 
 class _Recorder:
@@ -68,7 +71,11 @@ def encode_prompts(model: nn.Module, prompts: list[Prompt], device: torch.device
 
 
 def forward_train(
-    model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, prompts: list[Prompt]
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    pixel_mask: torch.Tensor | None,
+    prompts: list[Prompt],
+    denoising: DenoisingQueries | None = None,
 ) -> TrainOutputs:
     """Run the detector on a batch with gradients.
 
@@ -77,6 +84,7 @@ def forward_train(
         pixel_values: (B, 3, H, W) normalised images (padded).
         pixel_mask: (B, H, W), 1 on real pixels, or None when nothing is padded.
         prompts: B prompts, one per image.
+        denoising: contrastive denoising queries for this batch (`groundscope.train.denoising`), or None.
     """
     device = pixel_values.device
     images = staged.encode_images(model, pixel_values, pixel_mask)
@@ -84,11 +92,11 @@ def forward_train(
     m = model.model
     two_stage = bool(model.config.two_stage)
     if not two_stage:
-        raw = staged.fuse_and_decode(model, images, texts)
+        raw = staged.fuse_and_decode(model, images, texts, denoising)
         encoder = None
     else:
         with _Recorder(m.encoder_output_class_embed, m.encoder_output_bbox_embed) as rec:
-            raw = staged.fuse_and_decode(model, images, texts)
+            raw = staged.fuse_and_decode(model, images, texts, denoising)
         # The first class-embed call scores every memory token (B, S, L); the second scores the decoder queries.
         enc_class, enc_delta = rec.outputs[0][0], rec.outputs[1][0]
         if enc_class.shape[1] != raw.memory.shape[1] or enc_delta.shape[1] != raw.memory.shape[1]:
@@ -107,7 +115,10 @@ def forward_train(
         coords = torch.gather(enc_delta + anchors, 1, topk[..., None].expand(-1, -1, 4))
         encoder = Predictions(logits, coords.sigmoid())
     decoder = [Predictions(raw.all_logits[k], raw.all_boxes[k]) for k in range(raw.all_logits.shape[0])]
-    return TrainOutputs(decoder, encoder, raw.text_mask)
+    dn = None
+    if raw.dn_logits is not None:
+        dn = [Predictions(raw.dn_logits[k], raw.dn_boxes[k]) for k in range(raw.dn_logits.shape[0])]
+    return TrainOutputs(decoder, encoder, raw.text_mask, dn)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:

@@ -49,6 +49,7 @@ from groundscope.train.data import (
     collate,
     load_records,
 )
+from groundscope.train.denoising import build_denoising
 from groundscope.train.forward import enable_activation_checkpointing, forward_train
 from groundscope.train.losses import GroundingLoss, LossWeights
 from groundscope.train.matcher import HungarianMatcher
@@ -329,14 +330,24 @@ class Trainer:
             batch = self._next_batch()
             pixels = batch.pixel_values.to(self.device, non_blocking=True)
             mask = batch.pixel_mask.to(self.device, non_blocking=True)
+            dn = None
+            if t.denoising.enabled:
+                dn = build_denoising(batch.targets, batch.prompts, int(self.model.config.num_queries),
+                                     num_queries=t.denoising.queries, label_noise=t.denoising.label_noise,
+                                     box_noise=t.denoising.box_noise)
             with autocast:
-                out = forward_train(self.model, pixels, mask, batch.prompts)
+                out = forward_train(self.model, pixels, mask, batch.prompts, dn[0] if dn else None)
             loss, parts = self.criterion(
                 out.decoder if self.cfg.loss.aux else out.decoder[-1:],
                 out.text_mask,
                 batch.targets,
                 out.encoder if self.cfg.loss.encoder else None,
             )
+            if dn is not None and out.denoising is not None:
+                layers = out.denoising if self.cfg.loss.aux else out.denoising[-1:]
+                dn_loss, dn_parts = self.criterion.denoising(layers, out.text_mask, batch.targets, dn[1])
+                loss = loss + t.denoising.weight * dn_loss
+                parts = {**parts, **dn_parts, "loss": float(loss.detach())}
             if not torch.isfinite(loss):
                 raise TrainError(
                     f"the loss is {float(loss)} at step {self.pos.step + 1} (images {batch.indices}); "
@@ -587,7 +598,9 @@ def _part_order(key: str) -> tuple:
         return (1, key)
     if key.startswith("enc."):
         return (2, key)
-    return (3, key)
+    if key.startswith("dn."):
+        return (3, key)
+    return (4, key)
 
 
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

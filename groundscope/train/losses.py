@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from groundscope.train.box_ops import cxcywh_to_xyxy, paired_generalized_box_iou
+from groundscope.train.denoising import DenoisingTargets
 from groundscope.train.matcher import HungarianMatcher
 from groundscope.train.targets import Target
 
@@ -96,19 +97,40 @@ class GroundingLoss:
             targets: B targets with (N_b, L) token maps.
             num_boxes: the normaliser (total target boxes in the batch, at least 1).
         """
+        device = pred.logits.device
+        targets = [t.to(device) for t in targets]
+        indices = [(q.to(device), t.to(device))
+                   for q, t in self.matcher(pred.logits.detach().float(), pred.boxes.detach().float(), targets)]
+        return self.terms(pred, text_mask, targets, indices, num_boxes)
+
+    def terms(
+        self,
+        pred: Predictions,
+        text_mask: torch.Tensor,
+        targets: list[Target],
+        indices: list[tuple[torch.Tensor, torch.Tensor]],
+        num_boxes: float,
+        query_valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """cls / bbox / giou for a given assignment.
+
+        Args:
+            indices: per image, (query indices, target indices) of the supervised pairs; every other query's
+                token target is all zeros ("no object").
+            query_valid: (B, Q) bool, queries that take part in the classification loss (default: all).
+        """
         logits = pred.logits.float()
         boxes = pred.boxes.float()
         batch, _, length = logits.shape
         device = logits.device
-        targets = [t.to(device) for t in targets]
-        indices = [(q.to(device), t.to(device)) for q, t in self.matcher(logits.detach(), boxes.detach(), targets)]
-
         valid = torch.zeros((batch, length), dtype=torch.bool, device=device)
         valid[:, : text_mask.shape[1]] = text_mask
         target_map = torch.zeros_like(logits)
         for b, (q, t) in enumerate(indices):
             target_map[b, q] = targets[b].token_map[t].to(target_map.dtype)
         select = valid[:, None, :].expand_as(logits)
+        if query_valid is not None:
+            select = select & query_valid.to(device)[:, :, None]
         # Select before the loss: the -inf logits at padding would give inf * 0 = NaN in the BCE otherwise.
         loss_cls = sigmoid_focal_loss(logits[select], target_map[select], self.alpha, self.gamma).sum() / num_boxes
 
@@ -118,6 +140,35 @@ class GroundingLoss:
         giou = paired_generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes))
         loss_giou = (1 - giou).sum() / num_boxes
         return {"cls": loss_cls, "bbox": loss_bbox, "giou": loss_giou}
+
+    def denoising(
+        self, layers: list[Predictions], text_mask: torch.Tensor, targets: list[Target], dn: DenoisingTargets
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """DINO's denoising loss: the same three terms with the assignment fixed by construction.
+
+        A positive slot is supervised with the box and entity tokens it was made from; a negative slot's token
+        target is all zeros and it has no box loss; padding slots are left out. Every decoder layer is
+        supervised, normalised by the number of positive slots (DINO divides by num_boxes x num_groups).
+
+        Returns:
+            (weighted total over layers, parts "dn.cls" / "dn.bbox" / "dn.giou" of the last layer).
+        """
+        device = layers[-1].logits.device
+        targets = [t.to(device) for t in targets]
+        positive, index = dn.positive.to(device), dn.target_index.to(device)
+        indices = []
+        for b in range(len(targets)):
+            q = torch.nonzero(positive[b]).flatten()
+            indices.append((q, index[b, q]))
+        num_pos = max(float(positive.sum()), 1.0)
+        total = layers[-1].logits.new_zeros((), dtype=torch.float32)
+        w = self.weights
+        parts: dict[str, float] = {}
+        for pred in layers:
+            terms = self.terms(pred, text_mask, targets, indices, num_pos, query_valid=dn.valid)
+            total = total + w.cls * terms["cls"] + w.bbox * terms["bbox"] + w.giou * terms["giou"]
+        parts = {f"dn.{k}": float(v.detach()) for k, v in terms.items()}
+        return total, parts
 
     def __call__(
         self,

@@ -14,6 +14,11 @@ the process on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. The first `--wa
 
     python benchmarks/bench_train.py [--models nano gdino-t] [--steps 3] [--warmup 1] [--threads 2] [--bf16]
     python benchmarks/bench_train.py --sizes      # nano weight size for other text-layer / vocabulary choices
+    python benchmarks/bench_train.py --settings   # nano recipe throughput per CPU setting (the levers of issue 8)
+
+``--settings`` trains the nano recipe (batch 4, 40 negative names, 48 synthetic images) once per setting, each in
+its own process: the first row is the reference (fp32, 2 threads, the 320/512 input of the first nano), every
+other row changes one thing, and the last column is its speed over the reference's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ def _worker(spec: dict, q) -> None:
     from groundscope.train import Trainer, config_from_dict
 
     torch.set_num_threads(spec["threads"])
+    if not spec.get("trim", True):
+        import groundscope.train.loop as loop
+
+        loop.TRIM_EVERY = 10**9
     cfg = config_from_dict(spec["config"])
     trainer = Trainer(cfg)
     total = sum(p.numel() for p in trainer.model.parameters())
@@ -139,6 +148,54 @@ def _config(model: Path, train: Path, label_map: Path, out: Path, steps: int, bf
     }
 
 
+# name -> (what changes, config overrides, threads); the first row is the reference
+SETTINGS = [
+    ("reference", "fp32, 2 threads, shortest edge 288-352 / longest 512, no denoising", {}, 2),
+    ("bf16", "bf16 autocast (AVX-512 bf16 on this CPU)", {"train": {"bf16": True}}, 2),
+    ("1-thread", "one torch thread", {}, 1),
+    ("worker", "data loading in 1 worker process (off the critical path)", {"data": {"num_workers": 1}}, 2),
+    ("small-input", "shortest edge 224-288 / longest 448", {"data": {"scales": [224, 256, 288], "max_size": 448}}, 2),
+    ("small+cdn", "small input + 100 denoising queries",
+     {"data": {"scales": [224, 256, 288], "max_size": 448}, "train": {"denoising": {"enabled": True}}}, 2),
+]
+
+
+def settings(steps: int, warmup: int) -> None:
+    """Throughput of the nano recipe under each of `SETTINGS`, in fresh processes, against the first row."""
+    from groundscope.data import generate_world
+    from groundscope.train.nano import build_nano
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = build_nano(tmp / "nano")
+        generate_world(tmp / "synth", 48, seed=0, split="train")
+        for name, what, changes, threads in SETTINGS:
+            cfg = {
+                "model": {"path": str(model), "device": "cpu", "freeze": ["model.text_backbone"]},
+                "data": {"train": {"path": str(tmp / "synth" / "odvg_det.jsonl"),
+                                   "label_map": str(tmp / "synth" / "label_map.json")},
+                         "scales": [288, 320, 352], "max_size": 512, "num_negatives": 40},
+                "train": {"max_steps": steps + warmup, "batch_size": 4, "out_dir": str(tmp / f"run_{name}"),
+                          "progress": False, "checkpoint_every": 0, "seed": 0},
+            }
+            for section, values in changes.items():
+                for k, v in values.items():
+                    cfg[section][k] = v
+            res = measure({"config": cfg, "threads": threads, "warmup": warmup})
+            rows.append((name, what, res))
+            print(json.dumps({"setting": name, **res}), flush=True)
+    ref = rows[0][2].get("step_s")
+    print(f"\nnano recipe, batch 4, median of {steps} steps after {warmup} warm-up, fresh process per setting")
+    print(f"{'setting':<13}{'s/step':>8}{'steps/s':>9}{'images/s':>10}{'peak RSS MB':>13}{'speed-up':>10}  what")
+    for name, what, r in rows:
+        if "error" in r:
+            print(f"{name:<13}  {r['error']}  {what}")
+            continue
+        print(f"{name:<13}{r['step_s']:>8.2f}{1 / r['step_s']:>9.3f}{r['images_per_s']:>10.2f}{r['peak_mb']:>13.0f}"
+              f"{ref / r['step_s']:>9.2f}x  {what}")
+
+
 def sizes() -> None:
     from groundscope.train.nano import build_nano, weight_report
 
@@ -166,9 +223,13 @@ def main() -> None:
     ap.add_argument("--gdino-size", type=int, nargs=2, default=[800, 1333], metavar=("SHORT", "LONG"),
                     help="image size of the gdino-t run (the published models train at up to 800 x 1333)")
     ap.add_argument("--sizes", action="store_true", help="only print the nano weight-size table")
+    ap.add_argument("--settings", action="store_true", help="only the nano CPU-settings table")
     args = ap.parse_args()
     if args.sizes:
         sizes()
+        return
+    if args.settings:
+        settings(max(args.steps, 8), max(args.warmup, 2))
         return
 
     from groundscope.data import generate_world

@@ -358,6 +358,8 @@ def test_loss_falls_in_a_few_steps(world, tiny_dir, tmp_path):
     assert last < 0.75 * first, (first, last)
     assert summary["step"] == 24 and not summary["interrupted"]
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["rss_mb"] > 100 for r in rows if r["type"] == "train")  # resident memory is logged per step
     # The exported model loads with the inference loader and detects.
     from groundscope.models.loading import load_detector
 
@@ -532,3 +534,20 @@ def test_cli_train_and_config_errors(world, tiny_dir, tmp_path):
     res = runner.invoke(app, ["train", str(path)])
     assert res.exit_code == 2
     assert "optim.clip: unknown key" in res.output and "clip_grad" in res.output
+
+
+def test_learning_curve_png(tmp_path):
+    from PIL import Image
+
+    from groundscope.train.plot import draw_learning_curve
+
+    history = [{"type": "train", "step": 1, "loss": 3.0},
+               {"type": "eval", "step": 100, "AP": 0.1, "AP50": 0.2}, {"type": "eval", "step": 200, "AP": 0.3, "AP50": 0.5}]
+    assert draw_learning_curve(history[:1], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    path = draw_learning_curve(history, tmp_path / "curve.png")
+    img = Image.open(path).convert("RGB")
+    assert img.size == (640, 360)
+    # the AP50 series' colour is drawn (the line and its points)
+    from groundscope.train.plot import SERIES
+
+    assert sum(1 for px in img.getdata() if px == SERIES["AP50"]) > 50

@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         shortest: int = typer.Option(320, "--shortest", min=32, help="Shortest resize edge."),
         longest: int = typer.Option(512, "--longest", min=32, help="Longest resize edge."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
+        backbone: str = typer.Option("swin", "--backbone", help="Image backbone: swin or convnext."),
     ) -> None:
         """Create the nano MM-Grounding-DINO (random vision, pretrained MiniLM text) to train from scratch."""
         from groundscope.train.nano import build_nano, weight_report
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}", 2)
         try:
             path = build_nano(out_dir, image_size=(shortest, longest), text_layers=text_layers,
-                              vocab_size=vocab_size or None, dtype=dtype, seed=seed)
+                              vocab_size=vocab_size or None, dtype=dtype, seed=seed, backbone=backbone)
         except (ImportError, ValueError) as e:
             raise _fail(str(e), 2)
         report = weight_report(path)

@@ -59,6 +59,43 @@ NO_DECAY_NAMES = ("level_embed", "position_embeddings", "pos_embed", "relative_p
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
 
 
+TRIM_EVERY = 25  # optimizer steps between returns of freed heap memory to the OS
+
+
+def resident_mb() -> float | None:
+    """The process's resident memory now, in MB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim: give freed heap pages back to the OS.
+
+    Every batch has other image and prompt sizes, so the CPU allocator's free lists fragment and glibc keeps the
+    freed pages; a 3000-step run's resident memory grew from 2.9 to 7 GB that way with nothing leaking. Trimming
+    every few steps keeps it flat at the cost of a few milliseconds. A no-op where glibc is absent.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 (AttributeError when this libc has none)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class TrainError(RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
 
@@ -365,9 +402,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
         seconds = time.perf_counter() - start
+        if self.pos.step % TRIM_EVERY == 0:
+            release_free_memory()
         record = {"type": "train", "step": self.pos.step, "epoch": self.pos.epoch, "lr": lr,
                   **{k: sums[k] for k in sorted(sums, key=_part_order)}, "grad_norm": grad_norm,
                   "images": images, "seconds": round(seconds, 4), "images_per_s": round(images / seconds, 3)}
+        rss = resident_mb()
+        if rss is not None:
+            record["rss_mb"] = rss
         return record
 
     # ------------------------------------------------------------------ checkpoints

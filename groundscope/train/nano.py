@@ -101,9 +101,16 @@ def nano_config(
     text_layers: int = 3,
     text_config=None,
     max_text_len: int = 256,
+    backbone: str = "swin",
 ):
-    """The MMGroundingDinoConfig of the nano architecture (text backbone = MiniLM cut to `text_layers`)."""
-    from transformers import BertConfig, MMGroundingDinoConfig, SwinConfig
+    """The MMGroundingDinoConfig of the nano architecture (text backbone = MiniLM cut to `text_layers`).
+
+    `backbone` "swin" (the default: what the published checkpoints use) or "convnext": a ConvNeXt of the same
+    widths and depths (`swin_embed_dim` x 1, 2, 4, 8), which transformers' Grounding DINO accepts through
+    `backbone_config` (it has LayerNorms, not the BatchNorms that Grounding DINO freezes in a ResNet, so it
+    trains from scratch); its 7x7 depthwise convolutions see colour and texture at every position.
+    """
+    from transformers import BertConfig, ConvNextConfig, MMGroundingDinoConfig, SwinConfig
 
     if text_config is None:
         text_config = BertConfig.from_pretrained(str(minilm_dir()))
@@ -113,10 +120,16 @@ def nano_config(
     out_indices = list(range(len(depths) - num_feature_levels + 1, len(depths) + 1))
     if num_feature_levels == len(depths) + 1:
         out_indices = list(range(2, len(depths) + 1))  # one extra level comes from a strided conv
-    swin = SwinConfig(embed_dim=swin_embed_dim, depths=depths, num_heads=heads_per_stage, window_size=7,
-                      out_indices=out_indices, drop_path_rate=0.0)
+    if backbone == "swin":
+        vision = SwinConfig(embed_dim=swin_embed_dim, depths=depths, num_heads=heads_per_stage, window_size=7,
+                            out_indices=out_indices, drop_path_rate=0.0)
+    elif backbone == "convnext":
+        vision = ConvNextConfig(hidden_sizes=[swin_embed_dim * 2**k for k in range(len(depths))], depths=depths,
+                                out_indices=out_indices, drop_path_rate=0.0)
+    else:
+        raise ValueError(f"backbone must be 'swin' or 'convnext', got {backbone!r}")
     return MMGroundingDinoConfig(
-        backbone_config=swin,
+        backbone_config=vision,
         text_config=text_config,
         d_model=d_model,
         encoder_layers=encoder_layers,
@@ -150,10 +163,13 @@ def _minilm_state(layers: int) -> dict[str, torch.Tensor]:
 
 
 def _init_patch_bias(model) -> None:
-    """PyTorch's default conv bias init for the Swin patch embedding (see the module docstring for why)."""
-    projections = [m for n, m in model.named_modules() if n.endswith("patch_embeddings.projection")]
+    """PyTorch's default conv bias init for the Swin / ConvNeXt patch embedding (see the module docstring
+    for why)."""
+    projections = [m for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Conv2d)
+                   and (n.endswith("patch_embeddings.projection") or n.endswith("embeddings.patch_embeddings"))]
     if len(projections) != 1:
-        raise RuntimeError(f"expected one Swin patch embedding, found {len(projections)}")
+        raise RuntimeError(f"expected one patch embedding convolution, found {len(projections)}")
     proj = projections[0]
     fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
     with torch.no_grad():

@@ -109,3 +109,33 @@ def draw_loss_curve(history: list[dict], path: str | Path, size: tuple[int, int]
     img.save(tmp, format="PNG")
     tmp.replace(path)
     return path
+
+
+def draw_learning_curve(history: list[dict], path: str | Path, size: tuple[int, int] = (640, 360),
+                        title: str = "validation") -> Path | None:
+    """Validation AP and AP50 against the optimizer step (the "eval" records of a training log); None if
+    the log holds no evaluation. The model card's learning curve."""
+    evals = [r for r in history if r.get("type") == "eval"]
+    if not evals:
+        return None
+    width, height = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    steps = [r["step"] for r in evals]
+    box = (60, 28, width - 16, height - 34)
+    _panel(draw, font, box, (0, max(steps[-1], 1)),
+           [(k, steps, [r.get(k) for r in evals], SERIES[k], 2) for k in ("AP", "AP50")], False, title,
+           y_range=(0.0, 1.0))
+    for s, r in zip(steps, evals):  # the measured points, so a reader sees where the line is interpolated
+        for k in ("AP", "AP50"):
+            v = r.get(k)
+            if v is not None and math.isfinite(v):
+                x = box[0] + s / max(steps[-1], 1) * (box[2] - box[0])
+                y = box[3] - v * (box[3] - box[1])
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=SERIES[k])
+    draw.text(((width - 60) / 2, height - 18), "optimizer step", fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path

@@ -59,20 +59,28 @@ def test_offline_error_for_a_hub_model_points_at_nano(monkeypatch):
         gs.load_detector("llmdet-tiny")
 
 
-def test_nano_finds_the_objects_of_the_example_image(nano, example):
-    """The shipped weights' behaviour on the demo image: at least 5 of its 7 objects are matched (IoU >= 0.5) by
-    a detection of their own class name scoring >= 0.3 (6 when the weights were bundled; the small checkered
-    star is missed), and the two absent classes are never reported."""
+def test_nano_names_the_objects_of_the_example_image(nano, example):
+    """The shipped weights on the `make demo` image, by the issue's rule: an object is right when the best-scoring
+    detection overlapping it (IoU >= 0.5) carries its own name with score >= 0.3 and no detection of another name
+    scores >= 0.3 on it. DEMO_RIGHT objects were right when the weights were bundled (results.json records it);
+    the two absent classes are never reported."""
     classes = example["classes"]
-    dets = nano.detect(IMAGE, classes, box_threshold=0.3)
-    found = []
+    dets = nano.detect(IMAGE, classes, box_threshold=0.0, max_detections=300)
+    right = []
     for obj in example["objects"]:
-        mine = dets[dets.class_ids == classes.index(obj["name"])]
-        if len(mine) and box_iou(np.asarray([obj["box"]], dtype=np.float32), mine.xyxy).max() >= 0.5:
-            found.append(obj["name"])
-    assert len(found) >= 5, (found, dets)
+        iou = box_iou(np.asarray([obj["box"]], dtype=np.float32), dets.xyxy)[0]
+        over = np.nonzero(iou >= 0.5)[0]
+        if not len(over):
+            continue
+        best = over[np.argmax(dets.scores[over])]
+        others = [i for i in over if dets.labels[i] != obj["name"] and dets.scores[i] >= 0.3]
+        if dets.labels[best] == obj["name"] and dets.scores[best] >= 0.3 and not others:
+            right.append(obj["name"])
+    recorded = json.loads((BUNDLED_DIR / "nano" / "results.json").read_text())
+    assert len(right) >= recorded["demo_objects_right"], (right, dets[dets.scores >= 0.3])
     present = {o["name"] for o in example["objects"]}
-    assert all(label in present for label in dets.labels), dets
+    confident = dets[dets.scores >= 0.3]
+    assert all(label in present for label in confident.labels), confident
 
 
 def test_demo_command_writes_png_and_json(tmp_path, example):

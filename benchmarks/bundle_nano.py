@@ -155,7 +155,7 @@ Each variant is `configs/nano_synth.yaml` plus `--set` overrides, trained for th
 untrained model and scored on the validation world (seed 1) by `python benchmarks/bench_recipes.py`; the table
 is `benchmarks/results/nano_recipes.md`. Denoising queries more than doubled base AP50 at equal steps and cost
 about 2 % more time per step (17.3 vs 16.9 minutes), so the recipe uses them. The input size was chosen by throughput
-(`python benchmarks/bench_train.py --settings`): 224-288 px runs about 1.5x the steps per minute of 288-352 px.
+(`python benchmarks/bench_train.py --settings`): 224-288 px ran 1.23x the steps per second of 288-352 px (1.49 vs 1.83 s per step of 4 images); bf16 autocast was no faster (0.98x), a data-loading worker slower (0.93x, it competes for the 2 cores), denoising queries cost 5 % (1.57 s).
 
 {recipes}
 

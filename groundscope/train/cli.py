@@ -9,6 +9,7 @@ failed, 130 interrupted by Ctrl-C after saving a checkpoint (continue with ``--r
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"interrupted at step {summary['step']}/{summary['max_steps']}; checkpoint {summary['checkpoint']}; "
                 f"continue with: groundscope train {config} --resume" + (f" --out {out}" if out else "")
-                + "".join(f" --set {o}" for o in overrides or ()),
+                + "".join(f" --set {shlex.quote(o)}" for o in overrides or ()),
                 highlight=False,
             )
             raise typer.Exit(130)

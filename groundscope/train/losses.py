@@ -163,7 +163,6 @@ class GroundingLoss:
         num_pos = max(float(positive.sum()), 1.0)
         total = layers[-1].logits.new_zeros((), dtype=torch.float32)
         w = self.weights
-        parts: dict[str, float] = {}
         for pred in layers:
             terms = self.terms(pred, text_mask, targets, indices, num_pos, query_valid=dn.valid)
             total = total + w.cls * terms["cls"] + w.bbox * terms["bbox"] + w.giou * terms["giou"]

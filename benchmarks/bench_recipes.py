@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> (what it changes, overrides on top of configs/nano_synth.yaml)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "base": ("the recipe of the first bundled nano (no denoising)", ["train.denoising.enabled=false"]),
+    "base": ("no denoising (the first nano's recipe, at the small input)", ["train.denoising.enabled=false"]),
     "cdn": ("+ contrastive denoising queries (100, label noise 0.5, box noise 1.0)",
             ["train.denoising.enabled=true"]),
     "cdn+text1": ("+ CDN, MiniLM's top layer (of 3) trained at 0.1x lr",

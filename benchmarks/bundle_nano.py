@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="the training run folder (holds model/, log.jsonl, config.yaml)")
     ap.add_argument("--bench", type=Path, required=True, help="benchmarks/bench_nano.py --json output")
     ap.add_argument("--recipes", type=Path, default=REPO / "benchmarks" / "results" / "nano_recipes.md")
+    ap.add_argument("--resumes", type=int, default=0, help="how often the run was resumed (said on the card)")
     args = ap.parse_args()
 
     from groundscope.train.nano import weight_report
@@ -48,6 +49,7 @@ def main() -> None:
         shutil.copyfile(args.run / "model" / name, DEST / name)
     report = weight_report(DEST)
     minutes = sum(r["seconds"] for r in train) / 60
+    resumes = args.resumes
     batch = max(r["images"] for r in train)
     rss = [r["rss_mb"] for r in train if "rss_mb" in r]
     results = {
@@ -88,6 +90,7 @@ def main() -> None:
                  + ". The card reports what was measured; the recipe was not tuned on the test world or the demo image."),
         rss=("" if not rss else f" Resident memory during training: median {sorted(rss)[len(rss) // 2] / 1024:.1f} GB, "
              f"highest {max(rss) / 1024:.1f} GB, rising with the age of the training process."),
+        resumes=(f"; resumed {resumes} time(s) from its own checkpoints, which is exact" if resumes else ""),
         scales=_yaml_line(cfg, "scales"), max_size=_yaml_line(cfg, "max_size"),
     )
     (DEST / "README.md").write_text(card)
@@ -144,7 +147,7 @@ weights load with plain transformers (`MMGroundingDinoForObjectDetection.from_pr
   noise 1.0; the label embedding of a query is its entity's fused text features). AdamW lr 8e-4, weight decay
   1e-4, gradient clipping 0.1, 100 warm-up steps then cosine to 5%, batch {batch}, shortest edge {scales} (longest
   {max_size}), horizontal flips on detection records. Text backbone frozen.
-- Run: {steps} steps, {images} samples, {minutes} minutes on 2 CPU cores (no GPU).{rss}
+- Run: {steps} steps, {images} samples, {minutes} minutes on 2 CPU cores (no GPU{resumes}).{rss}
   Validation AP50 (100 images of the seed-1 world, base classes) along the way: {curve}.
 
 ![validation AP and AP50 by step](learning_curve.png)

@@ -11,7 +11,8 @@ Layout (DINO's dynamic groups, as MM-GDINO's ``CdnQueryGenerator`` with ``num_dn
 * ``G = max(1, num_queries // max_gt)`` groups, ``max_gt`` = most boxes of one image in the batch; each group
   holds ``max_gt`` *positive* queries (box noise below `box_noise` x half the box size: they must reconstruct
   their box and entity) followed by ``max_gt`` *negative* queries (noise between 1x and 2x that: they must say
-  "no object"). Images with fewer boxes leave padding slots, which nothing attends to and no loss reads.
+  "no object"). Images with fewer boxes leave padding slots: no loss reads them, and a slot that is padding in
+  every image of the batch is seen by no other query.
 * Attention mask over the decoder's self-attention: the matching queries never see a denoising query (so the
   matching part computes exactly what it computes without them, which is what inference runs), and the groups
   never see each other; a denoising query sees its own group and the matching queries.
@@ -55,9 +56,6 @@ class DenoisingQueries:
     @property
     def num_queries(self) -> int:
         return int(self.boxes.shape[1])
-
-    def to(self, device: torch.device | str) -> "DenoisingQueries":
-        return DenoisingQueries(self.boxes.to(device), self.entity_weights.to(device), self.attn_mask.to(device))
 
 
 @dataclass

@@ -10,6 +10,7 @@ smaller image, and a batch must give the same boxes as one image at a time.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -56,11 +57,15 @@ class GroundingDetector:
         tokenizer,
         name: str = "model",
         image_size: tuple[int, int] = (SHORTEST_EDGE, LONGEST_EDGE),
+        path: str | Path | None = None,
     ):
-        """`image_size` is (shortest edge, longest edge) of the resize; the published checkpoints use (800, 1333)."""
+        """`image_size` is (shortest edge, longest edge) of the resize; the published checkpoints use (800, 1333).
+        `path` is the folder the model was loaded from (a trained caption head lives in its ``caption_head/``)."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.path = Path(path) if path is not None else None
+        self.caption_head = None  # LLMDet's caption head (groundscope.models.captioner), loaded on first caption
         self.image_size = tuple(int(v) for v in image_size)
         self.max_text_len = int(model.config.max_text_len)
         self._text_cache: OrderedDict[tuple[int, ...], staged.TextFeatures] = OrderedDict()
@@ -193,6 +198,51 @@ class GroundingDetector:
         results = self._run(imgs, prompts, reduce, batch_size)
         dets = [to_detections(merge_candidates(c), size, top_k, 0.0, with_spans=True) for c, size in results]
         return dets if batch else dets[0]
+
+    def caption(
+        self,
+        image: ImageInput,
+        boxes: Sequence[Sequence[float]] | torch.Tensor | None = None,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+    ) -> str | list[str]:
+        """LLMDet's captions: the image's detailed caption, or a phrase for each given box.
+
+        Needs a caption head (``caption_head/`` beside the weights, written by training with ``caption.enabled``,
+        or one assigned to ``detector.caption_head``).
+
+        Args:
+            image: one image.
+            boxes: (N, 4) pixel xyxy boxes to describe (e.g. ``detections.xyxy``); None for the whole image.
+            prompt: the detector's text prompt while it looks (the memory is text-fused); default: the head's.
+            max_new_tokens: generation budget (default: the head's training limits, at most 256 for images).
+        Returns:
+            the caption, or one phrase per box.
+        """
+        from groundscope.models.captioner import caption_image, caption_regions, look
+
+        head = self._require_caption_head()
+        prepared = self.prepare([image])[0]
+        view = look(self, prepared.pixel_values, prompt or head.config.default_prompt)
+        if boxes is None:
+            return caption_image(head, view, max_new_tokens or min(head.config.image_max_tokens, 256))
+        box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        return caption_regions(head, view, box_t, prepared.orig_size, max_new_tokens or head.config.region_max_tokens)
+
+    def _require_caption_head(self):
+        if self.caption_head is None:
+            from groundscope.models.captioner import CaptionerError, load_caption_head
+
+            folder = self.path / "caption_head" if self.path is not None else None
+            if folder is None or not folder.exists():
+                raise CaptionerError(
+                    f"model '{self.name}' has no caption head (no caption_head/ in its folder); LLMDet's released "
+                    "checkpoints drop it: train one with groundscope train configs/llmdet_stage1_synth.yaml "
+                    "(caption.enabled) and caption with the model folder it writes"
+                )
+            self.caption_head = load_caption_head(folder, self.device)
+        return self.caption_head
 
     # ------------------------------------------------------------------ engine
     def text_features(self, prompt: Prompt) -> staged.TextFeatures:

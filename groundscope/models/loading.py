@@ -153,7 +153,7 @@ def load_detector(
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model '{display}': its tokenizer has no character offsets (needs a fast tokenizer)")
     model.to(device).eval()
-    return GroundingDetector(model, tokenizer, name=display, image_size=read_image_size(Path(local)))
+    return GroundingDetector(model, tokenizer, name=display, image_size=read_image_size(Path(local)), path=local)
 
 
 def read_image_size(model_dir: Path) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Training configuration: dataclasses per section, loaded from YAML and validated with errors that say where.
 
-A config file has up to seven sections; only ``model.path``, ``data.train.path`` and one of
+A config file has up to eight sections; only ``model.path``, ``data.train.path`` and one of
 ``train.max_steps`` / ``train.epochs`` are required::
 
     model:    {path: mm-gdino-tiny, freeze: [model.text_backbone], device: cpu}
@@ -12,6 +12,7 @@ A config file has up to seven sections; only ``model.path``, ``data.train.path``
     train:    {max_steps: 30000, batch_size: 2, accumulate: 1, bf16: false, seed: 0, out_dir: runs/x,
                denoising: {enabled: true, queries: 100, label_noise: 0.5, box_noise: 1.0}}
     eval:     {every: 1000, max_detections: 100}
+    caption:  {enabled: true, llm: runs/world_lm, grids: [8, 12], lora: {r: 16, alpha: 32}}   # LLMDet
 
 Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
 names its path and the valid keys (a typo must not silently fall back to a default); a bad value names the key,
@@ -151,6 +152,35 @@ class TrainSection:
 
 
 @dataclass
+class LoraSection:
+    r: int = _spec(128, min=1, doc="LoRA rank (LLMDet: 128)")
+    alpha: int = _spec(256, min=1, doc="LoRA alpha (LLMDet: 256)")
+    dropout: float = _spec(0.0, min=0.0, max=1.0, doc="LoRA dropout")
+    targets: list[str] = _spec(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"], doc="LM module names that get adapters")
+
+
+@dataclass
+class CaptionSection:
+    """LLMDet's language-model supervision (groundscope.models.captioner)."""
+
+    enabled: bool = _spec(False, doc="train with the caption head: image captions and region phrases")
+    llm: str | None = _spec(None, doc="causal LM path or hub id (AutoModelForCausalLM); LLMDet: LLaVA-OV's Qwen2-0.5B")
+    gguf_file: str | None = _spec(None, doc="GGUF file inside llm to load it from")
+    head: str | None = _spec(None, doc="a trained caption head folder to start from (stage 2 starts from stage 1's)")
+    levels: list[int] = _spec(factory=lambda: [2, 1], min=0, doc="memory levels of the image tokens, coarse first "
+                                                                  "(p5, p4 of a stride-8/16/32 pyramid)")
+    grids: list[int] = _spec(factory=lambda: [20, 27], min=1, doc="resized side of each level (LLMDet: 20, 27)")
+    image_weight: float = _spec(1.0, min=0.0, doc="weight of the image-caption loss")
+    region_weight: float = _spec(1.0, min=0.0, doc="weight of the region-phrase loss")
+    image_max_tokens: int = _spec(1600, min=2, doc="caption tokens kept (LLMDet: 1600)")
+    region_max_tokens: int = _spec(40, min=2, doc="phrase tokens kept (LLMDet: 40)")
+    max_regions: int = _spec(16, min=0, doc="boxes per image with a region phrase (LLMDet: 16)")
+    lora: LoraSection | None = _spec(None, doc="LoRA adapters on the LM (stage 2); null keeps the LM frozen")
+    default_prompt: str = _spec("object.", doc="detector prompt `groundscope caption` uses when given none")
+
+
+@dataclass
 class EvalSection:
     every: int = _spec(0, min=0, doc="optimizer steps between evaluations on data.val (0 = only at the end)")
     at_end: bool = _spec(True, doc="evaluate after the last step when data.val is set")
@@ -169,6 +199,7 @@ class TrainConfig:
     schedule: ScheduleSection = _spec(factory=ScheduleSection, doc="learning-rate schedule")
     train: TrainSection = _spec(factory=TrainSection, doc="loop length, batching, precision, outputs")
     eval: EvalSection = _spec(factory=EvalSection, doc="periodic COCO evaluation")
+    caption: CaptionSection = _spec(factory=CaptionSection, doc="LLMDet caption supervision")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,6 +320,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.train: list at least one annotation file")
     if cfg.data.scales is not None and not cfg.data.scales:
         raise ConfigError("data.scales: must list at least one shortest edge (or be left out)")
+    c = cfg.caption
+    if c.enabled and not c.llm and not c.head:
+        raise ConfigError("caption.llm: the caption head needs a causal LM (a local folder such as the one "
+                          "`groundscope pretrain-lm` writes, or a hub id), or caption.head: a trained head")
+    if len(c.levels) != len(c.grids) or not c.levels:
+        raise ConfigError(f"caption.levels {c.levels} and caption.grids {c.grids}: give one grid side per level")
     return cfg
 
 

@@ -65,6 +65,9 @@ class Sample:
         target: boxes (N, 4) normalised cxcywh and token maps (N, max_text_len).
         index: position of the record in the dataset.
         flipped: whether the image was mirrored.
+        phrases: per target box, the prompt text that names it (class name, phrase or expression); LLMDet's
+            region-caption target.
+        long_caption: the record's detailed image caption (GroundingCap), or None.
     """
 
     pixel_values: torch.Tensor
@@ -72,6 +75,8 @@ class Sample:
     target: Target
     index: int
     flipped: bool = False
+    phrases: list[str] = field(default_factory=list)
+    long_caption: str | None = None
 
 
 @dataclass
@@ -84,6 +89,9 @@ class Batch:
         prompts: B prompts.
         targets: B targets (boxes normalised to each image's own unpadded size, as DETR does).
         indices: dataset positions of the samples.
+        phrases: per sample, the text naming each target box.
+        long_captions: per sample, the detailed caption, or None (none in the record, or the image was mirrored
+            and the caption's "left" / "right" would lie).
     """
 
     pixel_values: torch.Tensor
@@ -91,9 +99,18 @@ class Batch:
     prompts: list[Prompt]
     targets: list[Target]
     indices: list[int] = field(default_factory=list)
+    phrases: list[list[str]] = field(default_factory=list)
+    long_captions: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+def entity_text(prompt: Prompt, entity: int) -> str:
+    """The words of the prompt that name `entity` (its character spans joined); the label when it has none."""
+    spans = prompt.entity_spans[entity] if entity < len(prompt.entity_spans) else []
+    text = " ".join(prompt.text[a:b].strip() for a, b in spans).strip()
+    return text or prompt.labels[entity]
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
@@ -106,7 +123,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
         _, sh, sw = s.pixel_values.shape
         pixels[i, :, :sh, :sw] = s.pixel_values
         mask[i, :sh, :sw] = 1
-    return Batch(pixels, mask, [s.prompt for s in samples], [s.target for s in samples], [s.index for s in samples])
+    return Batch(pixels, mask, [s.prompt for s in samples], [s.target for s in samples], [s.index for s in samples],
+                 [s.phrases for s in samples], [None if s.flipped else s.long_caption for s in samples])
 
 
 def load_records(path: str | Path, fmt: str = "auto", label_map: str | Path | None = None) -> tuple[RecordSet, str]:
@@ -270,7 +288,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         for row, e in enumerate(entity):
             token_map[row, prompt.token_spans[e]] = True
         target = Target(xyxy_to_cxcywh(norm), token_map, torch.as_tensor(entity, dtype=torch.long))
-        return Sample(pixel_values, prompt, target, index, bool(flipped))
+        phrases = [entity_text(prompt, int(e)) for e in entity]
+        return Sample(pixel_values, prompt, target, index, bool(flipped), phrases, record.long_caption)
 
     def _class_text(self, label: int, rng: np.random.Generator) -> str:
         name = self.records.categories[label]

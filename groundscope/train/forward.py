@@ -32,12 +32,21 @@ class TrainOutputs:
         encoder: the top-k encoder proposals with gradients (two-stage models), else None.
         text_mask: (B, T) bool, valid prompt tokens.
         denoising: one `Predictions` per decoder layer for the denoising queries ((B, N, L), (B, N, 4)), or None.
+        query_features: (B, Q, d) last decoder layer's hidden states of the matching queries (LLMDet's region
+            features; denoising queries excluded, so index q is the q-th query of ``decoder[-1]``).
+        memory: (B, S, d) encoder vision memory (LLMDet's image features).
+        memory_valid: (B, S) bool, True on real (unpadded) pixels.
+        spatial_shapes: [(H_l, W_l)] per memory level.
     """
 
     decoder: list[Predictions]
     encoder: Predictions | None
     text_mask: torch.Tensor
     denoising: list[Predictions] | None = None
+    query_features: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    memory_valid: torch.Tensor | None = None
+    spatial_shapes: list[tuple[int, int]] | None = None
 
 
 class _Recorder:
@@ -118,7 +127,8 @@ def forward_train(
     dn = None
     if raw.dn_logits is not None:
         dn = [Predictions(raw.dn_logits[k], raw.dn_boxes[k]) for k in range(raw.dn_logits.shape[0])]
-    return TrainOutputs(decoder, encoder, raw.text_mask, dn)
+    return TrainOutputs(decoder, encoder, raw.text_mask, dn, raw.query_features, raw.memory, images.mask,
+                        images.spatial_shapes_list)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:

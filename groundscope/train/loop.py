@@ -49,12 +49,14 @@ from groundscope.train.data import (
     collate,
     load_records,
 )
+from groundscope.train.caption_loss import caption_losses
 from groundscope.train.denoising import build_denoising
 from groundscope.train.forward import enable_activation_checkpointing, forward_train
 from groundscope.train.losses import GroundingLoss, LossWeights
 from groundscope.train.matcher import HungarianMatcher
 from groundscope.train.plot import draw_loss_curve
 
+CAPTION_HEAD_DIR = "caption_head"  # inside the exported model folder: load_detector ignores it
 NO_DECAY_NAMES = ("level_embed", "position_embeddings", "pos_embed", "relative_position_bias_table", "reference_points")
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
 
@@ -237,12 +239,19 @@ class Trainer:
             detector = load_detector(config.model.path, device=self.device)
         self.detector = detector
         self.model = detector.model.to(self.device)
-        self.frozen = apply_freeze(self.model, config.model.freeze)
+        # LLMDet's caption head trains beside the detector; `self.trainable` names both ("model.*" as before,
+        # "captioner.*" for the head) for freezing, parameter groups and train/eval modes.
+        self.head = build_head_for_training(config.caption, int(self.model.config.d_model), self.device)
+        self.trainable = self.model if self.head is None else _Joint(self.model, self.head)
+        self.frozen = apply_freeze(self.trainable, config.model.freeze)
         if t.activation_checkpointing:
             enable_activation_checkpointing(self.model)
-        self._frozen_modules = frozen_modules(self.model, config.model.freeze)
-        if not any(p.requires_grad for p in self.model.parameters()):
+        self._frozen_modules = frozen_modules(self.trainable, config.model.freeze)
+        if self.head is not None:
+            self._frozen_modules.append(self.head.lm)  # the LM's dropout stays off; LoRA adapters still train
+        if not any(p.requires_grad for p in self.trainable.parameters()):
             raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
+        self.detector_trains = any(p.requires_grad for p in self.model.parameters())
 
         d = config.data
         shortest, longest = detector.image_size
@@ -295,7 +304,7 @@ class Trainer:
 
         o = config.optim
         mults = {"model.backbone": o.backbone_lr_mult, "model.text_backbone": o.text_lr_mult, **o.lr_mults}
-        self.groups = param_groups(self.model, o.lr, o.weight_decay, mults)
+        self.groups = param_groups(self.trainable, o.lr, o.weight_decay, mults)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(
             [{k: v for k, v in g.items() if k != "names"} for g in self.groups],
@@ -351,7 +360,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _set_train_mode(self) -> None:
-        self.model.train()
+        self.trainable.train()
         for m in self._frozen_modules:
             m.eval()
 
@@ -372,7 +381,8 @@ class Trainer:
                 dn = build_denoising(batch.targets, batch.prompts, int(self.model.config.num_queries),
                                      num_queries=t.denoising.queries, label_noise=t.denoising.label_noise,
                                      box_noise=t.denoising.box_noise)
-            with autocast:
+            # Stage 1 of LLMDet trains the caption head alone: the detector runs without a graph.
+            with autocast, (nullcontext() if self.detector_trains else torch.no_grad()):
                 out = forward_train(self.model, pixels, mask, batch.prompts, dn[0] if dn else None)
             loss, parts = self.criterion(
                 out.decoder if self.cfg.loss.aux else out.decoder[-1:],
@@ -385,6 +395,15 @@ class Trainer:
                 dn_loss, dn_parts = self.criterion.denoising(layers, out.text_mask, batch.targets, dn[1])
                 loss = loss + t.denoising.weight * dn_loss
                 parts = {**parts, **dn_parts, "loss": float(loss.detach())}
+            if self.head is not None:
+                c = self.cfg.caption
+                matches = self.criterion.match(out.decoder[-1], batch.targets)
+                cap = caption_losses(self.head, out, matches, batch.phrases, batch.long_captions)
+                weights = {"image": c.image_weight, "region": c.region_weight}
+                for k, v in cap.items():
+                    loss = loss + weights[k] * v
+                parts = {**parts, **{f"cap.{k}": float(v.detach()) for k, v in cap.items()},
+                         "loss": float(loss.detach())}
             if not torch.isfinite(loss):
                 raise TrainError(
                     f"the loss is {float(loss)} at step {self.pos.step + 1} (images {batch.indices}); "
@@ -421,6 +440,7 @@ class Trainer:
             "epoch": self.pos.epoch,
             "batch": self.pos.batch,
             "model": self.model.state_dict(),
+            **({"captioner": self.head.trainable_state_dict()} if self.head is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt_io.rng_state(),
@@ -453,6 +473,13 @@ class Trainer:
                 highlight=False,
             )
         self.model.load_state_dict(ck["model"])
+        if self.head is not None:
+            if "captioner" not in ck:
+                raise TrainError(f"'{path}' was written without a caption head; resume it with caption.enabled: false")
+            _, unexpected = self.head.load_state_dict(ck["captioner"], strict=False)
+            if unexpected:
+                raise TrainError(f"the caption head in '{path}' does not fit this one (unexpected {unexpected[:4]}); "
+                                 "resume with the same caption settings")
         try:
             self.optimizer.load_state_dict(ck["optimizer"])
         except ValueError as e:
@@ -601,6 +628,8 @@ class Trainer:
             if not interrupted:
                 dtype = getattr(torch, t.save_dtype)
                 model_dir = ckpt_io.export_model(self.detector, self.out / "model", dtype)
+                if self.head is not None:
+                    self.head.save(model_dir / CAPTION_HEAD_DIR)
                 periodic = self.cfg.eval.every and self.max_steps % self.cfg.eval.every == 0
                 if (self.cfg.eval.at_end or periodic) and self.cfg.data.val is not None:
                     last_eval = self.evaluate(final=True)
@@ -626,6 +655,46 @@ class Trainer:
                                f"AP50 {rec.get('AP50', float('nan')):.4f}", highlight=False)
 
 
+class _Joint(torch.nn.Module):
+    """The detector's submodules under their own names plus the caption head as ``captioner``: one namespace
+    for freeze prefixes ("model.backbone", "captioner.projector"), lr multipliers and parameter groups."""
+
+    def __init__(self, detector_model: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        if any(True for _ in detector_model.named_parameters(recurse=False)):
+            raise TrainError("the detector has parameters outside its submodules; the caption head cannot join it")
+        for name, child in detector_model.named_children():
+            self.add_module(name, child)
+        self.captioner = head
+
+
+def build_head_for_training(c, d_model: int, device: torch.device):
+    """The caption head a config asks for (None when caption.enabled is false): a trained one from
+    ``caption.head`` (LoRA added if the config asks for it and the head has none), else a new one on
+    ``caption.llm``."""
+    if not c.enabled:
+        return None
+    from dataclasses import asdict
+
+    from groundscope.models.captioner import CaptionHeadConfig, attach_lora, build_caption_head, load_caption_head
+
+    lora = asdict(c.lora) if c.lora is not None else None
+    if c.head:
+        head = load_caption_head(c.head, device, trainable=True)
+        if head.config.d_model != d_model:
+            raise ConfigError(f"caption.head '{c.head}' was made for d_model {head.config.d_model}, this detector "
+                              f"has {d_model}")
+        if lora and not head.config.lora:
+            head.lm = attach_lora(head.lm, lora)
+            head.config.lora = lora
+        return head.train()
+    cfg = CaptionHeadConfig(llm=c.llm, gguf_file=c.gguf_file, d_model=d_model, levels=list(c.levels),
+                            grids=list(c.grids), image_max_tokens=c.image_max_tokens,
+                            region_max_tokens=c.region_max_tokens, max_regions=c.max_regions, lora=lora,
+                            default_prompt=c.default_prompt)
+    return build_caption_head(cfg, device)
+
+
 def _ignore_sigint(_worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C to the main process: a terminal sends SIGINT to the whole process group,
     and a worker that quit on it would break the step the main process is finishing before it saves."""
@@ -640,6 +709,8 @@ def _part_order(key: str) -> tuple:
         return (1, key)
     if key.startswith("enc."):
         return (2, key)
+    if key.startswith("cap."):
+        return (1, key)
     if key.startswith("dn."):
         return (3, key)
     return (4, key)

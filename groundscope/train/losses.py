@@ -97,11 +97,15 @@ class GroundingLoss:
             targets: B targets with (N_b, L) token maps.
             num_boxes: the normaliser (total target boxes in the batch, at least 1).
         """
+        return self.terms(pred, text_mask, [t.to(pred.logits.device) for t in targets],
+                          self.match(pred, targets), num_boxes)
+
+    def match(self, pred: Predictions, targets: list[Target]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Hungarian assignment of one prediction set: per image (query indices, target indices)."""
         device = pred.logits.device
         targets = [t.to(device) for t in targets]
-        indices = [(q.to(device), t.to(device))
-                   for q, t in self.matcher(pred.logits.detach().float(), pred.boxes.detach().float(), targets)]
-        return self.terms(pred, text_mask, targets, indices, num_boxes)
+        return [(q.to(device), t.to(device))
+                for q, t in self.matcher(pred.logits.detach().float(), pred.boxes.detach().float(), targets)]
 
     def terms(
         self,

@@ -240,6 +240,70 @@ def refer(
     )
 
 
+def parse_box(text: str) -> list[float]:
+    """"x1,y1,x2,y2" in pixels -> four floats, or a typer.BadParameter naming the value."""
+    try:
+        box = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+        raise typer.BadParameter(f"--box {text!r}: give x1,y1,x2,y2 in pixels with x2 > x1 and y2 > y1")
+    return box
+
+
+@app.command()
+def caption(
+    images: list[Path] = typer.Argument(..., help="Image files or directories."),
+    model: str = typer.Option(..., "--model", "-m", help="A model folder with a caption_head/ (LLMDet training writes one)."),
+    box: list[str] = typer.Option([], "--box", help="x1,y1,x2,y2 pixel box to describe in a phrase (repeatable); "
+                                                    "without it the whole image is described."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Detector prompt while it looks (default: the head's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation budget."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image instead of text."),
+    device: str = DeviceOpt,
+) -> None:
+    """LLMDet's caption head: a detailed caption of each image, or a phrase for each --box."""
+    from groundscope.images import ImageLoadError, load_image
+    from groundscope.models.captioner import CaptionerError
+
+    boxes = [parse_box(b) for b in box]
+    paths = expand_images(images)
+    if not paths:
+        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    detector = _load_model(model, device)
+    try:
+        with console.status("loading the caption head ..."):
+            detector._require_caption_head()
+    except CaptionerError as e:
+        raise fail(str(e))
+    failures = []
+    with _progress() as bar:
+        task = bar.add_task("caption", total=len(paths))
+        for p in paths:
+            try:
+                image = load_image(p)
+            except ImageLoadError as e:
+                failures.append(f"{p}: {e}")
+                bar.advance(task)
+                continue
+            result = detector.caption(image, boxes or None, prompt=prompt, max_new_tokens=max_new_tokens)
+            if as_json:
+                record = {"image": str(p)}
+                record.update({"regions": [{"box": b, "phrase": t} for b, t in zip(boxes, result)]} if boxes
+                              else {"caption": result})
+                print(json.dumps(record), flush=True)
+            elif boxes:
+                for b, t in zip(boxes, result):
+                    print(f"{p}\t{','.join(f'{v:g}' for v in b)}\t{t}", flush=True)
+            else:
+                print(f"{p}\t{result}", flush=True)
+            bar.advance(task)
+    for f in failures:
+        console.print(f"[yellow]skipped[/] {f}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the model registry: short names, where they load from, what each is."""
@@ -264,7 +328,9 @@ def _register_subcommands() -> None:
     from groundscope.train.cli import register as register_train
 
     register_data(app)
+    from groundscope.data.groundingcap_cli import register as register_groundingcap; register_groundingcap(app)  # noqa: E702
     register_train(app)
+    from groundscope.train.world_lm_cli import register as register_world_lm; register_world_lm(app)  # noqa: E702
     app.add_typer(eval_app, name="eval")
 
 

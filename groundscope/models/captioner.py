@@ -349,7 +349,10 @@ def load_lm(config: CaptionHeadConfig, device: torch.device | str = "cpu", dtype
     source = str(local) if local.exists() else config.llm
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        if _is_vision_language(source, kwargs):
+            lm = causal_lm_of_vlm(source, dtype)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise CaptionerError(
             f"cannot load the caption LM '{config.llm}'{' (' + config.gguf_file + ')' if config.gguf_file else ''}: "
@@ -357,6 +360,28 @@ def load_lm(config: CaptionHeadConfig, device: torch.device | str = "cpu", dtype
         ) from e
     lm.config.use_cache = False
     return lm.to(device), tokenizer
+
+
+def _is_vision_language(source: str, kwargs: dict) -> bool:
+    if kwargs:
+        return False  # a GGUF file holds a plain LM
+    from transformers import AutoConfig
+
+    return hasattr(AutoConfig.from_pretrained(source), "text_config")
+
+
+def causal_lm_of_vlm(source: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The language model of a vision-language checkpoint (LLaVA-OneVision: Qwen2 + SigLIP) as a plain
+    `AutoModelForCausalLM`: LLMDet's LM is LLaVA-OV's Qwen2, whose weights differ from the Qwen2 release after
+    LLaVA's training. The vision tower is dropped (the detector is the eye here)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    full = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    lm = AutoModelForCausalLM.from_config(full.config.text_config, dtype=dtype)
+    decoder = getattr(full.model, "language_model", None) or full.get_decoder()
+    lm.get_decoder().load_state_dict(decoder.state_dict())
+    lm.get_output_embeddings().load_state_dict(full.get_output_embeddings().state_dict())
+    return lm
 
 
 def attach_lora(lm: nn.Module, lora: dict) -> nn.Module:

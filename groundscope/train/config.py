@@ -177,7 +177,8 @@ class CaptionSection:
     region_max_tokens: int = _spec(40, min=2, doc="phrase tokens kept (LLMDet: 40)")
     max_regions: int = _spec(16, min=0, doc="boxes per image with a region phrase (LLMDet: 16)")
     lora: LoraSection | None = _spec(None, doc="LoRA adapters on the LM (stage 2); null keeps the LM frozen")
-    default_prompt: str = _spec("object.", doc="detector prompt `groundscope caption` uses when given none")
+    default_prompt: str = _spec("auto", doc="detector prompt `groundscope caption` uses when given none; auto: "
+                                           "the training data's class names (as many as fit the text budget)")
 
 
 @dataclass

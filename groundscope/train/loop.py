@@ -277,6 +277,9 @@ class Trainer:
                 index_offset=sum(len(p) for p in parts),
             ))
         self.dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
+        if self.head is not None and config.caption.default_prompt == "auto":
+            self.head.config.default_prompt = _vocabulary_prompt(parts, detector.tokenizer,
+                                                                 int(self.model.config.max_text_len))
         cores = os.cpu_count() or 1
         if self.device.type == "cpu" and d.num_workers and torch.get_num_threads() + d.num_workers > cores:
             # OpenMP threads spin while they wait; with workers on the same cores a step can take 50x longer.
@@ -693,6 +696,19 @@ def build_head_for_training(c, d_model: int, device: torch.device):
                             region_max_tokens=c.region_max_tokens, max_regions=c.max_regions, lora=lora,
                             default_prompt=c.default_prompt)
     return build_caption_head(cfg, device)
+
+
+def _vocabulary_prompt(parts: list[GroundingTrainDataset], tokenizer, max_text_len: int) -> str:
+    """The class names of the training data as one detector prompt (the first chunk that fits): the caption
+    head looks at memory fused with such prompts in training, so it captions best with one ("object." else)."""
+    from groundscope.prompts import chunk_classes
+
+    names = []
+    for p in parts:
+        names += [n for n in p.records.categories if n not in names]
+    if not names:
+        return "object."
+    return chunk_classes(tokenizer, names, max_text_len)[0].text
 
 
 def _ignore_sigint(_worker_id: int) -> None:

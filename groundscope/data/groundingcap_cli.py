@@ -1,0 +1,96 @@
+"""``groundscope groundingcap``: build LLMDet GroundingCap records from images and detailed captions.
+
+    groundscope groundingcap --images DIR --captions FILE --model M --out FILE
+                             [--threshold 0.3] [--nms 0.5] [--spacy-model en_core_web_sm] [--device cpu]
+                             [--batch-size 4]
+
+FILE (captions) is JSON lines ``{"image": "name.jpg", "caption": "..."}`` or one JSON object
+``{"name.jpg": "caption", ...}``. Exit codes as for the other verbs: 0 all written, 1 some images could not be
+read (the rest are written), 2 bad captions file, missing spaCy / pipeline, or a model that does not load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def groundingcap(
+    images: Annotated[Path, typer.Option("--images", help="Folder the captions' image names are relative to.")],
+    captions: Annotated[Path, typer.Option(
+        "--captions", help='JSON lines {"image": "name.jpg", "caption": "..."} or a JSON object {name: caption}.')],
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Detector: registry name (see `groundscope models`), hub id or local directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="GroundingCap .jsonl to write.")],
+    threshold: Annotated[float, typer.Option(
+        "--threshold", "-t", min=0.0, help="Minimum box score kept (above 1 keeps none).")] = 0.3,
+    nms: Annotated[float, typer.Option(
+        "--nms", min=0.0, max=1.0, help="Per-phrase NMS IoU for duplicate boxes (1 keeps all).")] = 0.5,
+    spacy_model: Annotated[str, typer.Option(
+        "--spacy-model", help="spaCy English pipeline (package name or directory) for noun phrases.")
+    ] = "en_core_web_sm",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps, or auto.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per grounding call.")] = 4,
+) -> None:
+    """Build GroundingCap records: clean each caption, ground its noun phrases with the detector, write JSON lines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from groundscope.cli import _load_model, console, fail
+    from groundscope.data.errors import DataFormatError
+    from groundscope.data.groundingcap_build import (
+        BuildSummary,
+        NLPUnavailableError,
+        build_records,
+        load_spacy,
+        read_caption_file,
+    )
+    from groundscope.data.groundingcap import groundingcap_entry
+    from groundscope.data.jsonio import write_jsonl
+
+    if not images.is_dir():
+        raise fail(f"--images '{images}' is not a folder")
+    # Cheap checks first, so a bad file or a missing pipeline fails before the model loads.
+    try:
+        items = read_caption_file(captions)
+    except DataFormatError as e:
+        raise fail(str(e))
+    try:
+        nlp = load_spacy(spacy_model)
+    except NLPUnavailableError as e:
+        raise fail(str(e))
+    detector = _load_model(model, device)
+
+    summary = BuildSummary()
+    with Progress(TextColumn("[bold]groundingcap"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("groundingcap", total=len(items))
+
+        def on_skip(name: str, reason: str) -> None:
+            bar.console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
+
+        records = build_records(
+            items, images, detector, nlp, threshold=threshold, nms_iou=None if nms >= 1.0 else nms,
+            filename_root=out.parent, batch_size=batch_size, summary=summary, on_skip=on_skip,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+        try:
+            write_jsonl(out, (groundingcap_entry(r) for r in records))
+        except NLPUnavailableError as e:
+            raise fail(str(e))
+        except OSError as e:
+            raise fail(f"cannot write '{out}': {e.strerror or e}")
+
+    typer.echo(
+        f"groundingcap: {summary.images} images, {summary.written} written, "
+        f"{summary.phrases_found} phrases found, {summary.phrases_grounded} phrases grounded "
+        f"({summary.boxes} boxes), {len(summary.skipped)} skipped -> {out}"
+    )
+    if summary.unreadable:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``groundingcap`` command to ``app``."""
+    app.command("groundingcap")(groundingcap)

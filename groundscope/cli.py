@@ -321,16 +321,18 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 def _register_subcommands() -> None:
-    """Verbs that live with their own modules: data (synth, convert), training (train, build-nano) and
-    evaluation (eval ...)."""
+    """Verbs that live with their own modules: data (synth, convert, groundingcap), training (train,
+    build-nano, pretrain-lm) and evaluation (eval ...)."""
     from groundscope.data.cli import register as register_data
+    from groundscope.data.groundingcap_cli import register as register_groundingcap
     from groundscope.evaluate.cli import eval_app
     from groundscope.train.cli import register as register_train
+    from groundscope.train.world_lm_cli import register as register_world_lm
 
     register_data(app)
-    from groundscope.data.groundingcap_cli import register as register_groundingcap; register_groundingcap(app)  # noqa: E702
+    register_groundingcap(app)
     register_train(app)
-    from groundscope.train.world_lm_cli import register as register_world_lm; register_world_lm(app)  # noqa: E702
+    register_world_lm(app)
     app.add_typer(eval_app, name="eval")
 
 

@@ -102,14 +102,14 @@ def main() -> None:
 
     common = [f"train.max_steps={args.steps}", "eval.at_end=false", "eval.every=0"]
     arms = {
-        "baseline": ("configs/llmdet_stage2_synth.yaml",
-                     ["caption.enabled=false", "model.path=nano", *common, f"train.out_dir={out / 'baseline'}"]),
         "stage1": ("configs/llmdet_stage1_synth.yaml",
                    [f"train.max_steps={args.stage1_steps}", f"caption.llm={args.lm}",
                     f"train.out_dir={out / 'stage1'}"]),
         "llmdet": ("configs/llmdet_stage2_synth.yaml",
                    [f"model.path={out / 'stage1' / 'model'}", f"caption.head={out / 'stage1' / 'model' / 'caption_head'}",
                     *common, f"train.out_dir={out / 'llmdet'}"]),
+        "baseline": ("configs/llmdet_stage2_synth.yaml",
+                     ["caption.enabled=false", "model.path=nano", *common, f"train.out_dir={out / 'baseline'}"]),
     }
     for name, (config, overrides) in arms.items():
         if name in results.get("train", {}):

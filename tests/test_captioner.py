@@ -36,7 +36,8 @@ def world(tmp_path_factory) -> Path:
 def lm_dir(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lm")
     torch.manual_seed(0)
-    tok = build_world_tokenizer(world_texts(world / "groundingcap.jsonl"))
+    prompts = (CaptionHeadConfig(llm="-", d_model=1).image_prompt, CaptionHeadConfig(llm="-", d_model=1).region_prompt)
+    tok = build_world_tokenizer(world_texts(world / "groundingcap.jsonl", prompts))
     build_world_lm(tok, hidden=32, layers=1, heads=2).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -60,11 +61,12 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- layout
-def test_sequence_layout_and_loss_by_hand(lm_dir):
+def test_sequence_layout_and_loss_by_hand(lm_dir, world):
     head = build_caption_head(CaptionHeadConfig(llm=str(lm_dir), d_model=8, grids=[2, 3]))
     tok = head.tokenizer
     visual = torch.randn(2, 3, head.hidden)
-    answers = ["A small red circle.", "Blue star."]
+    texts = world_texts(world / "groundingcap.jsonl", ("Describe.", "Name it."))
+    answers = [texts[0].split("\n", 1)[1][:60].rsplit(" ", 1)[0], texts[1].split("\n", 1)[1]]  # caption, phrase
     embeds, mask, labels = head.build_inputs(visual, "Describe.", answers, max_tokens=50)
     before, after = head._template("Describe.")
     assert before == [tok.bos_token_id]  # the world LM has no chat template
@@ -72,7 +74,9 @@ def test_sequence_layout_and_loss_by_hand(lm_dir):
     assert torch.equal(embeds[:, len(before):len(before) + 3], visual)
     start = len(before) + 3 + len(after)
     for i, a in enumerate(answers):
-        ids = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # the supervised tokens are the answer (tokenized as it follows the prompt) and EOS
+        ids = [int(x) for x in labels[i][labels[i] != IGNORE_INDEX]]
+        assert ids[-1] == tok.eos_token_id and tok.decode(ids[:-1]).strip() == a
         assert labels[i, start:start + len(ids)].tolist() == ids
         assert (labels[i, :start] == IGNORE_INDEX).all() and (labels[i, start + len(ids):] == IGNORE_INDEX).all()
         assert mask[i].sum() == start + len(ids)
@@ -86,7 +90,7 @@ def test_sequence_layout_and_loss_by_hand(lm_dir):
     expected = torch.stack(terms).mean()
     assert torch.allclose(head.lm_loss(visual, "Describe.", answers, 50), expected, atol=1e-5)
     # truncation keeps max_tokens - 1 answer tokens and the EOS
-    _, _, short = head.build_inputs(visual[:1], "Describe.", ["small red circle and blue star"], max_tokens=3)
+    _, _, short = head.build_inputs(visual[:1], "Describe.", [answers[0]], max_tokens=3)
     kept = short[0][short[0] != IGNORE_INDEX].tolist()
     assert len(kept) == 3 and kept[-1] == tok.eos_token_id
 

@@ -176,7 +176,8 @@ class CaptionHead(nn.Module):
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out of attention and loss; any id works, EOS is always there.
             tokenizer.pad_token = tokenizer.eos_token
-        self._templates = {}
+        self._templates: dict[str, tuple[list[int], list[int]]] = {}
+        self._after_text: dict[str, str] = {}
 
     # ------------------------------------------------------------------ visual tokens
     def image_tokens(self, memory: torch.Tensor, valid: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -226,11 +227,19 @@ class CaptionHead(nn.Module):
             ids_before = [tok.bos_token_id] if tok.bos_token_id is not None else []
         ids_after = tok(after, add_special_tokens=False)["input_ids"]
         self._templates[prompt] = (ids_before, ids_after)
+        self._after_text[prompt] = after
         return ids_before, ids_after
 
-    def _answer_ids(self, answer: str, max_tokens: int) -> list[int]:
-        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: max_tokens - 1]
-        return ids + [self.tokenizer.eos_token_id]
+    def _answer_ids(self, answer: str, max_tokens: int, prompt: str) -> list[int]:
+        """The answer's ids as they follow the prompt (tokenized together, as LLaVA tokenizes the whole turn:
+        a word after the prompt's newline can be another token than the same word at the start of a text),
+        cut to `max_tokens` - 1, plus EOS."""
+        tok = self.tokenizer
+        after_text = self._after_text[prompt]
+        after = self._template(prompt)[1]
+        joint = tok(after_text + answer, add_special_tokens=False)["input_ids"]
+        ids = joint[len(after):] if joint[: len(after)] == after else tok(answer, add_special_tokens=False)["input_ids"]
+        return ids[: max_tokens - 1] + [tok.eos_token_id]
 
     def build_inputs(self, visual: torch.Tensor, prompt: str, answers: list[str] | None, max_tokens: int):
         """Embed prompt + visual tokens (+ answers) as one right-padded batch.
@@ -245,7 +254,8 @@ class CaptionHead(nn.Module):
         emb = self.lm.get_input_embeddings()
         device = visual.device
         n, v, _ = visual.shape
-        answer_ids = [self._answer_ids(a, max_tokens) for a in answers] if answers is not None else [[] for _ in range(n)]
+        answer_ids = ([self._answer_ids(a, max_tokens, prompt) for a in answers] if answers is not None
+                      else [[] for _ in range(n)])
         length = len(before) + v + len(after) + max(len(a) for a in answer_ids)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((n, length), pad, dtype=torch.long, device=device)

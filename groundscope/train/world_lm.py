@@ -52,12 +52,18 @@ def _phrase_sentence(phrase: str) -> str:
     return sentence if sentence[-1] in ".!?" else sentence + "."
 
 
-def world_texts(groundingcap_jsonl: str | Path) -> list[str]:
+def world_texts(groundingcap_jsonl: str | Path, instructions: tuple[str, str] | None = None) -> list[str]:
     """The sentences of a synthetic world's ``groundingcap.jsonl``, in file order.
 
     Per image: its long caption (the ``gpt`` turn of ``conversations``), then for each region its phrase as a
     short capitalised sentence (``"Medium checkered blue circle."``) followed by its ``description`` (when
     present). Repeats are kept on purpose: frequencies are part of the language the LM should learn.
+
+    With ``instructions = (image_prompt, region_prompt)`` the texts are instead the two tasks the LLMDet head
+    asks for, in its prompt format without a chat template (`groundscope.models.captioner`): ``"{image_prompt}\n
+    {caption}"``, and ``"{region_prompt}\n{phrase}."`` for each region's phrase and its class name (detection
+    prompts name a box by its class). An instruction-tuned LM, as LLaVA-OneVision's Qwen2 is, then follows the
+    head's prompt from the first step; descriptions are left out (no head task asks for them).
     Raises `groundscope.data.DataFormatError` (naming file and line) on a missing or malformed file.
     """
     from groundscope.data.groundingcap import read_groundingcap
@@ -65,8 +71,13 @@ def world_texts(groundingcap_jsonl: str | Path) -> list[str]:
     texts: list[str] = []
     for image in read_groundingcap(groundingcap_jsonl).images:
         if image.long_caption and image.long_caption.strip():
-            texts.append(image.long_caption.strip())
+            caption = image.long_caption.strip()
+            texts.append(f"{instructions[0]}\n{caption}" if instructions else caption)
         for inst in image.instances:
+            if instructions:
+                names = [inst.phrase, inst.category] if getattr(inst, "category", None) else [inst.phrase]
+                texts += [f"{instructions[1]}\n{_phrase_sentence(n)}" for n in names if n and _phrase_sentence(n)]
+                continue
             if inst.phrase:
                 sentence = _phrase_sentence(inst.phrase)
                 if sentence:

@@ -41,6 +41,8 @@ def register(app: typer.Typer) -> None:
         warmup: Optional[int] = typer.Option(None, "--warmup", min=1, help="Warm-up steps (default 10 %, <= 100)."),
         seed: int = typer.Option(0, "--seed", help="Seed of initialisation and document order."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
+        instructions: bool = typer.Option(True, "--instructions/--plain", help="Train on the caption head's two "
+                                          "tasks in its prompt format (default), or on the plain sentences."),
     ) -> None:
         """Pretrain a small causal LM (Llama architecture) on a synthetic world's text: LLMDet's caption writer."""
         from groundscope.data import DataFormatError
@@ -51,7 +53,13 @@ def register(app: typer.Typer) -> None:
         if hidden % heads:
             raise _fail(f"--hidden ({hidden}) must be divisible by --heads ({heads})", 2)
         try:
-            texts = world_texts(data)
+            prompts = None
+            if instructions:
+                from groundscope.models.captioner import CaptionHeadConfig
+
+                defaults = CaptionHeadConfig(llm="-", d_model=1)
+                prompts = (defaults.image_prompt, defaults.region_prompt)
+            texts = world_texts(data, prompts)
         except DataFormatError as e:
             raise _fail(str(e), 2)
         if not texts:

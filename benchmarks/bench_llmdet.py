@@ -75,7 +75,7 @@ def caption_check(model_dir: Path, test_dir: Path, n: int, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300, help="stage-2 (and baseline) optimizer steps")
-    ap.add_argument("--stage1-steps", type=int, default=200)
+    ap.add_argument("--stage1-steps", type=int, default=600)
     ap.add_argument("--lm", type=Path, default=Path("runs/world_lm"), help="the world LM (made when missing)")
     ap.add_argument("--test-seed", type=int, default=3, help="seed of the test world (0, 1, 2 are used elsewhere)")
     ap.add_argument("--test-n", type=int, default=200)

@@ -247,3 +247,17 @@ def test_lm_of_a_llava_onevision_checkpoint(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(lm(input_ids=ids).logits, full(input_ids=ids).logits)
     assert not any("vision" in n for n, _ in lm.named_parameters())
+
+
+def test_caption_word_check_needs_colour_then_shape():
+    from groundscope.evaluate.captions import names_object, score_caption
+
+    caption = ("A 593 by 524 image of three objects. In the top left there is a small red cross with a plain "
+               "fill, left of the large dotted green circle. Below it there are two blue squares.")
+    assert names_object(caption, "red", "cross")
+    assert names_object(caption, "green", "circle")  # "large dotted" in between is fine
+    assert names_object(caption, "blue", "square")  # plural
+    assert not names_object(caption, "red", "circle")  # colour of one object, shape of another
+    assert not names_object(caption, "green", "cross")
+    score = score_caption(caption, ["red cross", "green circle", "cyan star", "red circle"])
+    assert score.rate == 0.5

@@ -12,14 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+from groundscope.train.cli import _fail, console
 
 
 def register(app: typer.Typer) -> None:

@@ -43,13 +43,15 @@ METASPACE = "\u2581"  # "▁": marks a token that followed a space
 # ------------------------------------------------------------------------------------------------- texts
 
 
-def _phrase_sentence(phrase: str) -> str:
-    """``"small red circle"`` -> ``"Small red circle."``: the form the detector's LM is asked to write."""
-    phrase = " ".join(phrase.split())
-    if not phrase:
+def _phrase_sentence(phrase: str | None) -> str:
+    """``"small red circle"`` -> ``"Small red circle."``: the region target the caption head trains on
+    (`clean_region_phrase`), or "" when nothing is left of the phrase."""
+    from groundscope.data.caption_clean import clean_region_phrase
+
+    try:
+        return clean_region_phrase(phrase) if phrase else ""
+    except ValueError:
         return ""
-    sentence = phrase[0].upper() + phrase[1:]
-    return sentence if sentence[-1] in ".!?" else sentence + "."
 
 
 def world_texts(groundingcap_jsonl: str | Path, instructions: tuple[str, str] | None = None) -> list[str]:
@@ -76,7 +78,7 @@ def world_texts(groundingcap_jsonl: str | Path, instructions: tuple[str, str] | 
         for inst in image.instances:
             if instructions:
                 names = [inst.phrase, inst.category] if getattr(inst, "category", None) else [inst.phrase]
-                texts += [f"{instructions[1]}\n{_phrase_sentence(n)}" for n in names if n and _phrase_sentence(n)]
+                texts += [f"{instructions[1]}\n{t}" for t in map(_phrase_sentence, names) if t]
                 continue
             if inst.phrase:
                 sentence = _phrase_sentence(inst.phrase)

@@ -159,6 +159,9 @@ untrained model and scored on the validation world (seed 1) by `python benchmark
 is `benchmarks/results/nano_recipes.md`. Denoising queries more than doubled base AP50 at equal steps and cost
 about 2 % more time per step (17.3 vs 16.9 minutes), so the recipe uses them. The input size was chosen by throughput
 (`python benchmarks/bench_train.py --settings`): 224-288 px ran 1.23x the steps per second of 288-352 px (1.49 vs 1.83 s per step of 4 images); bf16 autocast was no faster (0.98x), a data-loading worker slower (0.93x, it competes for the 2 cores), denoising queries cost 5 % (1.57 s).
+The rows after `cdn` were measured after this model was trained, so it does not use them yet: at equal steps a
+ConvNeXt backbone of the same widths (`build-nano --backbone convnext`) beat the Swin on every number, which
+makes it the next retrain's starting point.
 
 {recipes}
 

@@ -263,3 +263,8 @@ def synth(
     stdout.print(f"per-part results and summary.json written to {escape(str(out))}", highlight=False,
                  soft_wrap=True)
 
+
+# DLC-Bench lives in its own module; registered last so it can use this module's helpers.
+from groundscope.evaluate.dlc_cli import register as _register_dlc  # noqa: E402
+
+_register_dlc(eval_app)

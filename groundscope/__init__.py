@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_image": "groundscope.images",
     "ModelLoadError": "groundscope.models.loading",
     "load_detector": "groundscope.models.loading",
+    "load_describer": "groundscope.describe.api",
     "REGISTRY": "groundscope.models.registry",
     "PromptError": "groundscope.prompts",
     "annotate": "groundscope.visualize",

@@ -321,11 +321,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 def _register_subcommands() -> None:
-    """Verbs that live with their own modules: data (synth, convert, groundingcap), training (train,
-    build-nano, pretrain-lm) and evaluation (eval ...)."""
+    """Verbs that live with their own modules: data (synth, synth-regions, convert, groundingcap), training
+    (train, build-nano, pretrain-lm, pretrain-vlm), Describe Anything (describe) and evaluation (eval ...)."""
     from groundscope.data.cli import register as register_data
     from groundscope.data.groundingcap_cli import register as register_groundingcap
+    from groundscope.describe.cli import register as register_describe
     from groundscope.evaluate.cli import eval_app
+    from groundscope.train.base_vlm_cli import register as register_base_vlm
     from groundscope.train.cli import register as register_train
     from groundscope.train.world_lm_cli import register as register_world_lm
 
@@ -333,6 +335,8 @@ def _register_subcommands() -> None:
     register_groundingcap(app)
     register_train(app)
     register_world_lm(app)
+    register_base_vlm(app)
+    register_describe(app)
     app.add_typer(eval_app, name="eval")
 
 

@@ -1,6 +1,7 @@
 """``groundscope synth`` and ``groundscope convert``: the data commands, added to the main app by `register`.
 
-    groundscope synth --out DIR --n 200 --seed 0 --split train|test
+    groundscope synth --out DIR --n 200 --seed 0 --split train|test [--regions]
+    groundscope synth-regions DIR [--out FILE] [--no-verify]
     groundscope convert IN OUT [--from coco|odvg|refexp|groundingcap] [--to ...] [--label-map F]
                                [--skip-invalid] [--odvg-mode auto|det|grounding] [--out-label-map F]
 
@@ -18,7 +19,7 @@ import typer
 
 from groundscope.data.convert import convert
 from groundscope.data.errors import DataFormatError
-from groundscope.data.synth import generate_world
+from groundscope.data.synth import generate_world, write_world_regions
 
 EXIT_BAD_INPUT = 2
 
@@ -51,6 +52,9 @@ def synth(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same bytes.")] = 0,
     split: Annotated[Split, typer.Option("--split", help="train: base classes; test: base + novel.")] = Split.train,
+    regions: Annotated[bool, typer.Option(
+        "--regions", help="Also write regions.json: each object's exact mask (COCO RLE) and description, "
+                          "Describe Anything's training data.")] = False,
 ) -> None:
     """Generate the synthetic grounding world: images plus COCO, ODVG, GroundingCap and refexp files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -60,13 +64,36 @@ def synth(
         task = bar.add_task("synth", total=n, split=split.value)
         try:
             summary = generate_world(out, n, seed, split.value,
-                                     progress=lambda done, total: bar.update(task, completed=done))
+                                     progress=lambda done, total: bar.update(task, completed=done), regions=regions)
         except OSError as e:
             _fail(f"{e.filename or out}: {e.strerror or e}")
     typer.echo(f"wrote {summary['images']} images, {summary['objects']} objects "
                f"({summary['novel_objects']} novel), {summary['refexps']} referring expressions to {summary['out']} "
                f"in {summary['seconds']:.1f} s ({summary['images_per_second']} images/s)")
     typer.echo("files: " + ", ".join(summary["files"]))
+
+
+def synth_regions(
+    world: Annotated[Path, typer.Argument(help="A folder `groundscope synth` wrote (meta.json, images/).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default: WORLD/regions.json).")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify",
+                                         help="Check every redrawn image against its PNG.")] = True,
+) -> None:
+    """Write regions.json for an existing synthetic world: exact object masks (COCO RLE) + descriptions."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]synth-regions"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("regions", total=None)
+        try:
+            summary = write_world_regions(world, out, verify,
+                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except ValueError as e:
+            _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.filename or world}: {e.strerror or e}")
+    typer.echo(f"wrote {summary['regions']} regions of {summary['images']} images to {summary['out']} "
+               f"in {summary['seconds']:.1f} s")
 
 
 def convert_cmd(
@@ -94,6 +121,7 @@ def convert_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``synth`` and ``convert`` commands to ``app``."""
+    """Add the ``synth``, ``synth-regions`` and ``convert`` commands to ``app``."""
     app.command("synth")(synth)
+    app.command("synth-regions")(synth_regions)
     app.command("convert")(convert_cmd)

@@ -31,6 +31,9 @@ Directory layout (``file_name`` / ``filename`` entries are relative to ``DIR``):
                                       ("crimson circle", same ids as coco_base.json), base objects only;
                                       canonical-colour extras (phrase, description, captions) are left out
     DIR/odvg_grounding.jsonl, DIR/groundingcap.jsonl, DIR/refexp.json   as for train, over all objects
+    --regions (either split; or later with `groundscope synth-regions DIR`, which redraws the images):
+    DIR/regions.json                  every object's exact visible mask (COCO RLE) + its description
+                                      (`groundscope.data.regions`): Describe Anything's training data
 
 Every COCO file of the test split lists every test image, so objects of the other group are simply not
 annotated there (standard base/novel OVD evaluation). The open-vocabulary split itself is documented in
@@ -55,6 +58,7 @@ from groundscope.data.groundingcap import write_groundingcap
 from groundscope.data.jsonio import write_json
 from groundscope.data.odvg import write_odvg_detection, write_odvg_grounding
 from groundscope.data.records import Dataset, ImageRecord, Instance, RefExp, RefExpSet
+from groundscope.data.regions import REGIONS_FILE, synth_region_annotations, write_regions
 from groundscope.data.refexp import write_refexp
 from groundscope.data.scene import SceneObject
 from groundscope.data.vocab import (
@@ -86,11 +90,23 @@ GENERATOR_VERSION = 1
 
 @dataclass
 class SynthImage:
-    """One generated image: pixels uint8 (H, W, 3), its objects in drawing order, background words."""
+    """One generated image: pixels uint8 (H, W, 3), its objects in drawing order, background words.
+
+    ``owner`` (H, W) int16 is the index of the object that shows at each pixel (-1: background): a pixel
+    belongs to the topmost object whose shape covers it (anti-aliased alpha >= 0.5). ``owner == k`` is object
+    k's exact visible mask, the mask its box is tight around (`object_mask`).
+    """
 
     pixels: np.ndarray
     objects: list[SceneObject]
     background: str
+    owner: np.ndarray | None = None
+
+    def object_mask(self, k: int) -> np.ndarray:
+        """(H, W) bool: the visible pixels of object ``k``."""
+        if self.owner is None:
+            raise ValueError("this SynthImage has no owner map")
+        return self.owner == k
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -181,7 +197,7 @@ def sample_image(rng: np.random.Generator, split: str) -> SynthImage:
             box=tuple(float(v) for v in box),
             full_box=(float(p["x"]), float(p["y"]), float(p["x"] + p["w"]), float(p["y"] + p["h"])),
             visible=p["visible"] / p["pixels"], hidden_by=list(p["hidden_by"])))
-    return SynthImage(pixels=render.finish(canvas, rng), objects=objects, background=bg_words)
+    return SynthImage(pixels=render.finish(canvas, rng), objects=objects, background=bg_words, owner=owner)
 
 
 # ----------------------------------------------------------------------------------------------- annotations
@@ -248,7 +264,7 @@ def _subset(records: list[ImageRecord], keep: Callable[[Instance], bool], catego
 
 
 def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   progress: Callable[[int, int], None] | None = None, regions: bool = False) -> dict:
     """Generate ``n`` images of ``split`` with every annotation file into ``out`` (layout in the module doc).
 
     Args:
@@ -257,6 +273,9 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
         seed: random seed; the same (seed, split, n) gives byte-identical files.
         split: ``"train"`` (base combinations only) or ``"test"`` (base + novel).
         progress: called as ``progress(done, n)`` after each image.
+        regions: also write ``regions.json``: every object's exact visible mask (COCO RLE) with its
+            description (`groundscope.data.regions`), DAM's training data. Off by default, so the other
+            files and meta.json are byte-identical to a world generated without it.
 
     Returns:
         ``{"out", "split", "seed", "images", "objects", "novel_objects", "refexps", "files", "seconds",
@@ -272,6 +291,8 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
     classes = base_classes() if split == "train" else base_classes() + novel_classes()
     records: list[ImageRecord] = []
     refs: list[RefExp] = []
+    region_images: list[dict] = []
+    region_anns: list[dict] = []
     next_ann = 1
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), i]))
@@ -282,6 +303,10 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
         record = annotate(image, filename, i + 1, next_ann, classes)
         next_ann += len(record.instances)
         records.append(record)
+        if regions:
+            entry, anns = synth_region_annotations(image, record, i + 1, classes)
+            region_images.append(entry)
+            region_anns += anns
         refs.extend(referring_expressions(image, record, rng))
         if progress is not None:
             progress(i + 1, n)
@@ -289,6 +314,9 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
         ref.id = k + 1
 
     files = _write_split(out, split, records, refs, classes)
+    if regions:
+        write_regions(out / REGIONS_FILE, region_images, region_anns, _categories(classes))
+        files.append(REGIONS_FILE)
     meta = {"generator": "groundscope.data.synth", "version": GENERATOR_VERSION, "split": split, "seed": seed,
             "images": n, "box": "visible extent (xyxy in ODVG, xywh in COCO); full extent in attributes.full_bbox",
             "files": sorted(files), "vocabulary": split_definition(include_held_out=split == "test")}
@@ -325,3 +353,66 @@ def _write_split(out: Path, split: str, records: list[ImageRecord], refs: list[R
     write_coco(out / "coco_synonyms.json",
                _subset(records, lambda i: not is_novel(i), base, names=synonyms, extras=False))
     return files + ["coco_all.json", "coco_base.json", "coco_novel.json", "coco_synonyms.json"]
+
+
+def _categories(classes: list[str]) -> list[dict]:
+    return [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
+
+
+def write_world_regions(world: str | Path, out: str | Path | None = None, verify: bool = True,
+                        progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write ``regions.json`` (exact visible masks + descriptions) for a world generated earlier.
+
+    Every image is drawn again from ``meta.json``'s seed and split (generation is deterministic), so the
+    masks are the shapes exactly as they were drawn; the annotation ids and descriptions are those of the
+    world's other files.
+
+    Args:
+        world: the folder `generate_world` wrote (with ``meta.json`` and ``images/``).
+        out: the file to write (default ``world/regions.json``).
+        verify: check that each redrawn image equals the PNG on disk (a world from another generator version,
+            or edited images, would otherwise get masks that do not match its pixels).
+        progress: called as ``progress(done, n)`` after each image.
+    Returns:
+        ``{"out", "images", "regions", "seconds"}``.
+    Raises:
+        ValueError: no meta.json, another generator version, or (with `verify`) an image that differs.
+    """
+    start = time.perf_counter()
+    world = Path(world)
+    meta_path = world / "meta.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{world} has no meta.json; regions can only be redrawn for a world written by "
+                         "`groundscope synth` (or pass --regions to `groundscope synth`)")
+    import json
+
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("generator") != "groundscope.data.synth" or meta.get("version") != GENERATOR_VERSION:
+        raise ValueError(f"{meta_path}: written by generator {meta.get('generator')} version {meta.get('version')}, "
+                         f"this is groundscope.data.synth version {GENERATOR_VERSION}; generate the world again")
+    seed, split, n = int(meta["seed"]), str(meta["split"]), int(meta["images"])
+    classes = base_classes() if split == "train" else base_classes() + novel_classes()
+    images, anns = [], []
+    next_ann = 1
+    for i in range(n):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), i]))
+        image = sample_image(rng, split)
+        filename = f"images/{i:06d}.png"
+        if verify:
+            path = world / filename
+            if not path.is_file():
+                raise ValueError(f"{path} is missing; the world is incomplete")
+            with Image.open(path) as im:
+                if not np.array_equal(np.asarray(im.convert("RGB")), image.pixels):
+                    raise ValueError(f"{path} differs from the image seed {seed} draws for it; was the world "
+                                     "edited or written by other code? Masks would not match its pixels")
+        record = annotate(image, filename, i + 1, next_ann, classes)
+        next_ann += len(record.instances)
+        entry, image_anns = synth_region_annotations(image, record, i + 1, classes)
+        images.append(entry)
+        anns += image_anns
+        if progress is not None:
+            progress(i + 1, n)
+    target = Path(out) if out is not None else world / REGIONS_FILE
+    write_regions(target, images, anns, _categories(classes))
+    return {"out": str(target), "images": n, "regions": len(anns), "seconds": round(time.perf_counter() - start, 2)}

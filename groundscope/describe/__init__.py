@@ -2,9 +2,19 @@
 
 `focal` turns a region into DAM's focal prompt (full image + mask, and a crop around the region) and the
 model's pixels; `model` holds the localized vision backbone, the projector and the LM, and reads / writes the
-released DAM-3B folder layout.
+released DAM-3B folder layout; `api` is what to call: `load_describer` -> `Describer.describe` (regions of images),
+`describe_video`, `describe_expression` (detect, then describe).
 """
 
+from groundscope.describe.api import (
+    Describer,
+    Region,
+    RegionDescription,
+    VideoClip,
+    load_describer,
+    load_video,
+    sample_indices,
+)
 from groundscope.describe.focal import (
     CropBox,
     FocalPrompt,
@@ -31,6 +41,7 @@ from groundscope.describe.model import (
 
 __all__ = [
     "IGNORE_INDEX", "IMAGE_TOKEN", "IMAGE_TOKEN_INDEX", "CropBox", "DamConfig", "DamError", "DamModel", "DamOutput",
-    "FocalPrompt", "LocalizedVisionBackbone", "Merge2x2", "Projector", "RegionError", "focal_batch", "focal_crop",
-    "focal_pixels", "focal_prompt", "load_dam", "region_to_mask",
+    "Describer", "FocalPrompt", "LocalizedVisionBackbone", "Merge2x2", "Projector", "Region", "RegionDescription",
+    "RegionError", "VideoClip", "focal_batch", "focal_crop", "focal_pixels", "focal_prompt", "load_dam",
+    "load_describer", "load_video", "region_to_mask", "sample_indices",
 ]

@@ -204,6 +204,21 @@ def _to_square(arr: np.ndarray, size: int, resample: str, aspect: str, fill: tup
     return np.asarray(im.resize((size, size), _RESAMPLE[resample]), dtype=np.float32) / 255.0
 
 
+def image_pixels(rgb: np.ndarray, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic", aspect: str = "resize"
+                 ) -> torch.Tensor:
+    """(h, w, 3) uint8 -> (3, size, size) float32: one image through the encoder's input processing, exactly
+    as `focal_pixels` processes the full image and the crop (the base VLM's input)."""
+    if resample not in _RESAMPLE or aspect not in ("resize", "pad"):
+        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)} and aspect 'resize' or 'pad', "
+                         f"got {resample!r}, {aspect!r}")
+    fill = tuple(int(m * 255) for m in mean)
+    m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
+    s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
+    img = torch.from_numpy(_to_square(np.ascontiguousarray(rgb), size, resample, aspect, fill)).permute(2, 0, 1)
+    return (img - m) / s
+
+
 def focal_pixels(prompt: FocalPrompt, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic",
                  aspect: str = "resize") -> torch.Tensor:

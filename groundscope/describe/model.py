@@ -399,11 +399,15 @@ class DamModel(nn.Module):
         return ids + tail, [IGNORE_INDEX] * len(ids) + tail
 
     def tokenize(self, frames: Sequence[int], answers: Sequence[str] | None = None,
-                 prompt: str | None = None) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (B, T) for regions of `frames` frames."""
+                 prompt: str | Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (B, T) for regions of `frames` frames.
+        `prompt` is one user turn for every region or a list with one per region (None: the default)."""
         if answers is not None and len(answers) != len(frames):
             raise DamError(f"{len(answers)} answers for {len(frames)} regions")
-        pairs = [self.encode(self.user_message(f, prompt), answers[i] if answers is not None else None)
+        prompts = [prompt] * len(frames) if prompt is None or isinstance(prompt, str) else list(prompt)
+        if len(prompts) != len(frames):
+            raise DamError(f"{len(prompts)} prompts for {len(frames)} regions")
+        pairs = [self.encode(self.user_message(f, prompts[i]), answers[i] if answers is not None else None)
                  for i, f in enumerate(frames)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         stack = lambda rows, value: torch.nn.utils.rnn.pad_sequence(  # noqa: E731
@@ -488,9 +492,12 @@ class DamModel(nn.Module):
         return texts
 
     # ------------------------------------------------------------------ files
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, base_vlm: bool = False) -> Path:
         """Write the released DAM layout (names in the module docstring), readable by `load_dam` and, for the
-        raw gate form, by the reference code."""
+        raw gate form, by the reference code.
+
+        With ``base_vlm=True`` the DAM parts (mask embedding, ``context_provider/``) are left out: the folder
+        of the base VLM (VILA layout) that ``load_dam(..., from_base_vlm=True)`` starts a DAM from."""
         from safetensors.torch import save_file
 
         out, cfg, bb = Path(out_dir), self.config, self.backbone
@@ -505,10 +512,11 @@ class DamModel(nn.Module):
         self.tokenizer.save_pretrained(out / "llm")
         prefix = "" if hasattr(bb.vision, "vision_model") else "vision_model."
         vision_sd = {prefix + k: v for k, v in bb.vision.state_dict().items()}
-        vision_sd.update({f"vision_model.embeddings.mask_patch_embedding.{k}": v
-                          for k, v in bb.mask_embed.state_dict().items()})
-        vcfg = part("vision_tower", vision_sd, {**bb.vision.config.to_dict(), "num_mask_channels": 1,
-                                                "architectures": ["SiglipVisionModel"]})
+        if not base_vlm:
+            vision_sd.update({f"vision_model.embeddings.mask_patch_embedding.{k}": v
+                              for k, v in bb.mask_embed.state_dict().items()})
+        vcfg = part("vision_tower", vision_sd, {**bb.vision.config.to_dict(), "architectures": ["SiglipVisionModel"],
+                                                **({} if base_vlm else {"num_mask_channels": 1})})
         _write_json(out / "vision_tower" / "preprocessor_config.json", {
             "image_processor_type": "SiglipImageProcessor", "do_resize": True, "do_rescale": True,
             "do_normalize": True, "rescale_factor": 1 / 255, "image_mean": cfg.image_mean, "image_std": cfg.image_std,
@@ -519,7 +527,7 @@ class DamModel(nn.Module):
         ctx = {f"context_provider_module.layers.{k}": v for k, v in
                _rename(bb.adapters.state_dict(), _ADAPTER_NAMES, reverse=True).items()}
         vc = bb.vision.config
-        ccfg = part("context_provider", ctx, {
+        ccfg = None if base_vlm else part("context_provider", ctx, {
             "model_type": "context_provider", "architectures": ["ContextProvider"],
             "context_provider_type": "cross_attn_end_to_all", "hidden_size": vc.hidden_size,
             "intermediate_size": vc.intermediate_size, "num_hidden_layers": len(bb.adapters),
@@ -534,6 +542,10 @@ class DamModel(nn.Module):
             "mm_hidden_size": vc.hidden_size, "mm_vision_select_layer": cfg.feature_layer,
             "mm_vision_select_feature": cfg.select_feature, "image_aspect_ratio": cfg.image_aspect_ratio,
             "num_video_frames": cfg.num_frames, "groundscope_dam": asdict(cfg)})
+        if base_vlm:
+            import shutil
+
+            shutil.rmtree(out / "context_provider", ignore_errors=True)  # an earlier save into the same folder
         return out
 
 

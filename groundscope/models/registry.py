@@ -12,10 +12,15 @@ from dataclasses import dataclass
 class ModelEntry:
     name: str
     source: str  # a hub id ("org/name"); bundled models name their folder under groundscope/models/bundled
-    family: str  # "Grounding DINO", "MM-Grounding-DINO", "LLMDet"
+    family: str  # "Grounding DINO", "MM-Grounding-DINO", "LLMDet", "DAM"
     backbone: str
     description: str
     bundled: bool = False
+    kind: str = "detector"  # "detector" (load_detector) or "describer" (groundscope.describe.load_describer)
+    build_hint: str = ""  # for a bundled model that may be absent from an install: how to build it
+
+
+KINDS = ("detector", "describer")
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -58,6 +63,25 @@ REGISTRY: dict[str, ModelEntry] = {
             "12M parameters, ships with groundscope, runs offline; trained on the synthetic shapes world only "
             "(groundscope/models/bundled/nano/README.md)",
             bundled=True,
+        ),
+        ModelEntry(
+            "dam-nano", "dam-nano", "DAM", "SigLIP (tiny) + world LM",
+            "Describe Anything on tiny parts, trained on the synthetic shapes world only; describes masked regions "
+            "offline (`groundscope describe`)",
+            bundled=True, kind="describer",
+            build_hint="train a DAM on the synthetic world and save it with DamModel.save("
+                       "'groundscope/models/bundled/dam-nano'), or pass a DAM folder or hub id (nvidia/DAM-3B) "
+                       "with --model",
+        ),
+        ModelEntry(
+            "dam-3b", "nvidia/DAM-3B", "DAM", "SigLIP + VILA-1.5 3B LM",
+            "Describe Anything 3B: detailed descriptions of a region given as a mask, box or points (images)",
+            kind="describer",
+        ),
+        ModelEntry(
+            "dam-3b-video", "nvidia/DAM-3B-Video", "DAM", "SigLIP + VILA-1.5 3B LM",
+            "Describe Anything 3B for videos: 8 frames, each with its own mask, described together",
+            kind="describer",
         ),
     ]
 }

@@ -6,9 +6,14 @@ Modules: `config` (YAML schema and validation), `data` (records -> prompts, targ
 (Hungarian matching), `losses` (focal token alignment + L1 + GIoU, auxiliary and encoder terms), `forward`
 (the staged forward with gradients), `loop` (the `Trainer`), `checkpoint` (atomic saves, RNG state, export),
 `plot` (loss.png), `nano` (a small model to train from scratch) and `cli` (the `train` command).
+
+Describe Anything trains through the same loop (``task: dam`` in the config): `dam` (the `DamTrainer`: region
+files -> focal pixels + descriptions, LM loss on the descriptions, export in DAM's layout) and `base_vlm`
+(``groundscope pretrain-vlm``: the small base VLM a DAM starts from, offline on the synthetic world).
 """
 
 from groundscope.train.config import ConfigError, TrainConfig, config_from_dict, load_config
-from groundscope.train.loop import Trainer, TrainError, train
+from groundscope.train.loop import Trainer, TrainError, build_trainer, train
 
-__all__ = ["ConfigError", "TrainConfig", "TrainError", "Trainer", "config_from_dict", "load_config", "train"]
+__all__ = ["ConfigError", "TrainConfig", "TrainError", "Trainer", "build_trainer", "config_from_dict", "load_config",
+           "train"]

@@ -37,19 +37,20 @@ def register(app: typer.Typer) -> None:
             None, "--set", help="Override a config key: --set train.max_steps=500 --set optim.lr=2e-4 "
                                 "(dotted path, YAML value; repeatable). The run's config.yaml records the result."),
     ) -> None:
-        """Fine-tune a detector (or train one from scratch) as CONFIG says."""
+        """Fine-tune a detector (or train one from scratch), or Describe Anything (task: dam), as CONFIG says."""
         from groundscope.data import DataFormatError
         from groundscope.images import ImageLoadError
         from groundscope.models.loading import ModelLoadError
         from groundscope.train.config import ConfigError, load_config
         from groundscope.train.data import TrainDataError
-        from groundscope.train.loop import Trainer, TrainError
+        from groundscope.describe import DamError
+        from groundscope.train.loop import TrainError, build_trainer
 
         try:
             cfg = load_config(config, overrides or ())
-            trainer = Trainer(cfg, out, console=console)
+            trainer = build_trainer(cfg, out, console=console)
             summary = trainer.fit(resume=checkpoint if checkpoint is not None else resume)
-        except (ConfigError, ModelLoadError, DataFormatError, TrainDataError) as e:
+        except (ConfigError, ModelLoadError, DataFormatError, TrainDataError, DamError) as e:
             raise _fail(str(e), 2)
         except (TrainError, ImageLoadError) as e:
             raise _fail(str(e), 1)

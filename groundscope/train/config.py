@@ -14,6 +14,24 @@ A config file has up to eight sections; only ``model.path``, ``data.train.path``
     eval:     {every: 1000, max_detections: 100}
     caption:  {enabled: true, llm: runs/world_lm, grids: [8, 12], lora: {r: 16, alpha: 32}}   # LLMDet
 
+``task: dam`` (top level; default ``detect``) trains Describe Anything instead of a detector with the same
+loop, optimizer, schedule, checkpoints and logs: ``model.path`` is a DAM or base-VLM folder
+(`groundscope.describe.load_dam`), ``data.train`` / ``data.val`` are region-description files
+(`groundscope.data.regions`), freeze prefixes and lr multipliers name DamModel parameters
+(``backbone.vision``, ``backbone.mask_embed``, ``backbone.adapters``, ``projector``, ``llm``), and the
+``dam`` section holds the rest::
+
+    task: dam
+    model:    {path: runs/base_vlm, freeze: [backbone.vision, llm]}
+    data:     {train: {path: data/synth_train/regions.json}, val: {path: data/synth_test/regions.json}}
+    dam:      {lora: null, eval_samples: 4}
+
+``model.path`` may be a trained DAM (all its parts load) or a base VLM (no ``context_provider/``: the mask
+embedding and the adapters' gates start at zero).
+
+The detector-only keys (``data.scales``, ``max_size``, ``flip_prob``, negatives, ``loss``, ``caption``,
+``train.denoising``) do not apply there.
+
 Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
 names its path and the valid keys (a typo must not silently fall back to a default); a bad value names the key,
 the value and what is allowed. Relative paths are relative to the working directory, as for every other
@@ -51,7 +69,8 @@ class DataSource:
     """One annotation file."""
 
     path: str = _spec(doc="COCO .json, ODVG .jsonl, GroundingCap .jsonl or MDETR refexp .json file")
-    format: str = _spec("auto", choices=("auto", "coco", "odvg", "groundingcap", "refexp"), doc="file format")
+    format: str = _spec("auto", choices=("auto", "coco", "odvg", "groundingcap", "refexp", "regions"),
+                        doc="file format (regions: COCO-style masks + descriptions, the only one task dam reads)")
     label_map: str | None = _spec(None, doc="ODVG label map {\"0\": \"name\"} (detection records)")
     image_root: str | None = _spec(None, doc="folder the file names are relative to (default: the file's folder)")
     mode: str = _spec("auto", choices=("auto", "detection", "grounding", "expression"),
@@ -61,8 +80,10 @@ class DataSource:
 
 @dataclass
 class ModelSection:
-    path: str = _spec(doc="registry name, hub id or local directory (anything load_detector loads)")
-    freeze: list[str] = _spec(factory=list, doc="parameter name prefixes to freeze, e.g. model.text_backbone")
+    path: str = _spec(doc="registry name, hub id or local directory (anything load_detector loads; task dam: a "
+                          "DAM or base-VLM folder that load_dam reads)")
+    freeze: list[str] = _spec(factory=list, doc="parameter name prefixes to freeze, e.g. model.text_backbone "
+                                                "(task dam: backbone.vision, llm, projector ...)")
     device: str = _spec("auto", doc="cpu, cuda, cuda:1, mps or auto")
 
 
@@ -101,8 +122,10 @@ class OptimSection:
     weight_decay: float = _spec(1e-4, min=0.0, doc="AdamW weight decay (not on norms, biases, embeddings)")
     betas: list[float] = _spec(factory=lambda: [0.9, 0.999], min=0.0, max=0.999999, doc="AdamW betas")
     eps: float = _spec(1e-8, gt=0.0, doc="AdamW epsilon")
-    backbone_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.backbone")
-    text_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.text_backbone")
+    backbone_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.backbone (task dam: of the "
+                                                       "vision encoder, backbone.vision)")
+    text_lr_mult: float = _spec(0.1, min=0.0, doc="learning-rate factor of model.text_backbone (task dam: of the "
+                                                   "language model, llm, LoRA adapters included)")
     lr_mults: dict[str, float] = _spec(factory=dict, min=0.0,
                                        doc="extra {name prefix: factor}; the longest matching prefix wins")
     clip_grad: float = _spec(0.1, min=0.0, doc="max gradient L2 norm (0 = no clipping)")
@@ -182,6 +205,21 @@ class CaptionSection:
 
 
 @dataclass
+class DamSection:
+    """Describe Anything fine-tuning (``task: dam``; groundscope.train.dam)."""
+
+    lora: LoraSection | None = _spec(None, doc="LoRA adapters on the language model (then leave llm out of "
+                                               "model.freeze); null: the LM trains or stays frozen as model.freeze says")
+    prompt: str | None = _spec(None, doc="user turn with one <image> (default: the model's, 'Describe the masked "
+                                         "region in detail.')")
+    max_text_tokens: int = _spec(512, min=16, doc="text tokens per sample (prompt + description); longer "
+                                                 "descriptions are cut, without their EOS")
+    eval_samples: int = _spec(4, min=0, doc="validation regions whose generated description (greedy) each "
+                                            "evaluation writes to eval/step_N/samples.jsonl")
+    max_new_tokens: int = _spec(96, min=1, doc="longest generated description in evaluation samples")
+
+
+@dataclass
 class EvalSection:
     every: int = _spec(0, min=0, doc="optimizer steps between evaluations on data.val (0 = only at the end)")
     at_end: bool = _spec(True, doc="evaluate after the last step when data.val is set")
@@ -193,7 +231,7 @@ class EvalSection:
 
 @dataclass
 class TrainConfig:
-    model: ModelSection = _spec(doc="the detector to fine-tune")
+    model: ModelSection = _spec(doc="the detector (task dam: the DAM / base VLM) to fine-tune")
     data: DataSection = _spec(doc="training and validation data")
     loss: LossSection = _spec(factory=LossSection, doc="loss and matching weights")
     optim: OptimSection = _spec(factory=OptimSection, doc="AdamW and gradient clipping")
@@ -201,9 +239,14 @@ class TrainConfig:
     train: TrainSection = _spec(factory=TrainSection, doc="loop length, batching, precision, outputs")
     eval: EvalSection = _spec(factory=EvalSection, doc="periodic COCO evaluation")
     caption: CaptionSection = _spec(factory=CaptionSection, doc="LLMDet caption supervision")
+    task: str = _spec("detect", choices=("detect", "dam"), doc="what trains: a detector, or Describe Anything")
+    dam: DamSection = _spec(factory=DamSection, doc="Describe Anything fine-tuning (task: dam)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.task == "detect":
+            del out["dam"]  # a detector run's config.yaml stays as it was
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -316,11 +359,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: must be two numbers, got {cfg.optim.betas}")
     if cfg.eval.every > 0 and cfg.data.val is None:
-        raise ConfigError("eval.every: evaluation needs data.val (a COCO or ODVG detection file)")
+        what = "a region-description file" if cfg.task == "dam" else "a COCO or ODVG detection file"
+        raise ConfigError(f"eval.every: evaluation needs data.val ({what})")
     if not cfg.data.train:
         raise ConfigError("data.train: list at least one annotation file")
     if cfg.data.scales is not None and not cfg.data.scales:
         raise ConfigError("data.scales: must list at least one shortest edge (or be left out)")
+    if cfg.task == "dam":
+        _validate_dam(cfg)
+    else:
+        for src in list(cfg.data.train) + ([cfg.data.val] if cfg.data.val else []):
+            if src.format == "regions":
+                raise ConfigError(f"data: '{src.path}' has format regions (region descriptions), which only "
+                                  "task: dam trains on")
+        if cfg.dam != DamSection():
+            raise ConfigError("dam: this section only applies to task: dam (add task: dam, or remove it)")
     c = cfg.caption
     if c.enabled and not c.llm and not c.head:
         raise ConfigError("caption.llm: the caption head needs a causal LM (a local folder such as the one "
@@ -328,6 +381,28 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if len(c.levels) != len(c.grids) or not c.levels:
         raise ConfigError(f"caption.levels {c.levels} and caption.grids {c.grids}: give one grid side per level")
     return cfg
+
+
+def _validate_dam(cfg: TrainConfig) -> None:
+    """Checks of a ``task: dam`` config: only region files, no detector-only training features."""
+    for where, src in [(f"data.train[{k}]", s) for k, s in enumerate(cfg.data.train)] + [("data.val", cfg.data.val)]:
+        if src is not None and src.format not in ("auto", "regions"):
+            raise ConfigError(f"{where}.format: task dam reads region-description files (format regions or auto), "
+                              f"got {src.format}")
+    if cfg.caption.enabled:
+        raise ConfigError("caption.enabled: the caption head is a detector part; task dam trains its own LM")
+    if cfg.train.denoising.enabled:
+        raise ConfigError("train.denoising.enabled: denoising queries are a detector part; not for task dam")
+    if cfg.train.activation_checkpointing:
+        raise ConfigError("train.activation_checkpointing: not supported for task dam")
+    prompt = cfg.dam.prompt
+    if prompt is not None and prompt.count("<image>") != 1:
+        raise ConfigError(f"dam.prompt: needs exactly one <image>, got {prompt!r}")
+    if cfg.dam.lora is not None:
+        hits = [p for p in cfg.model.freeze if p.rstrip(".") == "llm"]
+        if hits:
+            raise ConfigError("model.freeze: 'llm' would also freeze the dam.lora adapters inside it; leave llm out "
+                              "(LoRA freezes the LM's own weights)")
 
 
 def config_from_dict(raw: Any) -> TrainConfig:

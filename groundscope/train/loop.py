@@ -218,6 +218,11 @@ class Position:
 class Trainer:
     """Train a detector as `config` says.
 
+    The loop, optimizer, schedule, checkpoints, logs and Ctrl-C handling are shared with other tasks: a
+    subclass (`groundscope.train.dam.DamTrainer` for ``task: dam``) replaces the task's parts, which are
+    `_setup_model`, `_setup_data`, `_setup_loss`, `_lr_mults`, `_batch_loss`, `export` and `evaluate`
+    (and sets ``collate_fn``). `build_trainer` picks the class from ``config.task``.
+
     Args:
         config: a validated `TrainConfig`.
         out_dir: overrides ``config.train.out_dir``.
@@ -225,14 +230,67 @@ class Trainer:
         console: where the progress display and messages go (default: stderr).
     """
 
+    task = "detect"
+    collate_fn = staticmethod(collate)
+    item_name = "images"  # what a batch's indices count, in messages
+    plot_options: dict = {}  # draw_loss_curve's panels (the detector's by default)
+
     def __init__(self, config: TrainConfig, out_dir: str | Path | None = None, *, detector=None,
                  console: Console | None = None):
+        if config.task != self.task:
+            raise ConfigError(f"task: {config.task!r} configs train with build_trainer (this is the {self.task!r} "
+                              "trainer)")
         self.cfg = config
         self.out = Path(out_dir if out_dir is not None else config.train.out_dir)
         self.console = console or Console(stderr=True)
         self.device = resolve_device(config.model.device)
         t = config.train
         seed_everything(t.seed)
+        self._setup_model(detector)
+        if not any(p.requires_grad for p in self.trainable.parameters()):
+            raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
+        self.dataset = self._setup_data()
+        d = config.data
+        cores = os.cpu_count() or 1
+        if self.device.type == "cpu" and d.num_workers and torch.get_num_threads() + d.num_workers > cores:
+            # OpenMP threads spin while they wait; with workers on the same cores a step can take 50x longer.
+            self.console.print(
+                f"[yellow]warning:[/] {d.num_workers} data worker(s) + {torch.get_num_threads()} torch threads on "
+                f"{cores} cores: training on the CPU can slow down many times over; use data.num_workers: 0, "
+                "fewer threads (torch.set_num_threads) or OMP_WAIT_POLICY=PASSIVE",
+                highlight=False,
+            )
+        self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
+        if t.max_steps is not None:
+            self.max_steps = t.max_steps
+        else:
+            self.max_steps = math.ceil(t.epochs * self.batches_per_epoch / t.accumulate)
+        s = config.schedule
+        if s.warmup_steps >= self.max_steps or (s.milestones and s.milestones[-1] >= self.max_steps):
+            raise ConfigError(
+                f"schedule: warmup_steps ({s.warmup_steps}) and milestones ({s.milestones}) must be below the "
+                f"{self.max_steps} optimizer steps of this run"
+            )
+        self._setup_loss()
+
+        o = config.optim
+        self.groups = param_groups(self.trainable, o.lr, o.weight_decay, self._lr_mults())
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "names"} for g in self.groups],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(s, self.max_steps))
+        self.pos = Position()
+        self._stop_requested = False
+        self._iter = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ task parts (detector)
+    def _setup_model(self, detector) -> None:
+        """Set ``self.model`` (what checkpoints hold), ``self.trainable`` (the namespace of freeze prefixes and
+        parameter groups), ``self.head``, ``self.frozen`` and ``self._frozen_modules``."""
+        config, t = self.cfg, self.cfg.train
         if detector is None:
             from groundscope.models.loading import load_detector
 
@@ -249,11 +307,11 @@ class Trainer:
         self._frozen_modules = frozen_modules(self.trainable, config.model.freeze)
         if self.head is not None:
             self._frozen_modules.append(self.head.lm)  # the LM's dropout stays off; LoRA adapters still train
-        if not any(p.requires_grad for p in self.trainable.parameters()):
-            raise ConfigError("model.freeze: every parameter is frozen; nothing would train")
         self.detector_trains = any(p.requires_grad for p in self.model.parameters())
 
-        d = config.data
+    def _setup_data(self):
+        """The training dataset (items in a fixed order; `set_epoch` reseeds any randomness)."""
+        config, t, d, detector = self.cfg, self.cfg.train, self.cfg.data, self.detector
         shortest, longest = detector.image_size
         parts = []
         for source in d.train:
@@ -276,48 +334,63 @@ class Trainer:
                 seed=t.seed,
                 index_offset=sum(len(p) for p in parts),
             ))
-        self.dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
+        dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
         if self.head is not None and config.caption.default_prompt == "auto":
             self.head.config.default_prompt = _vocabulary_prompt(parts, detector.tokenizer,
                                                                  int(self.model.config.max_text_len))
-        cores = os.cpu_count() or 1
-        if self.device.type == "cpu" and d.num_workers and torch.get_num_threads() + d.num_workers > cores:
-            # OpenMP threads spin while they wait; with workers on the same cores a step can take 50x longer.
-            self.console.print(
-                f"[yellow]warning:[/] {d.num_workers} data worker(s) + {torch.get_num_threads()} torch threads on "
-                f"{cores} cores: training on the CPU can slow down many times over; use data.num_workers: 0, "
-                "fewer threads (torch.set_num_threads) or OMP_WAIT_POLICY=PASSIVE",
-                highlight=False,
-            )
-        self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
-        if t.max_steps is not None:
-            self.max_steps = t.max_steps
-        else:
-            self.max_steps = math.ceil(t.epochs * self.batches_per_epoch / t.accumulate)
-        s = config.schedule
-        if s.warmup_steps >= self.max_steps or (s.milestones and s.milestones[-1] >= self.max_steps):
-            raise ConfigError(
-                f"schedule: warmup_steps ({s.warmup_steps}) and milestones ({s.milestones}) must be below the "
-                f"{self.max_steps} optimizer steps of this run"
-            )
+        return dataset
 
-        lc = config.loss
+    def _setup_loss(self) -> None:
+        lc = self.cfg.loss
         matcher = HungarianMatcher(lc.match_cls, lc.match_bbox, lc.match_giou, lc.focal_alpha, lc.focal_gamma)
         self.criterion = GroundingLoss(matcher, LossWeights(lc.cls, lc.bbox, lc.giou), lc.focal_alpha, lc.focal_gamma)
 
-        o = config.optim
-        mults = {"model.backbone": o.backbone_lr_mult, "model.text_backbone": o.text_lr_mult, **o.lr_mults}
-        self.groups = param_groups(self.trainable, o.lr, o.weight_decay, mults)
-        self.params = [p for g in self.groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(
-            [{k: v for k, v in g.items() if k != "names"} for g in self.groups],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+    def _lr_mults(self) -> dict[str, float]:
+        """{parameter name prefix: lr factor} of the optimizer groups (longest prefix wins)."""
+        o = self.cfg.optim
+        return {"model.backbone": o.backbone_lr_mult, "model.text_backbone": o.text_lr_mult, **o.lr_mults}
+
+    def _batch_loss(self, batch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss with a graph, {log key: value}) of one batch; the forward pass runs under `autocast`."""
+        t = self.cfg.train
+        pixels = batch.pixel_values.to(self.device, non_blocking=True)
+        mask = batch.pixel_mask.to(self.device, non_blocking=True)
+        dn = None
+        if t.denoising.enabled:
+            dn = build_denoising(batch.targets, batch.prompts, int(self.model.config.num_queries),
+                                 num_queries=t.denoising.queries, label_noise=t.denoising.label_noise,
+                                 box_noise=t.denoising.box_noise)
+        # Stage 1 of LLMDet trains the caption head alone: the detector runs without a graph.
+        with autocast, (nullcontext() if self.detector_trains else torch.no_grad()):
+            out = forward_train(self.model, pixels, mask, batch.prompts, dn[0] if dn else None)
+        loss, parts = self.criterion(
+            out.decoder if self.cfg.loss.aux else out.decoder[-1:],
+            out.text_mask,
+            batch.targets,
+            out.encoder if self.cfg.loss.encoder else None,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(s, self.max_steps))
-        self.pos = Position()
-        self._stop_requested = False
-        self._iter = None
-        self.history: list[dict] = []
+        if dn is not None and out.denoising is not None:
+            layers = out.denoising if self.cfg.loss.aux else out.denoising[-1:]
+            dn_loss, dn_parts = self.criterion.denoising(layers, out.text_mask, batch.targets, dn[1])
+            loss = loss + t.denoising.weight * dn_loss
+            parts = {**parts, **dn_parts, "loss": float(loss.detach())}
+        if self.head is not None:
+            c = self.cfg.caption
+            matches = self.criterion.match(out.decoder[-1], batch.targets)
+            cap = caption_losses(self.head, out, matches, batch.phrases, batch.long_captions)
+            weights = {"image": c.image_weight, "region": c.region_weight}
+            for k, v in cap.items():
+                loss = loss + weights[k] * v
+            parts = {**parts, **{f"cap.{k}": float(v.detach()) for k, v in cap.items()},
+                     "loss": float(loss.detach())}
+        return loss, parts
+
+    def export(self, dtype: torch.dtype) -> Path:
+        """Write the trained model for inference into ``out/model``; returns the folder."""
+        model_dir = ckpt_io.export_model(self.detector, self.out / "model", dtype)
+        if self.head is not None:
+            self.head.save(model_dir / CAPTION_HEAD_DIR)
+        return model_dir
 
     # ------------------------------------------------------------------ paths
     @property
@@ -343,7 +416,7 @@ class Trainer:
         # own; the global one also drives dropout, so a resumed run (which creates iterators at other moments)
         # would see different dropout masks.
         generator = torch.Generator().manual_seed(t.seed * 100003 + self.pos.epoch)
-        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
                                                 num_workers=workers, persistent_workers=False, generator=generator,
                                                 worker_init_fn=_ignore_sigint if workers else None))
 
@@ -377,39 +450,10 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t.bf16 else nullcontext())
         for _ in range(t.accumulate):
             batch = self._next_batch()
-            pixels = batch.pixel_values.to(self.device, non_blocking=True)
-            mask = batch.pixel_mask.to(self.device, non_blocking=True)
-            dn = None
-            if t.denoising.enabled:
-                dn = build_denoising(batch.targets, batch.prompts, int(self.model.config.num_queries),
-                                     num_queries=t.denoising.queries, label_noise=t.denoising.label_noise,
-                                     box_noise=t.denoising.box_noise)
-            # Stage 1 of LLMDet trains the caption head alone: the detector runs without a graph.
-            with autocast, (nullcontext() if self.detector_trains else torch.no_grad()):
-                out = forward_train(self.model, pixels, mask, batch.prompts, dn[0] if dn else None)
-            loss, parts = self.criterion(
-                out.decoder if self.cfg.loss.aux else out.decoder[-1:],
-                out.text_mask,
-                batch.targets,
-                out.encoder if self.cfg.loss.encoder else None,
-            )
-            if dn is not None and out.denoising is not None:
-                layers = out.denoising if self.cfg.loss.aux else out.denoising[-1:]
-                dn_loss, dn_parts = self.criterion.denoising(layers, out.text_mask, batch.targets, dn[1])
-                loss = loss + t.denoising.weight * dn_loss
-                parts = {**parts, **dn_parts, "loss": float(loss.detach())}
-            if self.head is not None:
-                c = self.cfg.caption
-                matches = self.criterion.match(out.decoder[-1], batch.targets)
-                cap = caption_losses(self.head, out, matches, batch.phrases, batch.long_captions)
-                weights = {"image": c.image_weight, "region": c.region_weight}
-                for k, v in cap.items():
-                    loss = loss + weights[k] * v
-                parts = {**parts, **{f"cap.{k}": float(v.detach()) for k, v in cap.items()},
-                         "loss": float(loss.detach())}
+            loss, parts = self._batch_loss(batch, autocast)
             if not torch.isfinite(loss):
                 raise TrainError(
-                    f"the loss is {float(loss)} at step {self.pos.step + 1} (images {batch.indices}); "
+                    f"the loss is {float(loss)} at step {self.pos.step + 1} ({self.item_name} {batch.indices}); "
                     "lower optim.lr, raise schedule.warmup_steps or check those annotations"
                 )
             (loss / t.accumulate).backward()
@@ -518,7 +562,7 @@ class Trainer:
 
     def _rewrite_plot(self) -> None:
         try:
-            draw_loss_curve(self.history, self.out / "loss.png")
+            draw_loss_curve(self.history, self.out / "loss.png", **self.plot_options)
         except Exception as e:  # a plot must never stop training
             self.console.print(f"[yellow]warning:[/] could not draw loss.png: {e}", highlight=False)
 
@@ -630,9 +674,7 @@ class Trainer:
             model_dir = None
             if not interrupted:
                 dtype = getattr(torch, t.save_dtype)
-                model_dir = ckpt_io.export_model(self.detector, self.out / "model", dtype)
-                if self.head is not None:
-                    self.head.save(model_dir / CAPTION_HEAD_DIR)
+                model_dir = self.export(dtype)
                 periodic = self.cfg.eval.every and self.max_steps % self.cfg.eval.every == 0
                 if (self.cfg.eval.at_end or periodic) and self.cfg.data.val is not None:
                     last_eval = self.evaluate(final=True)
@@ -734,9 +776,13 @@ def _part_order(key: str) -> tuple:
 
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ (out_dir and display settings do not affect the run)."""
-    ignore = {"train.out_dir", "train.progress", "train.log_every"}
+    ignore = {"train.out_dir", "train.progress", "train.log_every", "dam.eval_samples", "dam.max_new_tokens"}
     out = []
+    if not prefix:
+        old = {"task": "detect", **old}  # checkpoints from before `task` existed are detector runs
     for k in sorted(set(old) | set(new)):
+        if not prefix and k == "dam" and k not in old:
+            continue  # only a task dam config has this section
         path = f"{prefix}{k}"
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -758,8 +804,17 @@ def _subset_annotations(path: Path, fmt: str, n: int, out_dir: Path) -> Path:
     return ckpt_io.atomic_write_text(json.dumps(data), out_dir / "val_subset.json")
 
 
+def build_trainer(config: TrainConfig, out_dir: str | Path | None = None, console: Console | None = None) -> Trainer:
+    """The trainer of ``config.task``: `Trainer` (detect) or `groundscope.train.dam.DamTrainer` (dam)."""
+    if config.task == "dam":
+        from groundscope.train.dam import DamTrainer
+
+        return DamTrainer(config, out_dir, console=console)
+    return Trainer(config, out_dir, console=console)
+
+
 def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool | str | Path = False,
           console: Console | None = None) -> dict:
-    """Build a `Trainer` from `config` and run it; returns its summary."""
-    return Trainer(config, out_dir, console=console).fit(resume=resume)
+    """Build the task's trainer from `config` and run it; returns its summary."""
+    return build_trainer(config, out_dir, console=console).fit(resume=resume)
 

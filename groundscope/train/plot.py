@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 GRID = (225, 225, 225)
 SERIES = {"loss": (31, 119, 180), "cls": (214, 39, 40), "bbox": (44, 160, 44), "giou": (148, 103, 189),
-          "AP": (255, 127, 14), "AP50": (31, 119, 180)}
+          "AP": (255, 127, 14), "AP50": (31, 119, 180), "token_acc": (214, 39, 40), "val_loss": (255, 127, 14),
+          "val_token_acc": (44, 160, 44)}
 
 
 def ema(values: list[float], alpha: float = 0.1) -> list[float]:
@@ -70,14 +71,22 @@ def _panel(draw, font, box, steps_range, series, log_scale, title, y_range=None)
             draw.text((legend_x + 17, y0 + 2), label, fill="black", font=font)
 
 
-def draw_loss_curve(history: list[dict], path: str | Path, size: tuple[int, int] = (800, 640)) -> Path | None:
-    """Draw the curves of the log records in `history` ("train" and "eval" lines) to `path`; None if empty."""
+def draw_loss_curve(history: list[dict], path: str | Path, size: tuple[int, int] = (800, 640),
+                    loss_title: str = "total loss (all layers)",
+                    parts: tuple[str, ...] = ("cls", "bbox", "giou"), parts_title: str = "last decoder layer (EMA)",
+                    parts_log: bool = True, parts_range: tuple[float, float] | None = None,
+                    eval_keys: tuple[str, ...] = ("AP", "AP50"), eval_title: str = "validation",
+                    eval_log: bool = False, eval_range: tuple[float, float] | None = (0.0, 1.0)) -> Path | None:
+    """Draw the curves of the log records in `history` ("train" and "eval" lines) to `path`; None if empty.
+
+    The middle panel shows the moving averages of the train records' `parts` keys, the bottom one (when there
+    are evaluations) the eval records' `eval_keys`; the defaults are the detector's, DAM passes its own."""
     train = [r for r in history if r.get("type") == "train"]
     evals = [r for r in history if r.get("type") == "eval"]
     if not train:
         return None
     width, height = size
-    panels = 3 if evals else 2
+    panels = 1 + bool(parts) + bool(evals)
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
@@ -90,18 +99,19 @@ def draw_loss_curve(history: list[dict], path: str | Path, size: tuple[int, int]
     total = [r.get("loss") for r in train]
     _panel(draw, font, boxes[0], s_range,
            [("", steps, total, (170, 200, 230), 1), ("loss (EMA)", steps, ema(total), SERIES["loss"], 2)],
-           True, "total loss (all layers)")
+           True, loss_title)
     comp = []
-    for key in ("cls", "bbox", "giou"):
+    for key in parts:
         vals = [r.get(key) for r in train]
         if any(v is not None for v in vals):
             comp.append((key, steps, ema([v if v is not None else float("nan") for v in vals]), SERIES[key], 2))
-    _panel(draw, font, boxes[1], s_range, comp, True, "last decoder layer (EMA)")
+    if parts:
+        _panel(draw, font, boxes[1], s_range, comp, parts_log, parts_title, y_range=parts_range)
     if evals:
         es = [r["step"] for r in evals]
-        _panel(draw, font, boxes[2], s_range,
-               [(k, es, [r.get(k) for r in evals], SERIES[k], 2) for k in ("AP", "AP50")],
-               False, "validation", y_range=(0.0, 1.0))
+        _panel(draw, font, boxes[-1], s_range,
+               [(k, es, [r.get(k) for r in evals], SERIES[k], 2) for k in eval_keys],
+               eval_log, eval_title, y_range=eval_range)
     draw.text(((width - left) / 2, height - 18), f"optimizer step ({steps[0]}..{steps[-1]})", fill="black", font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

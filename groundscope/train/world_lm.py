@@ -124,6 +124,44 @@ def build_world_tokenizer(texts: Iterable[str]):
     return tokenizer
 
 
+def extend_world_tokenizer(tokenizer, texts: Iterable[str], add_bos: bool = False):
+    """A copy of a `build_world_tokenizer` tokenizer whose vocabulary also holds every token of ``texts``.
+
+    Known tokens keep their ids; new ones follow in decreasing frequency (ties alphabetical), so a model's
+    embedding matrix only grows at the end (resize it to ``len(new)``). With ``add_bos`` the copy puts
+    ``<s>`` in front of every call, as Llama's tokenizer does (what DAM's prompt tokenization expects).
+    Returns ``(tokenizer, added)``: the new tokenizer and the list of added tokens.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tokenizer.backend_tokenizer
+    spec = json.loads(backend.to_str())
+    if spec.get("model", {}).get("type") != "WordLevel":
+        raise ValueError("extend_world_tokenizer needs a word-level tokenizer (build_world_tokenizer's)")
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normal = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        counts.update(tok for tok, _ in backend.pre_tokenizer.pre_tokenize_str(normal))
+    added = sorted((t for t in counts if t not in vocab), key=lambda t: (-counts[t], t))
+    start = max(vocab.values()) + 1
+    for k, tok in enumerate(added):
+        vocab[tok] = start + k
+    core = Tokenizer.from_str(json.dumps(spec))
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{tokenizer.bos_token} $A", pair=f"{tokenizer.bos_token} $A $B",
+            special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token,
+        bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token, clean_up_tokenization_spaces=False,
+        model_max_length=tokenizer.model_max_length)
+    return out, added
+
+
 # ------------------------------------------------------------------------------------------------- model
 
 

@@ -1,0 +1,543 @@
+"""Describe regions of images and videos with a DAM model: `load_describer` -> `Describer`.
+
+    from groundscope.describe import load_describer
+    dam = load_describer("dam-3b")                          # or "dam-nano", "nvidia/DAM-3B", a local folder
+    dam.describe("photo.jpg", box=(10, 20, 200, 240))       # one region -> RegionDescription
+    dam.describe("photo.jpg", [{"box": (10, 20, 200, 240)}, {"mask": "cat_mask.png"}, {"points": [(50, 60)]}])
+    dam.describe(["a.jpg", "b.jpg"], [[{"box": ...}], [{"mask": m1}, {"mask": m2}]])   # per image -> lists
+    dam.describe_video("clip.mp4", {"box": (10, 20, 200, 240)})                       # 8 frames, one box for all
+    dam.describe_expression("photo.jpg", "the cat on the left", load_detector("nano"))  # refer, then describe
+
+A region is a dict (or any object with those attributes, e.g. `Region`) with exactly one of ``mask`` ((H, W)
+array, non-zero inside, or the path of a mask image of the image's size), ``box`` ((x1, y1, x2, y2) pixels) or
+``points`` ((N, 2) (x, y) pixels), and optionally a ``name``. Boxes and points become masks as
+`groundscope.describe.focal.region_to_mask` says (filled box, small discs: no segmenter ships with groundscope).
+
+A region that cannot be described (empty mask, box outside the image, unreadable image or mask file) does not stop
+the batch: its `RegionDescription` has ``error`` set (naming the region and the fix) and empty text; the others
+are described.
+
+Videos (`describe_video`): a video file (read with PyAV), a folder of frames (sorted by name) or a list of frames;
+`num_frames` frames (default: the model's, 8 for DAM-3B-Video) are sampled uniformly, each frame gets its own focal
+prompt with its own mask, and the frames' tokens enter the prompt in time order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from groundscope.describe.focal import RegionError, focal_crop, region_to_mask
+from groundscope.describe.model import DamError, DamModel, load_dam
+from groundscope.images import ImageInput, ImageLoadError, load_image
+
+DEFAULT_DESCRIBER = "dam-nano"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+REGION_KEYS = ("mask", "box", "points")
+
+
+# ---------------------------------------------------------------------------------------------- types
+@dataclass
+class Region:
+    """A region to describe: exactly one of `mask`, `box` or `points` (a dict with these keys works too)."""
+
+    mask: Any = None
+    box: Sequence[float] | None = None
+    points: Any = None
+    name: str | None = None
+
+
+@dataclass
+class RegionDescription:
+    """One region's description.
+
+    Attributes:
+        text: the description ("" when `error` is set).
+        box: the region's box in pixels, (x1, y1, x2, y2): the box given for a box region (or the detector's, for
+            an expression), else the mask's tight box (ends exclusive); for a video the union over the frames.
+            None when the region could not be read.
+        area: the mask's pixel count (for a video the mean over the sampled frames); 0 on error.
+        error: None, or why the region was not described, naming it and saying what to do.
+        name: how the region is named ("region 0", "image 1 region 0", or the name it was given).
+        expression / score: for `describe_expression`: the referring expression and the detector's score of `box`.
+        frames: for a video, the sampled frame indices (into the source video / folder / list).
+        frame_boxes: for a video, the region's box in each sampled frame.
+        mask: the (H, W) bool mask described (for a video, a list, one per sampled frame); not serialised.
+    """
+
+    text: str
+    box: list[float] | None
+    area: int
+    error: str | None = None
+    name: str = ""
+    expression: str | None = None
+    score: float | None = None
+    frames: list[int] | None = None
+    frame_boxes: list[list[float]] | None = None
+    mask: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, ndigits: int | None = 2) -> dict[str, Any]:
+        """``{"box", "area", "text", "error"}`` plus ``name`` and, when set, ``expression``, ``score``, ``frames``,
+        ``frame_boxes`` (JSON-ready)."""
+        rnd = (lambda v: round(float(v), ndigits)) if ndigits is not None else float  # noqa: E731
+        rec: dict[str, Any] = {"name": self.name, "box": None if self.box is None else [rnd(v) for v in self.box],
+                               "area": int(self.area), "text": self.text, "error": self.error}
+        if self.expression is not None:
+            rec["expression"] = self.expression
+        if self.score is not None:
+            rec["score"] = round(float(self.score), 5) if ndigits is not None else float(self.score)
+        if self.frames is not None:
+            rec["frames"] = [int(f) for f in self.frames]
+        if self.frame_boxes is not None:
+            rec["frame_boxes"] = [[rnd(v) for v in b] for b in self.frame_boxes]
+        return rec
+
+
+@dataclass
+class VideoClip:
+    """Frames sampled from a video (`load_video`).
+
+    Attributes:
+        frames: the sampled frames, (H, W, 3) uint8 each, in time order.
+        indices: their indices in the source.
+        total: the source's frame count.
+        source: what they were read from (path or "<list>").
+    """
+
+    frames: list[np.ndarray]
+    indices: list[int]
+    total: int
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _auto_device(device: str | torch.device) -> str | torch.device:
+    if str(device) != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def _auto_dtype(dtype: torch.dtype | str | None, device: str | torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # DAM-3B is released in bfloat16; use it where the device has it, float32 elsewhere (CPU).
+        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a torch dtype; use 'float32', 'bfloat16', 'float16' or 'auto'")
+    return value
+
+
+def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: str | torch.device = "auto",
+                   dtype: torch.dtype | str | None = "auto", revision: str | None = None) -> "Describer":
+    """Load a DAM model as a `Describer`.
+
+    Args:
+        name_or_path: a registry name of kind "describer" (``dam-nano``, bundled; ``dam-3b``, ``dam-3b-video``), a
+            hub id (``nvidia/DAM-3B``, ``nvidia/DAM-3B-Video``; downloaded with huggingface_hub's
+            snapshot_download, cache first) or a local folder in the released DAM layout (`DamModel.save` writes one).
+        device: "auto" (cuda, then mps, then cpu), or a torch device.
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32), a torch dtype or its name.
+        revision: hub revision for hub ids.
+    Raises:
+        ModelLoadError: unknown name, the bundled model not built, not cached while offline, unreachable hub, a
+            folder that is not a DAM folder.
+    """
+    from groundscope.models.loading import ModelLoadError, _fetch, resolve
+
+    source, display = resolve(name_or_path, kind="describer")
+    local = _fetch(source, display, revision, kind="describer")
+    device = _auto_device(device)
+    try:
+        dtype = _auto_dtype(dtype, device)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
+    try:
+        model = load_dam(local, device=device, dtype=dtype)
+    except DamError as e:
+        raise ModelLoadError(f"model '{display}': {e}") from e
+    return Describer(model, name=display, path=local)
+
+
+# ---------------------------------------------------------------------------------------------- regions
+def _read_mask_file(path: Path, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # Palette / 1-bit / greyscale masks keep their values (a palette index > 0 is inside); colour masks
+            # are read through their luminance.
+            arr = np.asarray(im if im.mode in ("1", "L", "P", "I", "I;16", "F") else im.convert("L"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise RegionError(f"{name}: cannot read mask '{path}' ({e}); pass a mask image (PNG) of the image's size, "
+                          "non-zero inside the region") from e
+    return arr > 0
+
+
+def _fields(region: Any, name: str) -> tuple[Any, Any, Any, str]:
+    """(mask, box, points, name) of a region given as a dict or an object with those attributes."""
+    if isinstance(region, dict):
+        unknown = sorted(set(region) - set(REGION_KEYS) - {"name"})
+        if unknown:
+            raise RegionError(f"{name}: unknown key(s) {unknown}; a region has exactly one of mask, box or points "
+                              "(and optionally name)")
+        get = region.get
+    elif any(hasattr(region, k) for k in REGION_KEYS):
+        get = lambda k: getattr(region, k, None)  # noqa: E731
+    else:
+        raise RegionError(f"{name}: {type(region).__name__} is not a region; pass a dict with exactly one of "
+                          "mask, box or points (or a groundscope.describe.Region)")
+    given = get("name")
+    return get("mask"), get("box"), get("points"), (str(given) if given else name)
+
+
+def region_mask(hw: tuple[int, int], region: Any, name: str = "region",
+                min_crop: int = 48) -> tuple[np.ndarray, list[float], str]:
+    """A region (dict / `Region`) on an image of size `hw` -> (mask, box, name), checked describable.
+
+    The box is the one given for a box region, else the mask's tight box (x1, y1, x2, y2), ends exclusive.
+    Raises:
+        RegionError: not exactly one of mask / box / points, an unreadable mask file, a mask of another size, a
+            box or points outside the image, an empty mask; the message names the region.
+    """
+    mask, box, points, name = _fields(region, name)
+    if isinstance(mask, (str, Path)):
+        mask = _read_mask_file(Path(mask), name)
+    if box is not None:
+        try:
+            box = [float(v) for v in box]
+        except (TypeError, ValueError):
+            raise RegionError(f"{name}: a box is four numbers (x1, y1, x2, y2), got {box!r}") from None
+    arr = region_to_mask(hw, mask=mask, box=box, points=points, name=name)
+    crop = focal_crop(arr, min_size=min_crop, name=name)  # raises on an empty mask
+    x, y, w, h = crop.region
+    return arr, (box if box is not None else [float(x), float(y), float(x + w), float(y + h)]), name
+
+
+def _given_box(region: Any) -> list[float] | None:
+    box = region.get("box") if isinstance(region, dict) else getattr(region, "box", None)
+    try:
+        return [float(v) for v in box] if box is not None and len(box) == 4 else None
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- video input
+def sample_indices(total: int, num_frames: int) -> list[int]:
+    """`num_frames` indices spread uniformly over `total` frames, first and last included (all of them when there
+    are no more than `num_frames`)."""
+    if total <= 0:
+        return []
+    if total <= num_frames:
+        return list(range(total))
+    return [int(i) for i in np.linspace(0, total - 1, num_frames).round().astype(int)]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name (a video's frames, or its per-frame masks)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_video_file(path: Path, num_frames: int) -> VideoClip:
+    try:
+        import av
+    except ImportError:
+        raise ImageLoadError(path, "reading video files needs PyAV (pip install av, or groundscope[video]); "
+                                   "or pass a folder of frames") from None
+
+    def decode(wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+        got, count = {}, 0
+        with av.open(str(path)) as container:
+            for count, frame in enumerate(container.decode(video=0), start=1):
+                if count - 1 in wanted:
+                    got[count - 1] = frame.to_ndarray(format="rgb24")
+        return got, count
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ImageLoadError(path, "has no video stream")
+            stream = container.streams.video[0]
+            total = int(stream.frames or 0)
+            if total <= 0:  # no frame count in the header: count the packets (no decoding)
+                total = sum(1 for packet in container.demux(stream) if packet.size)
+        indices = sample_indices(total, num_frames)
+        got, decoded = decode(set(indices))
+        if len(got) < len(indices):  # the header's count was wrong: sample the frames that are there
+            total = decoded
+            indices = sample_indices(total, num_frames)
+            got, _ = decode(set(indices))
+    except ImageLoadError:
+        raise
+    except Exception as e:  # PyAV raises its own error types per container / codec problem
+        raise ImageLoadError(path, f"cannot decode the video ({type(e).__name__}: {e})") from e
+    if not indices:
+        raise ImageLoadError(path, "the video has no frames")
+    return VideoClip([got[i] for i in indices], indices, total, str(path))
+
+
+def load_video(video: str | os.PathLike | Sequence[ImageInput] | VideoClip, num_frames: int = 8) -> VideoClip:
+    """Sample `num_frames` frames uniformly from a video file, a folder of frames (image files sorted by name) or
+    a list of frames (arrays, PIL images, paths). A `VideoClip` is returned as is.
+
+    Raises:
+        ImageLoadError: unreadable video / frame, an empty folder or list, PyAV missing for a video file.
+    """
+    if isinstance(video, VideoClip):
+        return video
+    if isinstance(video, (list, tuple)):
+        indices = sample_indices(len(video), num_frames)
+        if not indices:
+            raise ImageLoadError("<list>", "no frames given")
+        return VideoClip([np.asarray(load_image(video[i])) for i in indices], indices, len(video), "<list>")
+    path = Path(video)
+    if path.is_dir():
+        files = frame_files(path)
+        indices = sample_indices(len(files), num_frames)
+        if not indices:
+            raise ImageLoadError(path, "the folder holds no frames (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        return VideoClip([np.asarray(load_image(files[i])) for i in indices], indices, len(files), str(path))
+    if not path.exists():
+        raise ImageLoadError(path, "no such file")
+    return _read_video_file(path, num_frames)
+
+
+def is_video_source(source: Any) -> bool:
+    """A video file (by suffix) or a folder (of frames)."""
+    if isinstance(source, VideoClip):
+        return True
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        return p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- describer
+def _union(boxes: Sequence[Sequence[float]]) -> list[float]:
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+
+
+class Describer:
+    """A loaded DAM model: detailed descriptions of regions of images and videos. Build one with
+    `load_describer`, or wrap a `DamModel`."""
+
+    def __init__(self, model: DamModel, name: str = "dam", path: str | os.PathLike | None = None):
+        self.model, self.name = model, name
+        self.path = Path(path) if path is not None else None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __repr__(self) -> str:
+        return f"Describer({self.name!r}, device={self.device})"
+
+    def _generate(self, images: list, masks: list, gen: dict) -> list[str]:
+        return self.model.generate(images, masks, **{k: v for k, v in gen.items() if v is not None})
+
+    # ------------------------------------------------------------------ images
+    def describe(self, images: ImageInput | Sequence[ImageInput], regions: Any = None, *, mask: Any = None,
+                 box: Sequence[float] | None = None, points: Any = None, prompt: str | None = None,
+                 temperature: float | None = None, top_p: float | None = None, max_new_tokens: int | None = None,
+                 batch_size: int = 8, callback: Callable[[int], None] | None = None):
+        """Describe regions of one image or of a batch of images.
+
+        Args:
+            images: one image (path, PIL image, array) or a list of them.
+            regions: for one image, a list of regions (or one region); for a list of images, one list of regions
+                per image. Leave it None and pass one of `mask` / `box` / `points` to describe a single region.
+            prompt: the user turn (one ``<image>``); default: the model's.
+            temperature / top_p / max_new_tokens: generation (default: the model's; temperature 0 is greedy).
+            batch_size: regions per vision forward pass.
+            callback: called with the number of regions finished (described or failed) as they finish
+                (progress bars).
+        Returns:
+            one `RegionDescription` (single-region form), a list of them (one image), or a list of lists (a list of
+            images), in the order given. Bad regions carry ``error`` instead of text.
+        """
+        single = regions is None
+        if single:
+            if isinstance(images, (list, tuple)):
+                raise ValueError("the single-region form (mask= / box= / points=) takes one image; "
+                                 "pass regions for a batch")
+            regions = [Region(mask=mask, box=box, points=points, name="region")]
+        elif any(v is not None for v in (mask, box, points)):
+            raise ValueError("pass either regions or one of mask= / box= / points=, not both")
+        batch = isinstance(images, (list, tuple))
+        if batch:
+            per_image = [list(r) if isinstance(r, (list, tuple)) else [r] for r in regions]
+            if len(per_image) != len(images):
+                raise ValueError(f"{len(per_image)} region lists for {len(images)} images; pass one list per image")
+            imgs = list(images)
+        else:
+            per_image = [list(regions) if isinstance(regions, (list, tuple)) else [regions]]
+            imgs = [images]
+        gen = {"prompt": prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        results: list[list[RegionDescription | None]] = [[None] * len(r) for r in per_image]
+        jobs = []  # (image index, region index, rgb, mask, box, name)
+        for j, (img, regs) in enumerate(zip(imgs, per_image)):
+            try:
+                rgb, img_error = np.asarray(load_image(img)), None
+            except ImageLoadError as e:
+                rgb, img_error = None, str(e)
+            for i, reg in enumerate(regs):
+                default = f"image {j} region {i}" if batch else ("region" if single else f"region {i}")
+                try:
+                    _, _, _, name = _fields(reg, default)
+                    if img_error is not None:
+                        raise RegionError(f"{name}: {img_error}; pass a readable image (path, PIL image or array)")
+                    m, b, name = region_mask(rgb.shape[:2], reg, default, self.config.min_crop)
+                except RegionError as e:
+                    results[j][i] = RegionDescription("", _given_box(reg), 0, error=str(e),
+                                                      name=_safe_name(reg, default))
+                    continue
+                jobs.append((j, i, rgb, m, b, name))
+        failed = sum(len(r) for r in per_image) - len(jobs)
+        if callback is not None and failed:
+            callback(failed)
+        for start in range(0, len(jobs), max(1, batch_size)):
+            chunk = jobs[start:start + max(1, batch_size)]
+            texts = self._generate([c[2] for c in chunk], [c[3] for c in chunk], gen)
+            for (j, i, _, m, b, name), text in zip(chunk, texts):
+                results[j][i] = RegionDescription(text, b, int(m.sum()), name=name, mask=m)
+            if callback is not None:
+                callback(len(chunk))
+        if single:
+            return results[0][0]
+        return results if batch else results[0]
+
+    def describe_expression(self, image: ImageInput, expression: str | Sequence[str], detector: Any, **gen):
+        """Detect, then describe: the detector's referring-expression top-1 box (`GroundingDetector.refer`)
+        becomes the region.
+
+        Args:
+            detector: a `GroundingDetector`, or a name / folder for `load_detector` (loaded on this device).
+            expression: one expression, or a list (each described on its own).
+            gen: `describe`'s prompt / temperature / top_p / max_new_tokens / batch_size / callback.
+        Returns:
+            `RegionDescription` (a list for a list of expressions) with ``expression``, ``score`` and ``box`` = the
+            detector's box.
+        """
+        detector = _as_detector(detector, self.device)
+        single = isinstance(expression, str)
+        exprs = [expression] if single else list(expression)
+        try:
+            rgb = np.asarray(load_image(image))
+        except ImageLoadError as e:
+            out = [RegionDescription("", None, 0, error=f"expression {x!r}: {e}; pass a readable image", name=x,
+                                     expression=x) for x in exprs]
+            return out[0] if single else out
+        found = detector.refer([rgb] * len(exprs), exprs, top_k=1)
+        regions = []
+        for x, dets in zip(exprs, found):
+            regions.append({"box": [float(v) for v in dets.xyxy[0]], "name": x} if len(dets) else
+                           {"mask": np.zeros(rgb.shape[:2], bool), "name": x})
+        out = self.describe(rgb, regions, **gen)
+        for r, x, dets in zip(out, exprs, found):
+            r.expression, r.score = x, (float(dets.scores[0]) if len(dets) else None)
+            if not len(dets):
+                r.error = f"expression {x!r}: the detector found no box; rephrase it or pass a --box"
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ videos
+    def describe_video(self, video: Any, region: Any = None, *, num_frames: int | None = None,
+                       expression: str | None = None, detector: Any = None, track: bool = False,
+                       prompt: str | None = None, temperature: float | None = None, top_p: float | None = None,
+                       max_new_tokens: int | None = None) -> RegionDescription:
+        """Describe one region through a video.
+
+        Args:
+            video: a video file, a folder of frames, a list of frames, or a `VideoClip` (`load_video`).
+            region: one region for every frame (a box stays put), or a list of regions, one per source frame (or
+                one per sampled frame); omit it with `expression`.
+            num_frames: frames sampled uniformly (default: the model's num_frames, 8); ignored for a `VideoClip`.
+            expression / detector: find the region with the detector's referring-expression top-1 box, in the first
+                sampled frame (used for every frame) or, with `track`, in every sampled frame.
+        Returns:
+            a `RegionDescription` with ``frames`` (the sampled indices) and ``frame_boxes``; on a bad frame region
+            or an unreadable video, ``error`` says which and why.
+        """
+        gen = {"prompt": prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        name = expression if expression is not None else (_safe_name(region, "region") if region is not None
+                                                           else "region")
+        if (expression is None) == (region is None):
+            raise ValueError("pass a region (or one per frame) or an expression with a detector, not both")
+        try:
+            clip = load_video(video, num_frames or self.config.num_frames)
+        except ImageLoadError as e:
+            return RegionDescription("", None, 0, error=f"{name}: {e}", name=name, expression=expression)
+        frames, score = clip.frames, None
+        if expression is not None:
+            if detector is None:
+                raise ValueError("an expression needs a detector (a GroundingDetector or a model name)")
+            dets = _as_detector(detector, self.device).refer(frames if track else frames[:1], expression, top_k=1)
+            if any(len(d) == 0 for d in dets):
+                return RegionDescription("", None, 0, error=f"expression {expression!r}: the detector found no box",
+                                         name=name, expression=expression, frames=clip.indices)
+            boxes = [[float(v) for v in d.xyxy[0]] for d in dets]
+            scores = [float(d.scores[0]) for d in dets]
+            per_frame = [{"box": b, "name": expression} for b in (boxes if track else boxes * len(frames))]
+            score = float(np.mean(scores))
+        elif isinstance(region, (list, tuple)):
+            if len(region) == clip.total:
+                per_frame = [region[i] for i in clip.indices]
+            elif len(region) == len(frames):
+                per_frame = list(region)
+            else:
+                return RegionDescription("", None, 0, name=name, frames=clip.indices, error=(
+                    f"{name}: {len(region)} per-frame regions for a video of {clip.total} frames ({len(frames)} "
+                    "sampled); pass one region for every frame, or one per source frame"))
+        else:
+            per_frame = [region] * len(frames)
+        masks, boxes = [], []
+        try:
+            for k, (frame, reg) in enumerate(zip(frames, per_frame)):
+                m, b, _ = region_mask(frame.shape[:2], reg, f"{name} (frame {clip.indices[k]})", self.config.min_crop)
+                masks.append(m)
+                boxes.append(b)
+        except RegionError as e:
+            return RegionDescription("", _given_box(per_frame[0]), 0, error=str(e), name=name, expression=expression,
+                                     score=score, frames=clip.indices)
+        text = self._generate([list(frames)], [masks], gen)[0]
+        return RegionDescription(text, _union(boxes), int(round(np.mean([m.sum() for m in masks]))), name=name,
+                                 expression=expression, score=score, frames=clip.indices, frame_boxes=boxes,
+                                 mask=masks)
+
+
+def _safe_name(region: Any, default: str) -> str:
+    try:
+        return _fields(region, default)[3]
+    except RegionError:
+        return default
+
+
+def _as_detector(detector: Any, device):
+    if isinstance(detector, (str, os.PathLike)):
+        from groundscope.models.loading import load_detector
+
+        return load_detector(detector, device=device)
+    if not hasattr(detector, "refer"):
+        raise TypeError(f"{type(detector).__name__} is not a detector; pass a GroundingDetector or a model name")
+    return detector

@@ -1,0 +1,258 @@
+"""A small base VLM for Describe Anything, trained offline on the synthetic world (``groundscope pretrain-vlm``).
+
+DAM starts from a VLM that already describes images (VILA-1.5-3B for DAM-3B) and adds the mask embedding
+and the context adapters, zero-initialised. With no network there is no VILA to start from, so this module
+builds and trains a stand-in, LLaVA-style:
+
+* vision: a random `SiglipVisionModel` (``vision_use_head=False``: the features come from the encoder);
+* projector: ``mlp_downsample`` (2x2 token merge, DAM-3B's) or ``mlp2x_gelu``;
+* LM: the world LM (`groundscope pretrain-lm`), its word-level vocabulary extended with the words of DAM's
+  conversation template and of the training descriptions (new embedding rows start at the mean embedding
+  plus noise), and its tokenizer made to put ``<s>`` in front, as Llama's does;
+* data (`vlm_samples`): from a synthetic world's ``groundingcap.jsonl``, every region's focal crop (the crop
+  DAM's crop pass sees: 3x the box, at least 48 px, `groundscope.describe.focal_crop`) paired with its
+  ``description`` under DAM's own prompt (``<image>\\nDescribe the masked region in detail.``), and every
+  whole image paired with its detailed caption under ``<image>\\nDescribe the image in detail.``. The base
+  VLM thus learns to describe what it sees; what a crop cannot show (where the object sits in the image, its
+  neighbours) is left for DAM's full-image context to add;
+* training: everything trains (the vision model starts from random weights), the LM at ``llm_lr_mult`` x the
+  learning rate; AdamW, linear warm-up then cosine to 10 %, gradient clipping at 1; LM loss on the answer
+  tokens only (`DamModel.encode`); a batch holds either region crops or whole images (no caption pads a
+  batch of short descriptions).
+
+The result is saved in the VILA layout that ``load_dam(path, from_base_vlm=True)`` reads (`DamModel.save`
+with ``base_vlm=True``: ``llm/``, ``vision_tower/``, ``mm_projector/``, ``config.json``; no
+``context_provider/``), plus ``train_log.json`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from groundscope.describe.focal import focal_prompt, image_pixels, region_to_mask
+from groundscope.describe.model import IMAGE_TOKEN, DamConfig, DamModel
+
+IMAGE_PROMPT = "<image>\nDescribe the image in detail."
+
+
+@dataclass
+class VlmSample:
+    """One training pair: the image, the region's box (x1, y1, x2, y2) or None for the whole image, the text."""
+
+    image: Path
+    box: tuple[float, float, float, float] | None
+    text: str
+
+
+def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, captions: bool = True
+                ) -> list[VlmSample]:
+    """Region crops with descriptions (and whole images with their detailed captions) of a GroundingCap file.
+
+    Raises:
+        groundscope.data.DataFormatError: a malformed file (naming file and line).
+    """
+    from groundscope.data.groundingcap import read_groundingcap
+
+    path = Path(groundingcap)
+    root = Path(image_root) if image_root is not None else path.parent
+    out = []
+    for rec in read_groundingcap(path).images:
+        image = root / rec.filename
+        for inst in rec.instances:
+            if inst.description and inst.description.strip():
+                out.append(VlmSample(image, tuple(inst.bbox), inst.description.strip()))
+        if captions and rec.long_caption and rec.long_caption.strip():
+            out.append(VlmSample(image, None, rec.long_caption.strip()))
+    return out
+
+
+def sample_pixels(sample: VlmSample, config: DamConfig) -> torch.Tensor:
+    """(3, S, S): the region's focal crop (or the whole image) through the model's input processing."""
+    from groundscope.images import load_image
+
+    rgb = np.asarray(load_image(sample.image))
+    if sample.box is not None:
+        mask = region_to_mask(rgb.shape[:2], box=sample.box, name=f"{sample.image} box {list(sample.box)}")
+        rgb = focal_prompt(rgb, mask, config.min_crop).crop_image
+    c = config
+    return image_pixels(rgb, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
+
+
+def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int = 128, patch_size: int = 16,
+                   hidden: int = 192, layers: int = 4, heads: int = 4, intermediate: int | None = None,
+                   projector: str = "mlp_downsample", feature_layer: int = -1, image_prompt: str = IMAGE_PROMPT,
+                   seed: int = 0) -> tuple[DamModel, list[str]]:
+    """A fresh base VLM on the world LM in `lm_dir`: random SigLIP vision model and projector, the LM's
+    vocabulary extended with every word of `texts` and of the prompts. Returns (model, added tokens); the
+    model's DAM parts (mask embedding, adapters) are there but zero and unused until DAM training."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionConfig, SiglipVisionModel
+
+    from groundscope.train.world_lm import extend_world_tokenizer
+
+    if image_size % patch_size:
+        raise ValueError(f"image size {image_size} must be a multiple of the patch size {patch_size}")
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    torch.manual_seed(seed)
+    lm_dir = Path(lm_dir)
+    if not (lm_dir / "config.json").is_file():
+        raise ValueError(f"{lm_dir} holds no language model; train one with `groundscope pretrain-lm`")
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    llm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    config = DamConfig(vision="groundscope pretrain-vlm", llm=str(lm_dir), image_size=image_size, projector=projector,
+                       feature_layer=feature_layer, max_new_tokens=160)
+    template = [f"{config.system} USER: {p.replace(IMAGE_TOKEN, ' ')} ASSISTANT:"
+                for p in (config.prompt, image_prompt, config.video_prompt.replace("{images}", " "))]
+    tokenizer, added = extend_world_tokenizer(tokenizer, list(template) + list(texts), add_bos=True)
+    emb = llm.get_input_embeddings().weight
+    old = emb.shape[0]
+    if len(tokenizer) > old:
+        with torch.no_grad():
+            mean, std = emb.mean(0), emb.std(0)
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            new = llm.get_input_embeddings().weight
+            new[old:] = mean + 0.5 * std * torch.randn(len(tokenizer) - old, new.shape[1])
+        llm.config.vocab_size = len(tokenizer)
+    vision = SiglipVisionModel(SiglipVisionConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, vision_use_head=False))
+    return DamModel.from_parts(config, vision, llm, tokenizer), added
+
+
+def _lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
+    from groundscope.train.world_lm import _lr_factor as factor
+
+    return factor(step, steps, warmup, floor)
+
+
+def pretrain_base_vlm(
+    data: str | Path,
+    lm_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    llm_lr_mult: float = 0.3,
+    captions: bool = True,
+    image_size: int = 128,
+    patch_size: int = 16,
+    hidden: int = 192,
+    layers: int = 4,
+    heads: int = 4,
+    projector: str = "mlp_downsample",
+    max_text_tokens: int = 320,
+    warmup: int | None = None,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    image_root: str | Path | None = None,
+    progress: bool = True,
+    console=None,
+) -> dict[str, Any]:
+    """Build a base VLM (`build_base_vlm`) and train it `steps` steps on `data` (a GroundingCap file of the
+    synthetic world); save it to `out_dir` in the VILA layout. Returns a summary
+    ``{"steps", "first_loss", "last_loss_mean", "seconds", "seconds_per_step", "samples", "params",
+    "megabytes_fp16", "vocab_added", "out_dir"}``."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from groundscope.train.plot import draw_loss_curve
+
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if lr <= 0 or llm_lr_mult < 0:
+        raise ValueError(f"lr must be > 0 and llm_lr_mult >= 0, got {lr}, {llm_lr_mult}")
+    console = console or Console(stderr=True)
+    start = time.perf_counter()
+    samples = vlm_samples(data, image_root, captions)
+    if not samples:
+        raise ValueError(f"'{data}' holds no region descriptions or captions to train on")
+    model, added = build_base_vlm(lm_dir, [s.text for s in samples], image_size=image_size, patch_size=patch_size,
+                                  hidden=hidden, layers=layers, heads=heads, projector=projector, seed=seed)
+    model.train()
+    cfg = model.config
+    prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
+    # The DAM parts are not used by the base VLM: leave them out of the optimizer.
+    params = [(n, p) for n, p in model.named_parameters()
+              if not n.startswith(("backbone.mask_embed.", "backbone.adapters."))]
+    groups: dict[tuple[bool, bool], list] = {}
+    for n, p in params:
+        groups.setdefault((n.startswith("llm."), p.ndim >= 2), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "lr": lr * (llm_lr_mult if is_llm else 1.0), "weight_decay": weight_decay if decay else 0.0}
+         for (is_llm, decay), ps in groups.items()], lr=lr, betas=(0.9, 0.98))
+    warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    # Batches hold one kind of sample: a detailed caption is ~4x as long as a region description, and one
+    # caption in a batch of regions would pad every row to its length. A step is a caption batch with the
+    # captions' share of the samples as probability.
+    generator = torch.Generator().manual_seed(seed)
+    kinds = [[i for i, s in enumerate(samples) if s.box is not None], [i for i, s in enumerate(samples) if s.box is None]]
+    orders: list[list[int]] = [[], []]
+    caption_share = len(kinds[1]) / len(samples)
+    log: list[dict] = []
+    show = progress and console.is_terminal
+    every = max(1, steps // 20)
+    columns = (TextColumn("[bold]pretrain-vlm"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    train_start = time.perf_counter()
+    with Progress(*columns, console=console, disable=not show) as bar:
+        task = bar.add_task("pretrain", total=steps, info="")
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            kind = int(bool(kinds[1]) and (not kinds[0] or float(torch.rand((), generator=generator)) < caption_share))
+            while len(orders[kind]) < batch_size:
+                orders[kind] += [kinds[kind][i] for i in torch.randperm(len(kinds[kind]), generator=generator).tolist()]
+            batch, orders[kind] = [samples[i] for i in orders[kind][:batch_size]], orders[kind][batch_size:]
+            pixels = torch.stack([sample_pixels(s, cfg) for s in batch])
+            enc = model.tokenize([1] * len(batch), [s.text for s in batch], [prompts[s.box is not None] for s in batch])
+            enc = {k: v[:, :max_text_tokens] for k, v in enc.items()}
+            visual = model.projector(model.backbone.features(pixels))
+            loss = model(enc["input_ids"], enc["attention_mask"], visual_tokens=visual, labels=enc["labels"]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            current_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            log.append({"type": "train", "step": step, "loss": round(float(loss.detach()), 5), "lr": current_lr,
+                        "seconds": round(time.perf_counter() - t0, 4)})
+            info = f"loss {log[-1]['loss']:.4f}  lr {current_lr:.2e}"
+            bar.update(task, completed=step, info=info)
+            if progress and not show and (step % every == 0 or step == steps):
+                console.print(f"step {step}/{steps}  {info}", highlight=False)
+    train_seconds = time.perf_counter() - train_start
+
+    model.eval()
+    out_dir = Path(out_dir)
+    model.save(out_dir, base_vlm=True)
+    used = [p for n, p in model.named_parameters() if not n.startswith(("backbone.mask_embed.", "backbone.adapters."))]
+    n_params = sum(p.numel() for p in used)
+    tail = [r["loss"] for r in log[-min(20, steps):]]
+    summary = {
+        "steps": steps, "first_loss": log[0]["loss"], "last_loss_mean": sum(tail) / len(tail),
+        "seconds": time.perf_counter() - start, "seconds_per_step": train_seconds / steps, "samples": len(samples),
+        "params": n_params, "megabytes_fp16": round(n_params * 2 / 2**20, 2), "vocab_added": len(added),
+        "out_dir": str(out_dir),
+    }
+    settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
+                "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
+                "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
+                "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed}
+    (out_dir / "train_log.json").write_text(
+        json.dumps({"summary": summary, "config": settings, "log": log}, indent=1) + "\n", encoding="utf-8")
+    try:
+        draw_loss_curve(log, out_dir / "loss.png", loss_title="loss on the answer tokens", parts=())
+    except Exception as e:  # a plot must never lose a trained model
+        console.print(f"[yellow]warning:[/] could not draw loss.png: {e}", highlight=False)
+    return summary

@@ -1,0 +1,404 @@
+"""Describe Anything training: region files (RLE / polygons), the synthetic world's exact region masks, DAM
+fine-tuning through the trainer (frozen parts stay put, exact resume, export), and the base VLM pretraining.
+
+Models are tiny (SigLIP 32 px / patch 8 / width 32 / 2 layers, a 1-layer Llama of width 32 on an untrained
+world vocabulary) and worlds have a handful of images, so the whole file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from groundscope.data.errors import DataFormatError
+from groundscope.data.regions import (
+    counts_to_mask,
+    counts_to_rle_string,
+    decode_segmentation,
+    encode_rle,
+    mask_to_counts,
+    polygons_to_mask,
+    read_regions,
+    rle_string_to_counts,
+)
+from groundscope.data.synth import generate_world, write_world_regions
+from groundscope.train.checkpoint import load_checkpoint
+from groundscope.train.config import ConfigError, config_from_dict
+
+runner = CliRunner()
+TINY_VLM = dict(image_size=32, patch_size=8, hidden=32, layers=2, heads=2)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, 4, seed=4, split="train", regions=True)  # 22 objects, 7 partly hidden by others
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("val")
+    generate_world(out, 2, seed=1, split="test", regions=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_dir(world, tmp_path_factory) -> Path:
+    """An untrained world LM folder, as `groundscope pretrain-lm` lays it out."""
+    from groundscope.train.world_lm import build_world_lm, build_world_tokenizer, world_texts
+
+    torch.manual_seed(0)
+    tok = build_world_tokenizer(world_texts(world / "groundingcap.jsonl"))
+    out = tmp_path_factory.mktemp("lm")
+    build_world_lm(tok, hidden=32, layers=1, heads=2).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_vlm(world, lm_dir, tmp_path_factory) -> Path:
+    from groundscope.train.base_vlm import pretrain_base_vlm
+
+    out = tmp_path_factory.mktemp("vlm")
+    pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out, steps=2, batch_size=4, progress=False, **TINY_VLM)
+    return out
+
+
+def _dam_config(base_vlm: Path, world: Path, out: Path, **sections) -> dict:
+    cfg = {
+        "task": "dam",
+        "model": {"path": str(base_vlm), "freeze": ["backbone.vision", "llm"], "device": "cpu"},
+        "data": {"train": {"path": str(world / "regions.json")}},
+        "optim": {"lr": 1e-2, "backbone_lr_mult": 1.0, "text_lr_mult": 1.0, "clip_grad": 1.0},
+        "train": {"max_steps": 3, "batch_size": 4, "out_dir": str(out), "checkpoint_every": 0,
+                  "keep_checkpoints": 0, "progress": False},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def _train_losses(log: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, log.read_text().splitlines()) if r["type"] == "train"}
+
+
+# ---------------------------------------------------------------------------------------------- RLE, polygons
+def test_rle_and_polygon_decoding_by_hand():
+    # Column-major runs of a 3x4 mask: col 0 = 0 0 1, col 1 = 1 1 1, col 2 = 1 0 0, col 3 = 0 0 0
+    # -> 2 zeros, 5 ones, 5 zeros; compressed: one 5-bit group each, '0' + value.
+    mask = np.array([[0, 1, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0]], dtype=bool)
+    assert mask_to_counts(mask) == [2, 5, 5]
+    assert counts_to_rle_string([2, 5, 5]) == "255" and rle_string_to_counts("255") == [2, 5, 5]
+    assert encode_rle(mask) == {"size": [3, 4], "counts": "255"}
+    for seg in ({"size": [3, 4], "counts": [2, 5, 5]}, {"size": [3, 4], "counts": "255"}):
+        for coco in (True, False):
+            assert np.array_equal(decode_segmentation(seg, 3, 4, use_pycocotools=coco), mask)
+    # A mask that starts with a one begins with a zero-length run of zeros.
+    assert mask_to_counts(np.array([[1, 0], [1, 1]], dtype=bool)) == [0, 2, 1, 1]
+    # Counts past the third are stored as differences to the one two before, and may be negative.
+    counts = [0, 40, 3, 1, 100, 2]
+    assert rle_string_to_counts(counts_to_rle_string(counts)) == counts
+    # Polygons: a pixel is inside when its centre is: the square (1, 1)-(4, 4) covers pixels 1..3, and the
+    # triangle (1, 1), (5, 1), (1, 5) those whose centre has x + y < 6.
+    square = np.zeros((6, 6), dtype=bool)
+    square[1:4, 1:4] = True
+    triangle = np.zeros((6, 6), dtype=bool)
+    for r, c in [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 1)]:
+        triangle[r, c] = True
+    for coco in (True, False):
+        assert np.array_equal(polygons_to_mask([[1, 1, 4, 1, 4, 4, 1, 4]], 6, 6, coco), square)
+        assert np.array_equal(polygons_to_mask([[1, 1, 5, 1, 1, 5]], 6, 6, coco), triangle)
+        both = decode_segmentation([[1, 1, 4, 1, 4, 4, 1, 4], [1, 1, 5, 1, 1, 5]], 6, 6, use_pycocotools=coco)
+        assert np.array_equal(both, square | triangle)
+
+
+def test_rle_codec_matches_pycocotools():
+    coco = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for h, w, p in [(37, 53, 0.5), (64, 48, 0.02), (20, 20, 0.98), (1, 7, 0.5)]:
+        mask = rng.random((h, w)) < p
+        mask[h // 3: h // 2, w // 4: w // 2] = True  # long runs too, so counts need several 5-bit groups
+        ref = coco.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert encode_rle(mask)["counts"] == ref["counts"].decode("ascii")
+        counts = rle_string_to_counts(ref["counts"])
+        assert np.array_equal(counts_to_mask(counts, h, w), mask)
+        assert np.array_equal(coco.decode(coco.frPyObjects({"size": [h, w], "counts": counts}, h, w)), mask)
+    # random star-shaped polygons: the numpy fill agrees with COCO's except along the outline
+    for _ in range(3):
+        t = np.sort(rng.uniform(0, 2 * np.pi, 12))
+        r = rng.uniform(10, 40, 12)
+        poly = np.stack([50 + r * np.cos(t), 50 + r * np.sin(t)], 1).ravel().tolist()
+        a, b = polygons_to_mask([poly], 100, 100, True), polygons_to_mask([poly], 100, 100, False)
+        assert (a & b).sum() / (a | b).sum() > 0.95
+
+
+def test_region_file_errors_name_file_and_annotation(tmp_path):
+    good = {"id": 7, "image_id": 1, "segmentation": {"size": [3, 4], "counts": "255"}, "caption": "A thing."}
+    base = {"images": [{"id": 1, "file_name": "a.png", "height": 3, "width": 4}], "annotations": [good]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(base))
+    rs = read_regions(path)
+    assert rs.records[0].description == "A thing." and rs.records[0].image == tmp_path / "a.png"
+    assert np.array_equal(rs.records[0].mask(), counts_to_mask([2, 5, 5], 3, 4))
+    cases = [
+        ({"segmentation": {"size": [4, 3], "counts": "255"}}, r"size \[4, 3\] differs from the image's \[3, 4\]"),
+        ({"segmentation": {"size": [3, 4], "counts": [2, 5, 4]}}, "add up to 11 pixels"),
+        ({"segmentation": {"size": [3, 4], "counts": "25~"}}, "outside COCO's alphabet"),
+        ({"segmentation": {"size": [3, 4], "counts": [12]}}, "covers no pixel"),
+        ({"segmentation": [[1, 1, 2, 2, 3]]}, "5 coordinates"),
+        ({"caption": ""}, "'caption' must be a non-empty string"),
+        ({"caption": None, "description": 3}, "'description' must be a non-empty string"),
+        ({"image_id": 9}, "unknown image_id 9"),
+    ]
+    for change, pattern in cases:
+        ann = {k: v for k, v in {**good, **change}.items() if v is not None}
+        path.write_text(json.dumps({**base, "annotations": [good, ann]}))
+        with pytest.raises(DataFormatError, match=pattern) as err:
+            read_regions(path)
+        assert str(err.value).startswith(f"{path}: annotations[1]: ") and "(id 7)" in str(err.value)
+    path.write_text(json.dumps({**base, "annotations": [{k: v for k, v in good.items() if k != "caption"}]}))
+    with pytest.raises(DataFormatError, match=r"annotations\[0\]: annotation has no 'description'"):
+        read_regions(path)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic masks
+def _hue_sat(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = rgb.astype(np.float64) / 255.0
+    mx, mn = x.max(-1), x.min(-1)
+    d = np.where(mx > mn, mx - mn, 1.0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    hue = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
+    return hue, np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-9), 0.0)
+
+
+def test_synthetic_region_masks_match_the_rendered_shapes(world, tmp_path):
+    from groundscope.data.vocab import COLOUR_RGB
+
+    rs = read_regions(world / "regions.json")
+    coco = json.loads((world / "coco.json").read_text())
+    anns = {a["id"]: a for a in coco["annotations"]}
+    assert [r.id for r in rs.records] == [a["id"] for a in coco["annotations"]]  # the same objects, same ids
+    tested, occluded = 0, 0
+    for rec in rs.records:
+        ann = anns[rec.id]
+        assert rec.description == ann["description"]
+        mask = rec.mask()
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = ann["bbox"]
+        assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (x, y, w, h)  # tight box
+        # The "coloured pixels" of the object: inside its full extent, saturated and of its hue (textures are
+        # tints / shades of the same hue; the backgrounds are nearly grey). Skip objects overlapped by another
+        # object of the same colour, whose pixels could not be told apart that way.
+        colour = ann["attributes"]["colour"]
+        fx1, fy1, fx2, fy2 = ann["attributes"]["full_bbox"]
+        same = [a["attributes"]["full_bbox"] for a in coco["annotations"] if a["image_id"] == ann["image_id"]
+                and a["id"] != rec.id and a["attributes"]["colour"] == colour]
+        if any(min(fx2, ox2) > max(fx1, ox1) and min(fy2, oy2) > max(fy1, oy1) for ox1, oy1, ox2, oy2 in same):
+            continue
+        pixels = np.asarray(Image.open(rec.image).convert("RGB"))
+        hue, sat = _hue_sat(pixels)
+        want, _ = _hue_sat(np.array(COLOUR_RGB[colour], dtype=np.uint8))
+        near = np.minimum(abs(hue - want), 360 - abs(hue - want)) < 15
+        coloured = np.zeros_like(mask)
+        coloured[fy1:fy2, fx1:fx2] = (near & (sat > 0.3))[fy1:fy2, fx1:fx2]
+        iou = (coloured & mask).sum() / (coloured | mask).sum()
+        assert iou > 0.95, (rec.id, colour, iou)  # a mask shifted by 2 px scores 0.80-0.96
+        tested += 1
+        occluded += ann["attributes"]["visible"] < 1
+    assert tested >= 12 and occluded >= 3
+    # The replay writer (for worlds generated without --regions) gives the same file, byte for byte.
+    write_world_regions(world, tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (world / "regions.json").read_bytes()
+    # ... and refuses a world whose images are not the ones its seed draws.
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no meta.json"):
+        write_world_regions(tmp_path)
+
+
+def test_synth_cli_regions_flag_and_command(tmp_path):
+    from groundscope.cli import app
+
+    res = runner.invoke(app, ["synth", "--out", str(tmp_path / "w"), "--n", "2", "--regions"])
+    assert res.exit_code == 0, res.output
+    assert "regions.json" in json.loads((tmp_path / "w" / "meta.json").read_text())["files"]
+    res = runner.invoke(app, ["synth-regions", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.json").read_bytes() == (tmp_path / "w" / "regions.json").read_bytes()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "w" / "images" / "000001.png")
+    res = runner.invoke(app, ["synth-regions", str(tmp_path / "w")])
+    assert res.exit_code == 2 and "000001.png differs" in res.output
+
+
+# ---------------------------------------------------------------------------------------------- base VLM
+def test_pretrain_vlm_output_loads_as_an_untrained_dam(base_vlm, world, lm_dir, tmp_path):
+    from groundscope.cli import app
+    from groundscope.describe import load_dam
+
+    assert not (base_vlm / "context_provider").exists() and (base_vlm / "loss.png").is_file()
+    log = json.loads((base_vlm / "train_log.json").read_text())
+    assert [r["step"] for r in log["log"]] == [1, 2] and all(math.isfinite(r["loss"]) for r in log["log"])
+    with pytest.raises(Exception, match="context_provider"):
+        load_dam(base_vlm)
+    model = load_dam(base_vlm, from_base_vlm=True)
+    assert model.config.image_size == 32 and model.config.feature_layer == -1
+    assert all(a.attn_gate.item() == 0 and a.mlp_gate.item() == 0 for a in model.backbone.adapters)
+    # the LM now knows DAM's template and the descriptions, and puts <s> first
+    tok = model.tokenizer
+    rec = read_regions(world / "regions.json").records[0]
+    for text in (rec.description, model.config.system):
+        assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
+    assert tok("A")["input_ids"][0] == tok.bos_token_id
+    # untrained DAM = the base VLM looking at the focal crop
+    pixels, _ = model.focal_inputs([str(rec.image)], [rec.mask()])
+    with torch.no_grad():
+        assert (model.backbone(pixels) - model.backbone.features(pixels[:, 4:7])).abs().max() < 1e-5
+    # the command, with its errors
+    out = tmp_path / "cli_vlm"
+    args = ["pretrain-vlm", "--data", str(world / "groundingcap.jsonl"), "--lm", str(lm_dir), "--out", str(out),
+            "--steps", "1", "--batch-size", "2", "--image-size", "32", "--patch", "8", "--hidden", "32",
+            "--layers", "1", "--heads", "2", "--no-captions"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert load_dam(out, from_base_vlm=True).config.image_size == 32
+    assert runner.invoke(app, args).exit_code == 2  # would overwrite
+    res = runner.invoke(app, args[:-1] + ["--overwrite", "--lm", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "pretrain-lm" in res.output
+
+
+# ---------------------------------------------------------------------------------------------- DAM training
+def test_three_steps_train_only_the_dam_parts(base_vlm, world, val_world, tmp_path):
+    from groundscope.describe import load_dam
+    from groundscope.train.dam import DamTrainer
+
+    cfg = config_from_dict(_dam_config(base_vlm, world, tmp_path / "run", data={"val": {
+        "path": str(val_world / "regions.json")}}, eval={"max_images": 1}, dam={"eval_samples": 1,
+                                                                               "max_new_tokens": 4}))
+    trainer = DamTrainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    summary = trainer.fit()
+    losses = _train_losses(tmp_path / "run" / "log.jsonl")
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    for n in before:
+        if n.startswith(("backbone.vision.", "llm.")):
+            assert n not in changed, n  # the base VLM's weights are bit-identical
+    assert any(n.startswith("backbone.mask_embed.") for n in changed)
+    assert any(n.startswith("projector.") for n in changed)
+    assert {f"backbone.adapters.{i}.{g}" for i in range(2) for g in ("attn_gate", "mlp_gate")} <= changed
+    assert not trainer.model.llm.training and not trainer.model.backbone.vision.training  # frozen: eval mode
+    # evaluation: loss on the validation regions and generated samples
+    evals = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert len(evals) == 1 and evals[0]["final"] and math.isfinite(evals[0]["val_loss"])
+    sample = json.loads((tmp_path / "run" / "eval" / "step_000003" / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["reference"] and isinstance(sample["generated"], str)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    # the exported folder is a DAM that load_dam reads, with the trained weights
+    exported = load_dam(summary["model_dir"])
+    assert (Path(summary["model_dir"]) / "context_provider").is_dir()
+    for n, p in exported.named_parameters():
+        assert torch.equal(p, trainer.model.get_parameter(n)), n
+
+
+def test_lora_trains_adapters_and_export_merges_them(base_vlm, world, tmp_path):
+    pytest.importorskip("peft")
+    from groundscope.describe import load_dam
+    from groundscope.train.dam import DamTrainer
+
+    raw = _dam_config(base_vlm, world, tmp_path / "lora", model={"freeze": ["backbone.vision"]},
+                      dam={"lora": {"r": 4, "alpha": 8}}, train={"max_steps": 2, "save_dtype": "float32"})
+    trainer = DamTrainer(config_from_dict(raw))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    summary = trainer.fit()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any("lora_" in n for n in changed)
+    assert not any(n.startswith("llm.") and "lora_" not in n for n in changed)
+    rec = read_regions(world / "regions.json").records[1]
+    exported = load_dam(summary["model_dir"])
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    model = trainer.model.eval()
+    pixels, frames = model.focal_inputs([str(rec.image)], [rec.mask()])
+    batch = model.tokenize(frames, [rec.description])
+    with torch.no_grad():
+        a = model(batch["input_ids"], batch["attention_mask"], pixel_values=pixels).logits
+        b = exported(batch["input_ids"], batch["attention_mask"], pixel_values=pixels).logits
+    assert (a - b).abs().max() < 1e-4
+    raw["model"]["freeze"] = ["backbone.vision", "llm"]
+    with pytest.raises(ConfigError, match="freeze the dam.lora adapters"):
+        config_from_dict(raw)
+
+
+def test_resume_after_sigint_equals_an_uninterrupted_run(base_vlm, world, tmp_path):
+    from groundscope.train.dam import DamTrainer
+
+    def cfg(out):
+        # accumulation, a warm-up + cosine schedule, epochs turning (22 regions, 4 per step): what a resume
+        # could get wrong; the projector trains too.
+        return config_from_dict(_dam_config(
+            base_vlm, world, out, optim={"lr": 3e-3}, schedule={"kind": "cosine", "warmup_steps": 2},
+            train={"max_steps": 6, "batch_size": 2, "accumulate": 2, "checkpoint_every": 0, "keep_checkpoints": 0}))
+
+    n_regions = len(read_regions(world / "regions.json"))
+    straight = DamTrainer(cfg(tmp_path / "a")).fit()
+    assert straight["step"] == 6
+
+    def interrupt_at_3(trainer, record):
+        if record["step"] == 3:
+            trainer._on_sigint(signal.SIGINT, None)  # what Ctrl-C calls
+
+    first = DamTrainer(cfg(tmp_path / "b")).fit(on_step=interrupt_at_3)
+    assert first["interrupted"] and first["step"] == 3
+    ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert ck["step"] == 3 and ck["epoch"] * math.ceil(n_regions / 2) + ck["batch"] == 6
+    with pytest.raises(Exception, match="already holds a run"):
+        DamTrainer(cfg(tmp_path / "b")).fit()
+    resumed = DamTrainer(cfg(tmp_path / "b")).fit(resume=True)
+    assert resumed["step"] == 6 and not resumed["interrupted"]
+
+    a = _train_losses(tmp_path / "a" / "log.jsonl")
+    b = _train_losses(tmp_path / "b" / "log.jsonl")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    assert len(set(a.values())) == 6
+    # the final states (weights and optimizer moments) are the same
+    sa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    sb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert (sa["epoch"], sa["batch"]) == (sb["epoch"], sb["batch"])
+    for k, v in sa["model"].items():
+        assert torch.allclose(v, sb["model"][k], atol=1e-6), k
+    for pid, st in sa["optimizer"]["state"].items():
+        assert torch.allclose(st["exp_avg"], sb["optimizer"]["state"][pid]["exp_avg"], atol=1e-7)
+
+
+def test_dam_config_and_cli(base_vlm, world, tmp_path):
+    from groundscope.cli import app
+
+    raw = _dam_config(base_vlm, world, tmp_path / "unused", train={"max_steps": 1})
+    path = tmp_path / "dam.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "cli"), "--set", "optim.lr=2e-3"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli" / "model" / "context_provider" / "model.safetensors").is_file()
+    saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert saved["task"] == "dam" and saved["optim"]["lr"] == 2e-3 and "dam" in saved
+    res = runner.invoke(app, ["train", str(path), "--set", "model.freeze=[backbone.visoin]"])
+    assert res.exit_code == 2 and "'backbone.visoin' matches no parameter" in res.output
+    res = runner.invoke(app, ["train", str(path), "--set", "dam.max_text_tokens=20"])
+    assert res.exit_code == 2 and "leaves no room for a description" in res.output
+    for change, pattern in [({"task": "detect", "dam": {"eval_samples": 1}}, "only applies to task: dam"),
+                            ({"data": {"train": {"path": "x.json", "format": "coco"}}}, "format regions or auto"),
+                            ({"caption": {"enabled": True, "llm": "x"}}, "caption.enabled"),
+                            ({"dam": {"prompt": "Describe."}}, "exactly one <image>")]:
+        with pytest.raises(ConfigError, match=pattern):
+            config_from_dict({**raw, **change})

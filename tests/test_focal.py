@@ -131,3 +131,11 @@ def test_focal_pixels_channels_and_normalisation():
     # the crop mask is the crop's middle third (+1 inside, -1 in the corners); the full mask is smaller
     assert px[7, 16, 16] == pytest.approx(1.0) and px[7, 0, 0] == pytest.approx(-1.0)
     assert (px[3] > 0).sum() < (px[7] > 0).sum()
+
+
+def test_without_focal_crop_the_crop_is_the_whole_image_and_the_mask_is_still_checked():
+    img = np.zeros((H, W, 3), np.uint8)
+    p = focal_prompt(img, region_to_mask((H, W), box=(100, 50, 120, 70)), crop=False)
+    assert _edges(p.crop) == (0, 0, W, H) and p.crop_image.shape == (H, W, 3) and p.crop_mask.sum() == 400
+    with pytest.raises(RegionError, match="empty"):
+        focal_prompt(img, np.zeros((H, W), bool), crop=False)

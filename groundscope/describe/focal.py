@@ -173,20 +173,25 @@ def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:
                    region=region)
 
 
-def focal_prompt(image: ImageInput, mask, min_size: int = MIN_CROP, name: str = "region") -> FocalPrompt:
+def focal_prompt(image: ImageInput, mask, min_size: int = MIN_CROP, name: str = "region",
+                 crop: bool = True) -> FocalPrompt:
     """Full image + mask and the focal crop of both.
 
     Args:
         image: (H, W, 3) uint8 array, PIL image or path (anything `groundscope.images.load_image` reads).
         mask: (H, W) mask of the region (non-zero inside); use `region_to_mask` for a box or points.
+        crop: False for the ablation without the focal crop: the "crop" is the whole image (the mask is still
+            checked), so the model sees the full image and mask only.
     Raises:
         RegionError: the mask's size differs from the image's, or the mask is empty.
     """
     rgb = np.asarray(load_image(image))
     arr = region_to_mask(rgb.shape[:2], mask=mask, name=name)
-    crop = focal_crop(arr, min_size=min_size, name=name)
-    rows, cols = crop.slices
-    return FocalPrompt(image=rgb, mask=arr, crop_image=rgb[rows, cols], crop_mask=arr[rows, cols], crop=crop)
+    box = focal_crop(arr, min_size=min_size, name=name)  # raises on an empty mask, also without the crop
+    if not crop:
+        box = CropBox(0, 0, arr.shape[1], arr.shape[0], box.region)
+    rows, cols = box.slices
+    return FocalPrompt(image=rgb, mask=arr, crop_image=rgb[rows, cols], crop_mask=arr[rows, cols], crop=box)
 
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -245,7 +250,7 @@ def focal_pixels(prompt: FocalPrompt, size: int, mean: Sequence[float] = (0.5, 0
 
 def focal_batch(images: Sequence, masks: Sequence, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
                 std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic", aspect: str = "resize",
-                min_size: int = MIN_CROP) -> tuple[torch.Tensor, list[int]]:
+                min_size: int = MIN_CROP, crop: bool = True) -> tuple[torch.Tensor, list[int]]:
     """Focal pixels of N regions -> ((M, 8, size, size), frames per region), frames in region then time order.
 
     ``images[i]`` is an image (array, PIL, path) with ``masks[i]`` its (H, W) mask, or a video: a list of frames
@@ -262,7 +267,7 @@ def focal_batch(images: Sequence, masks: Sequence, size: int, mean: Sequence[flo
         if len(clip_imgs) != len(clip_masks) or not clip_imgs:
             raise RegionError(f"region {i}: {len(clip_imgs)} frames but {len(clip_masks)} masks; pass one per frame")
         for f, (im, mk) in enumerate(zip(clip_imgs, clip_masks)):
-            prompt = focal_prompt(im, mk, min_size, name=f"region {i}" + (f" frame {f}" if video else ""))
+            prompt = focal_prompt(im, mk, min_size, name=f"region {i}" + (f" frame {f}" if video else ""), crop=crop)
             rows.append(focal_pixels(prompt, size, mean, std, resample, aspect))
         frames.append(len(clip_imgs))
     return torch.stack(rows), frames

@@ -72,6 +72,8 @@ class DamConfig:
         treat_image_as_cimage: False (reference default): a region whose crop is the full image (identical
             8-channel input halves) gets the full pass's features, without adapters.
         min_crop: the focal crop's minimum box side in pixels.
+        focal_crop: False for the ablation without the focal crop (the full image and mask only: the crop pass
+            then sees the full image, which `treat_image_as_cimage` False answers with the full pass's features).
         temperature / top_p / max_new_tokens: generation defaults (the reference's).
     """
 
@@ -95,6 +97,7 @@ class DamConfig:
     masked_cross_attn: bool = False
     treat_image_as_cimage: bool = False
     min_crop: int = 48
+    focal_crop: bool = True
     temperature: float = 0.2
     top_p: float = 0.5
     max_new_tokens: int = 512
@@ -361,7 +364,7 @@ class DamModel(nn.Module):
         """`focal_batch` with this model's input processing: ((M, 8, S, S), frames per region)."""
         cfg = self.config
         return focal_batch(images, masks, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resample,
-                           cfg.image_aspect_ratio, cfg.min_crop)
+                           cfg.image_aspect_ratio, cfg.min_crop, cfg.focal_crop)
 
     # ------------------------------------------------------------------ text
     def user_message(self, frames: int, prompt: str | None = None) -> str:

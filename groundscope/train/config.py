@@ -217,6 +217,8 @@ class DamSection:
     eval_samples: int = _spec(4, min=0, doc="validation regions whose generated description (greedy) each "
                                             "evaluation writes to eval/step_N/samples.jsonl")
     max_new_tokens: int = _spec(96, min=1, doc="longest generated description in evaluation samples")
+    focal_crop: bool = _spec(True, doc="false: the ablation without the focal crop (full image + mask only); "
+                                       "recorded in the exported model's config")
 
 
 @dataclass

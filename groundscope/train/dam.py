@@ -86,7 +86,7 @@ class RegionTrainDataset(torch.utils.data.Dataset):
         r, c = self.records[index], self.config
         name = f"{r.image} annotation {r.id if r.id is not None else index}"
         try:
-            prompt = focal_prompt(r.image, r.mask(), c.min_crop, name=name)
+            prompt = focal_prompt(r.image, r.mask(), c.min_crop, name=name, crop=c.focal_crop)
         except RegionError as e:
             raise TrainDataError(f"{e} (the annotation says the image is {r.height}x{r.width}, HxW)") from e
         pixels = focal_pixels(prompt, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
@@ -153,6 +153,7 @@ class DamTrainer(Trainer):
             self.console.print(f"loaded {kind} from {path}", highlight=False)
         if c.dam.prompt is not None:
             model.config.prompt = c.dam.prompt
+        model.config.focal_crop = c.dam.focal_crop
         if c.dam.lora is not None:
             from groundscope.models.captioner import CaptionerError, attach_lora
 

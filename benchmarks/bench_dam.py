@@ -134,7 +134,12 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.write:
+        import json
+
         (ROOT / "benchmarks" / "results" / "dam_synth.md").write_text(text, encoding="utf-8")
+        keys = ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg")
+        (ROOT / "benchmarks" / "results" / "dam_synth.json").write_text(json.dumps(
+            {r[0]: {k: round(v, 4) for k, v in zip(keys, r[2:])} for r in rows}, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

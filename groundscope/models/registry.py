@@ -69,9 +69,9 @@ REGISTRY: dict[str, ModelEntry] = {
             "Describe Anything on tiny parts, trained on the synthetic shapes world only; describes masked regions "
             "offline (`groundscope describe`)",
             bundled=True, kind="describer",
-            build_hint="train a DAM on the synthetic world and save it with DamModel.save("
-                       "'groundscope/models/bundled/dam-nano'), or pass a DAM folder or hub id (nvidia/DAM-3B) "
-                       "with --model",
+            build_hint="build it with python benchmarks/bench_dam.py --write && python "
+                       "benchmarks/bundle_dam_nano.py (trains on the synthetic world), or pass a DAM folder or hub "
+                       "id (nvidia/DAM-3B) with --model",
         ),
         ModelEntry(
             "dam-3b", "nvidia/DAM-3B", "DAM", "SigLIP + VILA-1.5 3B LM",

@@ -1,0 +1,108 @@
+"""Copy a trained DAM (the `full` arm of bench_dam.py) into the package as `dam-nano`, with its model card.
+
+    python benchmarks/bench_dam.py --write          # trains and measures the arms
+    python benchmarks/bundle_dam_nano.py            # -> groundscope/models/bundled/dam-nano/
+
+The card's numbers are read from benchmarks/results/dam_synth.json (what bench_dam.py measured) and copied to
+results.json beside the weights; the examples are the bundled model's own greedy descriptions of the demo image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEST = ROOT / "groundscope" / "models" / "bundled" / "dam-nano"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="runs/dam_bench/full/model")
+    ap.add_argument("--results", default="benchmarks/results/dam_synth.json")
+    a = ap.parse_args()
+    results = json.loads((ROOT / a.results).read_text())
+    shutil.rmtree(DEST, ignore_errors=True)
+    shutil.copytree(ROOT / a.model, DEST)
+    (DEST / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    size_mb = sum(f.stat().st_size for f in DEST.rglob("*") if f.is_file()) / 2**20
+
+    import groundscope as gs
+
+    example = json.loads((ROOT / "examples" / "synth_shapes.json").read_text())
+    dam = gs.load_describer(str(DEST), device="cpu")
+    from groundscope.evaluate.dlc import description_subject
+
+    lines, colours, shapes = [], 0, 0
+    for obj in example["objects"]:
+        d = dam.describe(str(ROOT / "examples" / "synth_shapes.png"), box=obj["box"], temperature=0.0)
+        lines.append(f"| {obj['name']} | `{','.join(str(int(v)) for v in obj['box'])}` | {d.text} |")
+        colour, shape = obj["name"].split(" ", 1)
+        words = description_subject(d.text).split()
+        colours += colour in words
+        shapes += shape in words
+    n = len(example["objects"])
+
+    def row(arm: str) -> str:
+        r = results[arm]
+        return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
+
+    card = f"""# dam-nano
+
+Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
+float16) and run offline: `groundscope describe examples/synth_shapes.png --model dam-nano --box X1,Y1,X2,Y2`.
+It knows the synthetic world only (coloured shapes with a fill pattern on a plain or textured background).
+
+## What it is
+
+- Base VLM (the stand-in for DAM-3B's VILA-1.5), `groundscope pretrain-vlm`: a SigLIP vision tower trained from
+  scratch (128 px, patch 16, width 192, 4 layers), DAM-3B's `mlp_downsample` projector (2x2 token merge + MLP),
+  and the world LM (`groundscope pretrain-lm`: a 4-layer word-level Llama, 128 wide), trained LLaVA-style on
+  focal crops -> region descriptions and whole images -> detailed captions of 4000 training images.
+- DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated context adapters
+  (zero-initialised: step 0 is the base VLM), the projector and LoRA (r 16) on the LM trained on the 17,936
+  region descriptions of the same images; the vision tower frozen.
+
+## Numbers
+
+Synthetic DLC-Bench questions (colour, shape, pattern, size, one relation; negatives: a neighbour's colour and
+an absent shape), answered by word rules from each description, on a test world drawn with a seed no training
+or choice used (`python benchmarks/bench_dam.py`; small = box under 48x48 px):
+
+| model | Pos | Neg | Avg | small Pos | small Neg | small Avg |
+|---|---|---|---|---|---|---|
+| base VLM on the focal crop (DAM's start) | {row("base")} |
+| **dam-nano** | {row("full")} |
+""" + ("".join(f"| {name} | {row(arm)} |\n" for arm, name in
+               (("nocrop", "DAM without the focal crop (same training)"),
+                ("noadapt", "DAM without the context adapters (same training)")) if arm in results)) + f"""
+Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
+
+## The demo image, described (greedy)
+
+Of its {n} objects, the description's subject names the right colour for {colours} and the right shape for
+{shapes}. Where the shapes go wrong, `benchmarks/results/dam_synth.md` says why (the from-scratch vision tower's
+features barely separate shapes).
+
+| object | box | description |
+|---|---|---|
+""" + "\n".join(lines) + """
+
+## Reproduce
+
+```bash
+groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regions
+groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
+groundscope pretrain-vlm --data data/synth_train/groundingcap.jsonl --lm runs/world_lm --out runs/base_vlm --steps 3000
+python benchmarks/bench_dam.py --write        # trains configs/dam_nano.yaml (and the ablations), measures
+python benchmarks/bundle_dam_nano.py
+```
+"""
+    (DEST / "README.md").write_text(card, encoding="utf-8")
+    print(card)
+
+
+if __name__ == "__main__":
+    main()

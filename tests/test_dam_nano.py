@@ -1,0 +1,60 @@
+"""The bundled dam-nano describer: ships inside the package, loads offline by name, describes the regions of the
+demo image from their boxes (the colours right), and its card carries the numbers bench_dam.py measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import groundscope as gs
+from groundscope.cli import app
+from groundscope.evaluate.dlc import description_subject
+from groundscope.models.loading import BUNDLED_DIR
+from groundscope.models.registry import REGISTRY
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+IMAGE = EXAMPLES / "synth_shapes.png"
+
+
+@pytest.fixture(scope="module")
+def example() -> dict:
+    return json.loads((EXAMPLES / "synth_shapes.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dam():
+    return gs.load_describer("dam-nano", device="cpu")
+
+
+def test_dam_nano_ships_small_with_its_measured_numbers():
+    entry = REGISTRY["dam-nano"]
+    folder = BUNDLED_DIR / entry.source
+    assert entry.bundled and entry.kind == "describer"
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < 30 * 2**20
+    card = (folder / "README.md").read_text()
+    measured = json.loads((folder / "results.json").read_text())["full"]
+    for key in ("pos", "neg", "avg"):
+        assert f"{measured[key]:.3f}" in card, key
+    assert "groundscope pretrain-vlm" in card and "bench_dam.py" in card
+
+
+def test_dam_nano_describes_the_demo_objects_by_their_colour(dam, example, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = dam.describe(str(IMAGE), [{"box": o["box"]} for o in example["objects"]], temperature=0.0)
+    assert len(out) == len(example["objects"]) and all(d.ok for d in out)
+    right = sum(o["name"].split()[0] in description_subject(d.text).split() for o, d in zip(example["objects"], out))
+    assert right >= 6, [d.text for d in out]
+
+
+def test_describe_cli_with_the_bundled_model(tmp_path, example):
+    box = ",".join(str(v) for v in example["objects"][-1]["box"])  # the yellow diamond
+    res = CliRunner().invoke(app, ["describe", str(IMAGE), "--model", "dam-nano", "--box", box, "--json",
+                                   "--out", str(tmp_path / "d.png"), "--temperature", "0"])
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["regions"][0]["text"].lower().startswith("a ") and "yellow" in record["regions"][0]["text"]
+    assert (tmp_path / "d.png").stat().st_size > 10_000

@@ -402,3 +402,27 @@ def test_dam_config_and_cli(base_vlm, world, tmp_path):
                             ({"dam": {"prompt": "Describe."}}, "exactly one <image>")]:
         with pytest.raises(ConfigError, match=pattern):
             config_from_dict({**raw, **change})
+
+
+def test_vision_pretraining_learns_a_fixed_batch_and_feeds_the_base_vlm(world, lm_dir, tmp_path):
+    """Stage 0 (`--vision-steps`): the tower alone is trained on the regions' class names; on a batch that holds
+    the whole (tiny) world its accuracy rises, and pretrain-vlm records the stage in its log."""
+    from groundscope.train.base_vlm import build_base_vlm, pretrain_base_vlm, pretrain_vision, vlm_samples
+
+    samples = vlm_samples(world / "groundingcap.jsonl")
+    regions = [s for s in samples if s.box is not None]
+    assert all(s.category for s in regions)
+    model, _ = build_base_vlm(lm_dir, [s.text for s in samples], **TINY_VLM)
+    before = {k: v.clone() for k, v in model.backbone.vision.state_dict().items()}
+    llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    log = pretrain_vision(model, samples, 30, batch_size=len(regions), lr=3e-3)
+    assert log[-1]["accuracy"] > log[0]["accuracy"] and log[-1]["loss"] < log[0]["loss"]
+    after = model.backbone.vision.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(llm_before[k], v) for k, v in model.llm.state_dict().items())  # the LM is untouched
+
+    out = tmp_path / "vlm"
+    summary = pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out, steps=1, batch_size=4, progress=False,
+                                vision_steps=2, vision_batch_size=4, **TINY_VLM)
+    rows = json.loads((out / "train_log.json").read_text())["log"]
+    assert [r["type"] for r in rows[:2]] == ["vision", "vision"] and summary["vision_steps"] == 2

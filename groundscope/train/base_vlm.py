@@ -28,6 +28,7 @@ with ``base_vlm=True``: ``llm/``, ``vision_tower/``, ``mm_projector/``, ``config
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class VlmSample:
     image: Path
     box: tuple[float, float, float, float] | None
     text: str
+    category: str | None = None
 
 
 def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, captions: bool = True
@@ -67,7 +69,7 @@ def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, 
         image = root / rec.filename
         for inst in rec.instances:
             if inst.description and inst.description.strip():
-                out.append(VlmSample(image, tuple(inst.bbox), inst.description.strip()))
+                out.append(VlmSample(image, tuple(inst.bbox), inst.description.strip(), inst.category))
         if captions and rec.long_caption and rec.long_caption.strip():
             out.append(VlmSample(image, None, rec.long_caption.strip()))
     return out
@@ -127,6 +129,61 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
     return DamModel.from_parts(config, vision, llm, tokenizer), added
 
 
+def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *, batch_size: int = 64,
+                    lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, bar=None) -> list[dict]:
+    """Stage 0: supervised pretraining of the from-scratch vision tower on the world's class names.
+
+    DAM-3B's tower is SigLIP, pretrained on billions of image-text pairs before VILA ever trains it; a random
+    tower trained only through the LM's loss learns colours (one patch shows them) but, in this budget, not
+    shapes (benchmarks/results/dam_synth.md). This stage stands in for that pretraining: each region's focal crop
+    is classified into its category ("red circle") by a linear head on the mean of the centre third of the
+    token grid, where the focal crop puts the region (the rest of the crop shows neighbours). The head is
+    dropped afterwards; the tower keeps what it learnt.
+
+    Returns the log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (accuracy on the batch).
+    """
+    regions = [s for s in samples if s.box is not None and s.category]
+    if not regions:
+        raise ValueError("vision pretraining needs region samples with a category (a synthetic world's file)")
+    classes = sorted({s.category for s in regions})
+    labels = torch.tensor([classes.index(s.category) for s in regions])
+    vision = model.backbone.vision
+    head = torch.nn.Linear(vision.config.hidden_size, len(classes))
+    params = list(vision.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = min(100, max(1, steps // 10))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
+    cache: dict[int, torch.Tensor] = {}  # crops in float16: decoding and cropping cost more than the step
+    generator = torch.Generator().manual_seed(seed + 1)
+    order: list[int] = []
+    log = []
+    vision.train()
+    for step in range(1, steps + 1):
+        while len(order) < batch_size:
+            order += torch.randperm(len(regions), generator=generator).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        for i in idx:
+            if i not in cache:
+                cache[i] = sample_pixels(regions[i], model.config).half()
+        pixels = torch.stack([cache[i] for i in idx]).float()
+        tokens = vision(pixel_values=pixels).last_hidden_state  # (B, T, C), T = g * g
+        g = math.isqrt(tokens.shape[1])
+        grid = tokens[:, -g * g:].reshape(tokens.shape[0], g, g, -1)
+        centre = grid[:, g // 3: g - g // 3, g // 3: g - g // 3].mean((1, 2))
+        logits = head(centre)
+        loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        acc = float((logits.argmax(1) == labels[idx]).float().mean())
+        log.append({"type": "vision", "step": step, "loss": round(float(loss.detach()), 5), "accuracy": round(acc, 4)})
+        if bar is not None:
+            bar(step, f"vision loss {log[-1]['loss']:.3f}  acc {acc:.2f}")
+    return log
+
+
 def _lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     from groundscope.train.world_lm import _lr_factor as factor
 
@@ -156,6 +213,8 @@ def pretrain_base_vlm(
     image_root: str | Path | None = None,
     progress: bool = True,
     console=None,
+    vision_steps: int = 0,
+    vision_batch_size: int = 64,
 ) -> dict[str, Any]:
     """Build a base VLM (`build_base_vlm`) and train it `steps` steps on `data` (a GroundingCap file of the
     synthetic world); save it to `out_dir` in the VILA layout. Returns a summary
@@ -179,6 +238,16 @@ def pretrain_base_vlm(
         raise ValueError(f"'{data}' holds no region descriptions or captions to train on")
     model, added = build_base_vlm(lm_dir, [s.text for s in samples], image_size=image_size, patch_size=patch_size,
                                   hidden=hidden, layers=layers, heads=heads, projector=projector, seed=seed)
+    vision_log: list[dict] = []
+    if vision_steps:
+        every_v = max(1, vision_steps // 20)
+
+        def report(step: int, info: str) -> None:
+            if progress and (step % every_v == 0 or step == vision_steps):
+                console.print(f"vision step {step}/{vision_steps}  {info}", highlight=False)
+
+        vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
+                                     weight_decay=weight_decay, seed=seed, bar=report)
     model.train()
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
@@ -243,14 +312,17 @@ def pretrain_base_vlm(
         "steps": steps, "first_loss": log[0]["loss"], "last_loss_mean": sum(tail) / len(tail),
         "seconds": time.perf_counter() - start, "seconds_per_step": train_seconds / steps, "samples": len(samples),
         "params": n_params, "megabytes_fp16": round(n_params * 2 / 2**20, 2), "vocab_added": len(added),
-        "out_dir": str(out_dir),
+        "out_dir": str(out_dir), "vision_steps": vision_steps,
+        "vision_last_accuracy": (sum(r["accuracy"] for r in vision_log[-20:]) / len(vision_log[-20:])
+                                 if vision_log else None),
     }
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
                 "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
-                "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed}
+                "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
+                "vision_steps": vision_steps, "vision_batch_size": vision_batch_size}
     (out_dir / "train_log.json").write_text(
-        json.dumps({"summary": summary, "config": settings, "log": log}, indent=1) + "\n", encoding="utf-8")
+        json.dumps({"summary": summary, "config": settings, "log": vision_log + log}, indent=1) + "\n", encoding="utf-8")
     try:
         draw_loss_curve(log, out_dir / "loss.png", loss_title="loss on the answer tokens", parts=())
     except Exception as e:  # a plot must never lose a trained model

@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
         max_text_tokens: int = typer.Option(320, "--max-text-tokens", min=16, help="Text tokens kept per sample."),
         warmup: Optional[int] = typer.Option(None, "--warmup", min=1, help="Warm-up steps (default 10 %, <= 100)."),
         seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sample order."),
+        vision_steps: int = typer.Option(0, "--vision-steps", min=0,
+                                         help="First pretrain the vision tower this many steps on the regions' "
+                                              "class names (stands in for SigLIP's own pretraining)."),
+        vision_batch_size: int = typer.Option(64, "--vision-batch-size", min=1, help="Crops per vision step."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     ) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""
@@ -57,7 +61,8 @@ def register(app: typer.Typer) -> None:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
-                projector=projector, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console)
+                projector=projector, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
+                vision_steps=vision_steps, vision_batch_size=vision_batch_size)
         except (DataFormatError, DamError, ValueError) as e:
             raise _fail(str(e), 2)
         except KeyboardInterrupt:

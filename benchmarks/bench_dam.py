@@ -122,9 +122,10 @@ def main() -> None:
 
     n_small = sum(1 for v in bench.areas.values() if v < SMALL)
     lines = ["# Describe Anything on the synthetic world (synthetic DLC-Bench questions, rule judge)", "",
-             f"`python benchmarks/bench_dam.py{' --steps ' + str(a.steps) if a.steps else ''}`; test world "
+             f"`python benchmarks/bench_dam.py {' '.join(sys.argv[1:])}`; test world "
              f"`{a.world}` (seed 4, {len(regions)} regions, {n_small} small: box area < 48^2 px). Every trained arm starts from the same "
-             "base VLM (`groundscope pretrain-vlm`) with `configs/dam_nano.yaml`.", "",
+             f"base VLM (`{a.base_vlm}`, `groundscope pretrain-vlm`; its settings in `{a.base_vlm}/train_log.json`) with "
+             "`configs/dam_nano.yaml`.", "",
              "| arm | what | Pos | Neg | Avg | small Pos | small Neg | small Avg |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.3f}" for v in r[2:]) + " |")

@@ -83,7 +83,7 @@ Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-ima
 ## The demo image, described (greedy)
 
 Of its {n} objects, the description's subject names the right colour for {colours} and the right shape for
-{shapes}. Where the shapes go wrong, `benchmarks/results/dam_synth.md` says why (the from-scratch vision tower's
+{shapes}. Where the shapes go wrong, `benchmarks/results/dam_synth_diagnostics.md` says why (the from-scratch vision tower's
 features barely separate shapes).
 
 | object | box | description |

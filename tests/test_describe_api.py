@@ -136,7 +136,7 @@ def test_cli_argument_and_model_errors_exit_2(dam_dir, tmp_path, monkeypatch):
     # the bundled dam-nano, not built in this install: the error says how to build it
     monkeypatch.setattr(loading, "BUNDLED_DIR", tmp_path)
     res = runner.invoke(app, ["describe", image, "--box", "1,2,30,40"])
-    assert res.exit_code == 2 and "'dam-nano' is missing" in res.output and "DamModel.save" in res.output
+    assert res.exit_code == 2 and "'dam-nano' is missing" in res.output and "bundle_dam_nano.py" in res.output
     with pytest.raises(ModelLoadError, match="is a describer.*load_describer"):
         loading.load_detector("dam-3b")
     with pytest.raises(ModelLoadError, match="is a detector"):

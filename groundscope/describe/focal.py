@@ -212,15 +212,17 @@ def _to_square(arr: np.ndarray, size: int, resample: str, aspect: str, fill: tup
 def image_pixels(rgb: np.ndarray, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic", aspect: str = "resize"
                  ) -> torch.Tensor:
-    """(h, w, 3) uint8 -> (3, size, size) float32: one image through the encoder's input processing, exactly
-    as `focal_pixels` processes the full image and the crop (the base VLM's input)."""
+    """(h, w, 3) uint8 -> (3, size, size) float32, or an (h, w) uint8 mask with one-value `mean` / `std` ->
+    (1, size, size): one image through the encoder's input processing, exactly as `focal_pixels` processes the
+    full image and the crop (the base VLM's input)."""
     if resample not in _RESAMPLE or aspect not in ("resize", "pad"):
         raise ValueError(f"resample must be one of {sorted(_RESAMPLE)} and aspect 'resize' or 'pad', "
                          f"got {resample!r}, {aspect!r}")
     fill = tuple(int(m * 255) for m in mean)
     m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
     s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
-    img = torch.from_numpy(_to_square(np.ascontiguousarray(rgb), size, resample, aspect, fill)).permute(2, 0, 1)
+    img = torch.from_numpy(_to_square(np.ascontiguousarray(rgb), size, resample, aspect, fill))
+    img = img[None] if img.ndim == 2 else img.permute(2, 0, 1)
     return (img - m) / s
 
 
@@ -234,17 +236,11 @@ def focal_pixels(prompt: FocalPrompt, size: int, mean: Sequence[float] = (0.5, 0
     with SigLIP's mean = std = 0.5 a mask is -1 outside and +1 inside (values between at resized edges).
     `aspect` is the top-level config's ``image_aspect_ratio``: "resize" (stretch) or "pad".
     """
-    if resample not in _RESAMPLE or aspect not in ("resize", "pad"):
-        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)} and aspect 'resize' or 'pad', "
-                         f"got {resample!r}, {aspect!r}")
-    fill = tuple(int(m * 255) for m in mean)
-    m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
-    s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
     parts = []
     for rgb, msk in ((prompt.image, prompt.mask), (prompt.crop_image, prompt.crop_mask)):
-        img = torch.from_numpy(_to_square(np.ascontiguousarray(rgb), size, resample, aspect, fill)).permute(2, 0, 1)
-        mk = torch.from_numpy(_to_square(msk.astype(np.uint8) * 255, size, resample, aspect, fill))[None]
-        parts += [(img - m) / s, (mk - m[:1]) / s[:1]]
+        parts += [image_pixels(rgb, size, mean, std, resample, aspect),
+                  # a mask pads with the first channel's fill, as the reference pads it as an image
+                  image_pixels(msk.astype(np.uint8) * 255, size, mean[:1], std[:1], resample, aspect)]
     return torch.cat(parts, 0)
 
 

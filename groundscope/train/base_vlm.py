@@ -140,6 +140,7 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
     token grid, where the focal crop puts the region (the rest of the crop shows neighbours). The head is
     dropped afterwards; the tower keeps what it learnt.
 
+    `bar`, when given, is called ``bar(step, info)`` after each step (`groundscope.train.progress.step_progress`).
     Returns the log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (accuracy on the batch).
     """
     regions = [s for s in samples if s.box is not None and s.category]
@@ -221,10 +222,9 @@ def pretrain_base_vlm(
     ``{"steps", "first_loss", "last_loss_mean", "seconds", "seconds_per_step", "samples", "params",
     "megabytes_fp16", "vocab_added", "out_dir"}``."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
 
     from groundscope.train.plot import draw_loss_curve
+    from groundscope.train.progress import step_progress
 
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if value < 1:
@@ -240,14 +240,9 @@ def pretrain_base_vlm(
                                   hidden=hidden, layers=layers, heads=heads, projector=projector, seed=seed)
     vision_log: list[dict] = []
     if vision_steps:
-        every_v = max(1, vision_steps // 20)
-
-        def report(step: int, info: str) -> None:
-            if progress and (step % every_v == 0 or step == vision_steps):
-                console.print(f"vision step {step}/{vision_steps}  {info}", highlight=False)
-
-        vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
-                                     weight_decay=weight_decay, seed=seed, bar=report)
+        with step_progress("pretrain-vlm vision", vision_steps, console, progress, prefix="vision ") as update:
+            vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
+                                         weight_decay=weight_decay, seed=seed, bar=update)
     model.train()
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
@@ -270,13 +265,8 @@ def pretrain_base_vlm(
     orders: list[list[int]] = [[], []]
     caption_share = len(kinds[1]) / len(samples)
     log: list[dict] = []
-    show = progress and console.is_terminal
-    every = max(1, steps // 20)
-    columns = (TextColumn("[bold]pretrain-vlm"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     train_start = time.perf_counter()
-    with Progress(*columns, console=console, disable=not show) as bar:
-        task = bar.add_task("pretrain", total=steps, info="")
+    with step_progress("pretrain-vlm", steps, console, progress) as update:
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             kind = int(bool(kinds[1]) and (not kinds[0] or float(torch.rand((), generator=generator)) < caption_share))
@@ -296,10 +286,7 @@ def pretrain_base_vlm(
             scheduler.step()
             log.append({"type": "train", "step": step, "loss": round(float(loss.detach()), 5), "lr": current_lr,
                         "seconds": round(time.perf_counter() - t0, 4)})
-            info = f"loss {log[-1]['loss']:.4f}  lr {current_lr:.2e}"
-            bar.update(task, completed=step, info=info)
-            if progress and not show and (step % every == 0 or step == steps):
-                console.print(f"step {step}/{steps}  {info}", highlight=False)
+            update(step, f"loss {log[-1]['loss']:.4f}  lr {current_lr:.2e}")
     train_seconds = time.perf_counter() - train_start
 
     model.eval()

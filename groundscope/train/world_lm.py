@@ -282,8 +282,8 @@ def pretrain_world_lm(
         losses of the first and final step, ``last_loss_mean`` the mean over the final ``min(20, steps)``.
     """
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+
+    from groundscope.train.progress import step_progress
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
         if value < 1 or (name == "seq_len" and value < 2):
@@ -317,13 +317,8 @@ def pretrain_world_lm(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
 
     log: list[dict[str, float]] = []
-    show = progress and console.is_terminal
-    every = max(1, steps // 20)
-    columns = (TextColumn("[bold]pretrain-lm"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     train_start = time.perf_counter()
-    with Progress(*columns, console=console, disable=not show) as bar:
-        task = bar.add_task("pretrain", total=steps, info="")
+    with step_progress("pretrain-lm", steps, console, progress) as update:
         for step in range(1, steps + 1):
             batch = stream.next_batch(batch_size, seq_len)  # (B, T)
             # labels == input_ids: the model shifts them itself (position t predicts token t + 1).
@@ -335,10 +330,7 @@ def pretrain_world_lm(
             optimizer.step()
             scheduler.step()
             log.append({"step": step, "loss": round(loss.item(), 5), "lr": current_lr})
-            info = f"loss {log[-1]['loss']:.4f}  lr {current_lr:.2e}"
-            bar.update(task, completed=step, info=info)
-            if progress and not show and (step % every == 0 or step == steps):
-                console.print(f"step {step}/{steps}  {info}", highlight=False)
+            update(step, f"loss {log[-1]['loss']:.4f}  lr {current_lr:.2e}")
     train_seconds = time.perf_counter() - train_start
 
     model.eval()

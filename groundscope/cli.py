@@ -29,6 +29,8 @@ ModelOpt = typer.Option("llmdet-tiny", "--model", "-m", help="Registry name (see
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps, or auto.")
 OutOpt = typer.Option(Path("groundscope_out"), "--out", "-o", help="Directory for <stem>.json and <stem>.png.")
 BatchOpt = typer.Option(4, "--batch-size", "-b", min=1, help="(image, prompt) pairs per forward pass.")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (the reference's numbers) or bf16 (faster on CPUs "
+                            "with bf16 support; box and score heads stay fp32).")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -71,12 +73,15 @@ def parse_classes(classes: Optional[str], classes_file: Optional[Path]) -> list[
     return names
 
 
-def _load_model(model: str, device: str):
+def _load_model(model: str, device: str, precision: str = "fp32"):
+    from groundscope.models.fast.precision import PRECISIONS
     from groundscope.models.loading import ModelLoadError, load_detector
 
+    if precision not in PRECISIONS:
+        raise fail(f"--precision '{precision}': use one of {', '.join(PRECISIONS)}")
     try:
         with console.status(f"loading {model} ..."):
-            return load_detector(model, device=_device(device))
+            return load_detector(model, device=_device(device), precision=precision)
     except ModelLoadError as e:
         raise fail(str(e))
 
@@ -93,6 +98,19 @@ def _progress() -> Progress:
     )
 
 
+def result_record(image: str, width: int, height: int, model: str, task: str, detections) -> dict:
+    """The per-image result that `detect`, `ground` and `refer` write as <stem>.json and `groundscope serve`
+    answers, so a file and an HTTP answer for the same image and model are the same JSON."""
+    return {
+        "image": image,
+        "width": width,
+        "height": height,
+        "model": model,
+        "task": task,
+        "detections": detections.to_list(),
+    }
+
+
 def run_task(
     images: list[Path],
     task: str,
@@ -101,6 +119,7 @@ def run_task(
     out: Path,
     batch_size: int,
     call: Callable,
+    precision: str = "fp32",
 ) -> None:
     """Shared image loop: load, run `call(detector, [PIL images]) -> [Detections]` in batches, write files."""
     from groundscope.detections import save_detections_json
@@ -111,7 +130,7 @@ def run_task(
     paths = expand_images(images)
     if not paths:
         raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    detector = _load_model(model_name, device)
+    detector = _load_model(model_name, device, precision)
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     stems: dict[str, int] = {}
@@ -132,14 +151,7 @@ def run_task(
             raise fail(str(e))
         for (path, im), dets in zip(batch, results):
             stem = stem_for(path)
-            payload = {
-                "image": str(path),
-                "width": im.width,
-                "height": im.height,
-                "model": detector.name,
-                "task": task,
-                "detections": dets.to_list(),
-            }
+            payload = result_record(str(path), im.width, im.height, detector.name, task, dets)
             save_detections_json(out / f"{stem}.json", payload)
             annotate(im, dets).save(out / f"{stem}.png")
             written += 1
@@ -179,6 +191,7 @@ def detect(
     nms: Optional[float] = typer.Option(None, "--nms", min=0.0, max=1.0, help="Class-wise NMS IoU (off by default)."),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     out: Path = OutOpt,
 ) -> None:
     """Open-vocabulary detection: boxes for each class name."""
@@ -188,6 +201,7 @@ def detect(
         lambda det, ims: det.detect(
             ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size
         ),
+        precision,
     )
 
 
@@ -202,6 +216,7 @@ def ground(
     max_detections: int = typer.Option(100, "--max-detections", "-k", min=1),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     out: Path = OutOpt,
 ) -> None:
     """Phrase grounding: boxes for the phrases of a caption."""
@@ -218,6 +233,7 @@ def ground(
             ims, caption, phrase or None, box_threshold=box_threshold, text_threshold=text_threshold,
             max_detections=max_detections, batch_size=batch_size,
         ),
+        precision,
     )
 
 
@@ -229,6 +245,7 @@ def refer(
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     out: Path = OutOpt,
 ) -> None:
     """Referring expression comprehension: the one box an expression describes."""
@@ -237,6 +254,7 @@ def refer(
     run_task(
         images, "refer", model, device, out, batch_size,
         lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size),
+        precision,
     )
 
 
@@ -261,6 +279,7 @@ def caption(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation budget."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image instead of text."),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
 ) -> None:
     """LLMDet's caption head: a detailed caption of each image, or a phrase for each --box."""
     from groundscope.images import ImageLoadError, load_image
@@ -270,7 +289,7 @@ def caption(
     paths = expand_images(images)
     if not paths:
         raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    detector = _load_model(model, device)
+    detector = _load_model(model, device, precision)
     try:
         with console.status("loading the caption head ..."):
             detector._require_caption_head()
@@ -322,11 +341,16 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 def _register_subcommands() -> None:
     """Verbs that live with their own modules: data (synth, synth-regions, convert, groundingcap), training
-    (train, build-nano, pretrain-lm, pretrain-vlm), Describe Anything (describe) and evaluation (eval ...)."""
+    (train, build-nano, pretrain-lm, pretrain-vlm), Describe Anything (describe), RKD (distill ...),
+    auto-labelling (label), the HTTP server (serve), exports (export onnx) and evaluation (eval ...)."""
     from groundscope.data.cli import register as register_data
     from groundscope.data.groundingcap_cli import register as register_groundingcap
     from groundscope.describe.cli import register as register_describe
+    from groundscope.distill.cli import register as register_distill
     from groundscope.evaluate.cli import eval_app
+    from groundscope.export.cli import register as register_export
+    from groundscope.label.cli import register as register_label
+    from groundscope.serve.cli import register as register_serve
     from groundscope.train.base_vlm_cli import register as register_base_vlm
     from groundscope.train.cli import register as register_train
     from groundscope.train.world_lm_cli import register as register_world_lm
@@ -337,6 +361,10 @@ def _register_subcommands() -> None:
     register_world_lm(app)
     register_base_vlm(app)
     register_describe(app)
+    register_distill(app)
+    register_label(app)
+    register_serve(app)
+    register_export(app)
     app.add_typer(eval_app, name="eval")
 
 

@@ -66,6 +66,9 @@ class GroundingDetector:
         self.name = name
         self.path = Path(path) if path is not None else None
         self.caption_head = None  # LLMDet's caption head (groundscope.models.captioner), loaded on first caption
+        # RKD's head (groundscope.models.rkd_head.RkdScorer), loaded with a model saved with one: `detect` then
+        # combines its class scores with the grounding scores
+        self.rkd = None
         self.image_size = tuple(int(v) for v in image_size)
         self.max_text_len = int(model.config.max_text_len)
         self._text_cache: OrderedDict[tuple[int, ...], staged.TextFeatures] = OrderedDict()
@@ -118,12 +121,42 @@ class GroundingDetector:
         def reduce(out_logits, out_boxes, prompt):
             return topk_pairs(out_logits, out_boxes, prompt, max_detections, score_rule)
 
-        results = self._run(imgs, prompts, reduce, batch_size)
+        results = self._run(imgs, prompts, reduce, batch_size, rescore=score_rule)
         dets = []
         for cands, size in results:
             d = to_detections(merge_candidates(cands), size, max_detections, box_threshold, with_spans=False)
             dets.append(d.nms(nms_iou) if nms_iou is not None else d)
         return dets if batch else dets[0]
+
+    def detect_each(
+        self,
+        image: ImageInput,
+        classes: Sequence[str],
+        *,
+        box_threshold: float = 0.0,
+        max_detections: int = 100,
+        score_rule: str = "mean",
+        batch_size: int = 4,
+    ) -> list[Detections]:
+        """Each class in a prompt of its own, on one image: one `Detections` per class (``class_ids`` = its index).
+
+        Unlike `detect`, classes do not share the text encoder and fusion, so one class's boxes do not depend on
+        which other classes were asked for (RKD's "every {class}" pseudo-boxes and per-prompt proposals are made
+        this way). The image backbone still runs once.
+        """
+        if not classes:
+            raise PromptError("no classes given; pass at least one class name")
+        prompts = []
+        for k, name in enumerate(classes):
+            p = chunk_classes(self.tokenizer, [name], self.max_text_len)[0]
+            p.entity_ids = [k]
+            prompts.append(p)
+
+        def reduce(out_logits, out_boxes, prompt):
+            return topk_pairs(out_logits, out_boxes, prompt, max_detections, score_rule)
+
+        (cands, size), = self._run([image], [prompts], reduce, batch_size, rescore=score_rule)
+        return [to_detections(c, size, max_detections, box_threshold, with_spans=False) for c in cands]
 
     def ground(
         self,
@@ -272,19 +305,22 @@ class GroundingDetector:
         prompts: list[list[Prompt]],
         reduce: Callable[[torch.Tensor, torch.Tensor, Prompt], Candidates],
         batch_size: int,
+        rescore: str | None = None,
     ) -> list[tuple[list[Candidates], tuple[int, int]]]:
         """Run every (image, prompt) pair and reduce each pair's outputs to candidates at once (so memory holds
-        one batch of raw outputs, not all of them). Returns per image its candidates and original size."""
+        one batch of raw outputs, not all of them). Returns per image its candidates and original size.
+        `rescore` (class prompts only: the score rule) lets an RKD head combine its scores into the logits."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # A window of images at a time bounds memory for long lists while still grouping equal sizes.
         window = max(4 * batch_size, 8)
         results = []
         for s in range(0, len(images), window):
-            results += self._run_window(images[s : s + window], prompts[s : s + window], reduce, batch_size)
+            results += self._run_window(images[s : s + window], prompts[s : s + window], reduce, batch_size,
+                                        rescore)
         return results
 
-    def _run_window(self, images, prompts, reduce, batch_size):
+    def _run_window(self, images, prompts, reduce, batch_size, rescore=None):
         prepared = self.prepare(images)
         out: list[list[Candidates]] = [[] for _ in prepared]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -303,7 +339,10 @@ class GroundingDetector:
                 texts = [self.text_features(p) for _, _, p in chunk]
                 raw = staged.fuse_and_decode(self.model, image_feats.select([r for r, _, _ in chunk]), texts)
                 for k, (_, i, p) in enumerate(chunk):
-                    out[i].append(reduce(raw.logits[k], raw.boxes[k], p))
+                    logits = raw.logits[k]
+                    if rescore is not None and self.rkd is not None:
+                        logits = self.rkd.rescore(logits, raw.query_features[k], p, rescore)
+                    out[i].append(reduce(logits, raw.boxes[k], p))
         return [(c, p.orig_size) for c, p in zip(out, prepared)]
 
 

@@ -116,6 +116,8 @@ def load_detector(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     revision: str | None = None,
+    precision: str = "fp32",
+    fast: bool = True,
 ):
     """Load a Grounding DINO / MM-Grounding-DINO / LLMDet detector.
 
@@ -125,13 +127,25 @@ def load_detector(
         device: torch device for inference.
         dtype: torch dtype (or its name, e.g. "bfloat16"); default float32.
         revision: hub revision (branch, tag or commit) for hub ids.
+        precision: "fp32" (the reference's numbers) or "bf16" (the fast CPU path: bf16 weights and activations
+            for backbone, text tower, encoder and decoder; box and score heads in fp32;
+            groundscope.models.fast.precision). Leave `dtype` unset with it.
+        fast: run the inference fast path (groundscope.models.fast.patch: sparse deformable attention, SDPA
+            fusion attention; same outputs as transformers' modules to float rounding; with precision="bf16"
+            the deformable sampler is a C++ kernel compiled on first use). Training and export run
+            transformers' modules either way.
     Raises:
         ModelLoadError: unknown name, not cached while offline, unreachable hub, broken directory.
     """
     from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer
 
     from groundscope.models.detector import GroundingDetector
+    from groundscope.models.fast.precision import PRECISIONS
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and dtype is not None:
+        raise ValueError(f"pass either dtype ({dtype}) or precision='{precision}', not both")
     source, display = resolve(name_or_path)
     local = _fetch(source, display, revision)
     try:
@@ -161,7 +175,26 @@ def load_detector(
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model '{display}': its tokenizer has no character offsets (needs a fast tokenizer)")
     model.to(device).eval()
-    return GroundingDetector(model, tokenizer, name=display, image_size=read_image_size(Path(local)), path=local)
+    if fast:
+        from groundscope.models.fast.patch import apply_fast_path
+
+        # bf16 is the "as fast as possible" setting: it also gets the compiled deformable sampler.
+        apply_fast_path(model, kernel="cpp" if precision == "bf16" else "sparse")
+    if precision == "bf16":
+        from groundscope.models.fast.precision import to_bf16
+
+        to_bf16(model)
+    detector = GroundingDetector(model, tokenizer, name=display, image_size=read_image_size(Path(local)), path=local)
+    rkd_dir = Path(local) / "rkd_head"
+    if rkd_dir.is_dir():  # trained with RKD: its head and teacher come with it
+        from groundscope.models.rkd_head import RkdScorer
+
+        try:
+            detector.rkd = RkdScorer.load(rkd_dir, device)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model '{display}': its RKD head in {rkd_dir} does not load ({e}); remove the "
+                                 "folder to use the detector alone") from e
+    return detector
 
 
 def read_image_size(model_dir: Path) -> tuple[int, int]:

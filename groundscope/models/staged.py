@@ -135,7 +135,10 @@ def encode_images(detector: nn.Module, pixel_values: torch.Tensor, pixel_mask: t
         flat_masks.append(mask.flatten(1))
         pos_embeds.append(pos.flatten(2).transpose(1, 2) + m.level_embed[level].view(1, 1, -1))
     source_flatten = torch.cat(sources, 1)
-    valid_ratios = torch.stack([m.get_valid_ratio(mk, dtype=source_flatten.dtype) for mk in masks], 1)
+    # fp32 under precision="bf16": the valid ratios scale every reference point, and so every deformable
+    # sampling location, which bf16 would move by up to half a pixel on the largest level.
+    ratio_dtype = torch.float32 if _mixed_bf16(detector) else source_flatten.dtype
+    valid_ratios = torch.stack([m.get_valid_ratio(mk, dtype=ratio_dtype) for mk in masks], 1)
     return ImageFeatures(source_flatten, torch.cat(flat_masks, 1), torch.cat(pos_embeds, 1), shapes, valid_ratios)
 
 
@@ -187,14 +190,36 @@ def fuse_and_decode(
     with the attention mask that hides them from the matching queries; their outputs come back separately in
     ``dn_logits`` / ``dn_boxes`` and every other output is that of the matching queries alone.
     """
-    m = detector.model
-    cfg = detector.config
     batch_size = images.source.shape[0]
     if len(texts) != batch_size:
         raise ValueError(f"{batch_size} image rows but {len(texts)} prompts")
     text_features, text_mask, text_self_mask, position_ids = pad_text(texts)
+    return fuse_and_decode_padded(detector, images, text_features, text_mask, text_self_mask, position_ids, denoising)
+
+
+def fuse_and_decode_padded(
+    detector: nn.Module,
+    images: ImageFeatures,
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    text_self_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    denoising=None,
+) -> RawOutputs:
+    """`fuse_and_decode` on text already padded to one length (the form `pad_text` returns).
+
+    Args:
+        text_features: (B, T, d) projected text features.
+        text_mask: (B, T) bool, True for real tokens.
+        text_self_mask: (B, T, T) bool, True where token i may attend to token j.
+        position_ids: (B, T) long.
+    The ONNX export traces this function, so it holds no Python branching on tensor values.
+    """
+    m = detector.model
+    cfg = detector.config
+    batch_size = images.source.shape[0]
     device = images.source.device
-    spatial_shapes = torch.as_tensor(images.spatial_shapes_list, dtype=torch.long, device=device)
+    spatial_shapes = spatial_shapes_tensor(images.spatial_shapes_list, device)
     level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
 
     enc = m.encoder(
@@ -218,8 +243,10 @@ def fuse_and_decode(
     enc_logits = enc_boxes = None
     if cfg.two_stage:
         # Language-guided query selection: the num_queries memory tokens most similar to any text token.
+        # Under precision="bf16" the proposals and their scores are fp32 (those heads stay fp32): a bf16 memory
+        # would put the proposal grid and the top-k selection on bf16's coarse grid.
         object_query, output_proposals = m.generate_encoder_output_proposals(
-            memory, ~images.mask, images.spatial_shapes_list
+            memory.float() if _mixed_bf16(detector) else memory, ~images.mask, images.spatial_shapes_list
         )
         enc_class = m.encoder_output_class_embed(object_query, memory_text, text_mask)
         enc_coords = m.encoder_output_bbox_embed(object_query) + output_proposals
@@ -248,10 +275,13 @@ def fuse_and_decode(
         self_attn_mask = self_attn_mask.masked_fill(blocked, torch.finfo(target.dtype).min)[None, None]
     init_reference = reference_points
 
-    with _decoder_query_count(m.decoder, reference_points.shape[1]):
+    # precision="bf16" keeps the decoder in fp32: cast the memory once here rather than in all its layers.
+    dec_memory = memory.float() if _mixed_bf16(detector) else memory
+    # A Python int (not reference_points.shape[1]), so an exporter's tracer sees a constant, not a tensor.
+    with _decoder_query_count(m.decoder, cfg.num_queries + num_dn):
         dec = m.decoder(
             inputs_embeds=target,
-            vision_encoder_hidden_states=memory,
+            vision_encoder_hidden_states=dec_memory,
             vision_encoder_attention_mask=images.mask,
             text_encoder_hidden_states=memory_text,
             text_encoder_attention_mask=~text_mask,
@@ -296,6 +326,23 @@ def fuse_and_decode(
         dn_logits=dn_logits,
         dn_boxes=dn_boxes,
     )
+
+
+def _mixed_bf16(detector: nn.Module) -> bool:
+    """Whether `detector` runs groundscope's bf16 precision (groundscope.models.fast.precision.to_bf16)."""
+    return getattr(detector, "_groundscope_precision", "fp32") == "bf16"
+
+
+def spatial_shapes_tensor(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(L, 2) long tensor of the levels' (H_l, W_l).
+
+    Under the TorchScript tracer (the ONNX export) the sizes are traced 0-d tensors; stacking them keeps the
+    graph's shapes symbolic, where ``torch.as_tensor`` would freeze the example image's sizes into it.
+    """
+    if torch.jit.is_tracing():
+        rows = [torch.stack([v if torch.is_tensor(v) else torch.tensor(v) for v in hw]) for hw in shapes]
+        return torch.stack(rows).to(device=device, dtype=torch.long)
+    return torch.as_tensor(shapes, dtype=torch.long, device=device)
 
 
 @contextmanager

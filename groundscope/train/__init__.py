@@ -5,7 +5,8 @@
 Modules: `config` (YAML schema and validation), `data` (records -> prompts, targets, batches), `matcher`
 (Hungarian matching), `losses` (focal token alignment + L1 + GIoU, auxiliary and encoder terms), `forward`
 (the staged forward with gradients), `loop` (the `Trainer`), `checkpoint` (atomic saves, RNG state, export),
-`plot` (loss.png), `nano` (a small model to train from scratch) and `cli` (the `train` command).
+`plot` (loss.png), `nano` (a small model to train from scratch), `distributed` (several processes: ``--nproc``,
+torchrun) and `cli` (the `train` command).
 
 Describe Anything trains through the same loop (``task: dam`` in the config): `dam` (the `DamTrainer`: region
 files -> focal pixels + descriptions, LM loss on the descriptions, export in DAM's layout) and `base_vlm`

@@ -5,7 +5,9 @@ strings, lists and dicts only), holding everything an exact resume needs:
 
     {"format": "groundscope-train", "version": 1, "step", "epoch", "batch" (next batch of that epoch),
      "model": state dict, "optimizer": state dict, "scheduler": state dict,
-     "rng": {"python", "numpy", "torch", "cuda"}, "config": the training config as a dict, "extra": {...}}
+     "rng": {"python", "numpy", "torch", "cuda"}, "config": the training config as a dict, "extra": {...},
+     "world_size": training processes (1 when absent), "rng_ranks": every process's "rng", in rank order
+     (multi-process runs only; `groundscope.train.distributed`)}
 
 It is written to a temporary file in the same folder, flushed to disk, and renamed over the target
 (`os.replace` is atomic on POSIX and Windows), so a crash or Ctrl-C mid-write leaves the previous checkpoint

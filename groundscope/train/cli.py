@@ -1,6 +1,7 @@
 """``groundscope train`` and ``groundscope build-nano``: the training commands, added to the main app by `register`.
 
-    groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR] [--set key.path=value ...]
+    groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR] [--set key.path=value ...] [--nproc N]
+    torchrun --nproc-per-node N -m groundscope.cli train CONFIG.yaml ...      # joins torchrun's process group
     groundscope build-nano OUT_DIR [--text-layers 3] [--vocab-size 8192] [--dtype float16] [--seed 0]
 
 Exit codes: 0 finished, 2 bad config / arguments / data / model (one line naming the problem), 1 training
@@ -36,6 +37,9 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[list[str]] = typer.Option(
             None, "--set", help="Override a config key: --set train.max_steps=500 --set optim.lr=2e-4 "
                                 "(dotted path, YAML value; repeatable). The run's config.yaml records the result."),
+        nproc: int = typer.Option(1, "--nproc", min=1,
+                                  help="Training processes (data parallel: gloo on CPUs, NCCL on GPUs, one GPU each); "
+                                       "train.batch_size is per process. Under torchrun, leave it out."),
     ) -> None:
         """Fine-tune a detector (or train one from scratch), or Describe Anything (task: dam), as CONFIG says."""
         from groundscope.data import DataFormatError
@@ -44,23 +48,39 @@ def register(app: typer.Typer) -> None:
         from groundscope.train.config import ConfigError, load_config
         from groundscope.train.data import TrainDataError
         from groundscope.describe import DamError
-        from groundscope.train.loop import TrainError, build_trainer
+        from groundscope.train import distributed
+        from groundscope.train.loop import TrainError, build_trainer, resolve_device, train
 
+        launched = distributed.torchrun_env()
+        rank = launched.rank if launched else 0
         try:
             cfg = load_config(config, overrides or ())
-            trainer = build_trainer(cfg, out, console=console)
-            summary = trainer.fit(resume=checkpoint if checkpoint is not None else resume)
+            start = checkpoint if checkpoint is not None else resume
+            device = resolve_device(cfg.model.device)
+            if launched is not None and launched.world_size > 1:
+                if nproc not in (1, launched.world_size):
+                    raise _fail(f"--nproc {nproc}: torchrun started {launched.world_size} processes; leave --nproc "
+                                "out under torchrun", 2)
+                device = distributed.process_device(device, launched)
+                summary = distributed.run_in_group(train, cfg, out, start, device=device, proc=launched)
+            elif nproc > 1:
+                summary = distributed.launch(train, nproc, cfg, out, start, device=device)
+            else:
+                summary = build_trainer(cfg, out, console=console).fit(resume=start)
         except (ConfigError, ModelLoadError, DataFormatError, TrainDataError, DamError) as e:
             raise _fail(str(e), 2)
-        except (TrainError, ImageLoadError) as e:
+        except (TrainError, ImageLoadError, distributed.DistributedError) as e:
             raise _fail(str(e), 1)
         except KeyboardInterrupt:
             raise _fail("aborted by a second Ctrl-C; the last saved checkpoint is unchanged", 130)
+        if rank != 0:
+            raise typer.Exit(130 if summary["interrupted"] else 0)  # rank 0 reports for the group
         if summary["interrupted"]:
             console.print(
                 f"interrupted at step {summary['step']}/{summary['max_steps']}; checkpoint {summary['checkpoint']}; "
                 f"continue with: groundscope train {config} --resume" + (f" --out {out}" if out else "")
-                + "".join(f" --set {shlex.quote(o)}" for o in overrides or ()),
+                + "".join(f" --set {shlex.quote(o)}" for o in overrides or ())
+                + (f" --nproc {nproc}" if nproc > 1 else ""),
                 highlight=False,
             )
             raise typer.Exit(130)

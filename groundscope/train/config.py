@@ -222,6 +222,35 @@ class DamSection:
 
 
 @dataclass
+class RkdSection:
+    """RKD: region-based knowledge distillation from a CLIP-like teacher (groundscope.train.rkd)."""
+
+    enabled: bool = _spec(False, doc="train with the RKD head (distillation projection + CLIP-text classifier)")
+    teacher: str | None = _spec(None, doc="CLIP-like teacher: hub id or folder (CLIPModel, SiglipModel, ...)")
+    text_template: str = _spec("{}", doc="how a class name becomes the teacher's text, e.g. 'a photo of a {}.'")
+    regions: str | None = _spec(None, doc="region cache folder (`groundscope distill embed-regions`); built "
+                                          "here with the settings below when it does not exist yet")
+    k: int = _spec(5, min=1, doc="class-agnostic regions per image (the reference: 5)")
+    proposal_prompts: list[str] = _spec(
+        factory=lambda: ["all objects", "all entities", "all visible entities and objects",
+                         "all obscure entities and objects"],
+        doc="prompts whose boxes are the class-agnostic proposals (the reference prompts MViT with these)")
+    proposal_top: int = _spec(50, min=1, doc="boxes kept per proposal prompt before NMS")
+    image_labels: str | None = _spec(None, doc="image-level labels: a COCO file (each image's category names) or "
+                                               "JSON lines {file_name, labels}; needed for pseudo-labels")
+    pseudo_template: str = _spec("every {}", doc="prompt whose top-1 box is a label's pseudo-box")
+    pseudo_threshold: float = _spec(0.95, min=0.0, max=1.0, doc="minimum score of a pseudo-box (reference: 0.95)")
+    distill: bool = _spec(True, doc="the L1 + IRM distillation losses")
+    l1_weight: float = _spec(0.15, min=0.0, doc="weight of the point-wise L1 loss (x100 inside; reference: 0.15)")
+    irm_weight: float = _spec(0.15, min=0.0, doc="weight of the IRM loss (x100 inside; reference: 0.15)")
+    pseudo: bool = _spec(False, doc="the pseudo max score loss on pseudo-boxes of image-level labels")
+    pseudo_weight: float = _spec(0.1, min=0.0, doc="weight of the pseudo max score loss (reference: 0.1)")
+    weight_transfer: bool = _spec(False, doc="add the weight-transfer classifier (projection = MLP(W))")
+    head_weight: float = _spec(1.0, min=0.0, doc="weight of the CLIP-text classifiers' focal loss on base boxes")
+    score_weight: float = _spec(0.5, min=0.0, max=1.0, doc="lam of the inference rule g^(1-lam) * head^lam")
+
+
+@dataclass
 class EvalSection:
     every: int = _spec(0, min=0, doc="optimizer steps between evaluations on data.val (0 = only at the end)")
     at_end: bool = _spec(True, doc="evaluate after the last step when data.val is set")
@@ -243,11 +272,14 @@ class TrainConfig:
     caption: CaptionSection = _spec(factory=CaptionSection, doc="LLMDet caption supervision")
     task: str = _spec("detect", choices=("detect", "dam"), doc="what trains: a detector, or Describe Anything")
     dam: DamSection = _spec(factory=DamSection, doc="Describe Anything fine-tuning (task: dam)")
+    rkd: RkdSection = _spec(factory=RkdSection, doc="RKD distillation, pseudo-labels and weight transfer")
 
     def to_dict(self) -> dict:
         out = asdict(self)
         if self.task == "detect":
             del out["dam"]  # a detector run's config.yaml stays as it was
+        if self.rkd == RkdSection():
+            del out["rkd"]  # likewise for runs without RKD (their checkpoints resume without warnings)
         return out
 
 
@@ -376,6 +408,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                                   "task: dam trains on")
         if cfg.dam != DamSection():
             raise ConfigError("dam: this section only applies to task: dam (add task: dam, or remove it)")
+    _validate_rkd(cfg)
     c = cfg.caption
     if c.enabled and not c.llm and not c.head:
         raise ConfigError("caption.llm: the caption head needs a causal LM (a local folder such as the one "
@@ -383,6 +416,30 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if len(c.levels) != len(c.grids) or not c.levels:
         raise ConfigError(f"caption.levels {c.levels} and caption.grids {c.grids}: give one grid side per level")
     return cfg
+
+
+def _validate_rkd(cfg: TrainConfig) -> None:
+    r = cfg.rkd
+    if not r.enabled:
+        return  # a disabled section is ignored (an ablation's baseline is the same file with enabled: false)
+    if cfg.task != "detect":
+        raise ConfigError("rkd.enabled: RKD trains a detector (task: detect)")
+    if cfg.caption.enabled:
+        raise ConfigError("rkd.enabled and caption.enabled: train LLMDet's caption head and RKD in separate runs")
+    if not r.regions:
+        raise ConfigError("rkd.regions: name the region cache folder (made by `groundscope distill embed-regions`, "
+                          "or here from rkd.teacher when the folder does not exist)")
+    if not r.teacher and not (Path(r.regions) / "manifest.json").exists():
+        raise ConfigError(f"rkd.teacher: the region cache '{r.regions}' does not exist yet; name the CLIP-like "
+                          "teacher to build it with (hub id or folder)")
+    if r.pseudo and not r.image_labels and not (Path(r.regions) / "manifest.json").exists():
+        raise ConfigError("rkd.pseudo: pseudo-labels need rkd.image_labels (a COCO file or JSON lines of "
+                          "{file_name, labels})")
+    if "{}" not in r.pseudo_template or "{}" not in r.text_template:
+        raise ConfigError("rkd.pseudo_template and rkd.text_template: must contain {} where the class name goes")
+    if len(cfg.data.train) != 1:
+        raise ConfigError(f"rkd.enabled: RKD trains on one data.train file (its regions are cached per image), "
+                          f"got {len(cfg.data.train)}")
 
 
 def _validate_dam(cfg: TrainConfig) -> None:

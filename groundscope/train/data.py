@@ -28,10 +28,9 @@ Every random choice of sample ``i`` in epoch ``e`` comes from its own ``numpy`` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from groundscope.evaluate.run import prompt_name
 from groundscope.images import load_image, preprocess
 from groundscope.prompts import Prompt, PromptError, class_prompt, clean_class_name, expression_prompt, phrase_prompt
 from groundscope.train.box_ops import xyxy_to_cxcywh
+from groundscope.train.distributed import shard
 from groundscope.train.targets import Target
 
 MODES = ("auto", "detection", "grounding", "expression")
@@ -92,6 +92,7 @@ class Batch:
         phrases: per sample, the text naming each target box.
         long_captions: per sample, the detailed caption, or None (none in the record, or the image was mirrored
             and the caption's "left" / "right" would lie).
+        flipped: per sample, whether the image was mirrored.
     """
 
     pixel_values: torch.Tensor
@@ -101,6 +102,7 @@ class Batch:
     indices: list[int] = field(default_factory=list)
     phrases: list[list[str]] = field(default_factory=list)
     long_captions: list[str | None] = field(default_factory=list)
+    flipped: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -124,7 +126,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
         pixels[i, :, :sh, :sw] = s.pixel_values
         mask[i, :sh, :sw] = 1
     return Batch(pixels, mask, [s.prompt for s in samples], [s.target for s in samples], [s.index for s in samples],
-                 [s.phrases for s in samples], [None if s.flipped else s.long_caption for s in samples])
+                 [s.phrases for s in samples], [None if s.flipped else s.long_caption for s in samples],
+                 [s.flipped for s in samples])
 
 
 def load_records(path: str | Path, fmt: str = "auto", label_map: str | Path | None = None) -> tuple[RecordSet, str]:
@@ -210,6 +213,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         self.index_offset = int(index_offset)
         self.epoch = 0
         self._counts: dict[str, int] = {}
+        # record -> class names to put in its detection prompt without boxes (set by the RKD trainer)
+        self.unboxed_names: Callable[[ImageRecord], list[str]] | None = None
         self.modes = [self._mode_of(r, mode, source_format) for r in records.images]
         if any(m == "detection" for m in self.modes) and not records.categories:
             raise TrainDataError("detection records need class names (a label map or COCO categories)")
@@ -323,6 +328,18 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
             used += n
             texts[key] = len(names)
             label_slot[lab] = len(names)
+            names.append(text)
+        # Names without boxes in this image (RKD's image-level labels, supervised through pseudo-boxes; the
+        # trainer keeps them out of the box loss). No random draws here, so other prompts stay as they were.
+        for name in (self.unboxed_names(record) if self.unboxed_names is not None else []):
+            text = clean_class_name(prompt_name(name))
+            if text.lower() in texts:
+                continue
+            n = _token_count(self.tokenizer, text, self._counts)
+            if used + n > budget:
+                continue
+            used += n
+            texts[text.lower()] = len(names)
             names.append(text)
 
         n_classes = len(self.records.categories)
@@ -480,20 +497,41 @@ class EpochBatches:
     batches: list[list[int]]
 
     @classmethod
-    def make(cls, n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> "EpochBatches":
+    def make(cls, n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+             min_batch: int = 1) -> "EpochBatches":
+        """`min_batch`: a last batch with fewer items is dropped (N training processes need one item each)."""
         order = np.random.default_rng([seed, epoch, 7]).permutation(n) if shuffle else np.arange(n)
-        return cls([order[s : s + batch_size].tolist() for s in range(0, n, batch_size)])
+        batches = [order[s : s + batch_size].tolist() for s in range(0, n, batch_size)]
+        if batches and len(batches[-1]) < min_batch:
+            batches.pop()
+        return cls(batches)
 
 
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
+def batches_per_epoch(n: int, batch_size: int, min_batch: int = 1) -> int:
+    """Batches of `batch_size` in `n` items, a last shorter one counted when it holds `min_batch` items."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest and rest >= min_batch else 0)
+
+
+def item_generator(seed: int, epoch: int, index: int, stream: int) -> torch.Generator:
+    """A torch generator that is a function of (seed, epoch, dataset index, stream) only: randomness drawn per
+    item in the training step (denoising noise) stays the same whichever batch or process the item lands in."""
+    state = np.random.SeedSequence([seed, epoch, index, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler):
-    """Yields the batches of `epoch` from batch `start` on (the data position saved in checkpoints)."""
+    """Yields the batches of `epoch` from batch `start` on (the data position saved in checkpoints).
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
-        self.batches = EpochBatches.make(n, batch_size, seed, epoch, shuffle).batches[start:]
+    With `world_size` processes, `batch_size` is per process: the epoch is cut into global batches of
+    batch_size x world_size (a last one with fewer items than processes dropped), `start` counts global
+    batches, and process `rank` gets its slice of each (`groundscope.train.distributed.shard`).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        batches = EpochBatches.make(n, batch_size * world_size, seed, epoch, shuffle, min_batch=world_size).batches
+        self.batches = [shard(b, rank, world_size) for b in batches[start:]]
 
     def __iter__(self):
         return iter(self.batches)

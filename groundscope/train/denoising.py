@@ -29,6 +29,7 @@ included, when the prompt holds one); the target stays the true entity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -83,9 +84,10 @@ def build_denoising(
     num_queries: int = 100,
     label_noise: float = 0.5,
     box_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    max_gt: int | None = None,
 ) -> tuple[DenoisingQueries, DenoisingTargets] | None:
-    """Noised queries and their targets for one batch; None when no image has a box.
+    """Noised queries and their targets for one batch; None when no image has a box (`max_gt` 0).
 
     Args:
         targets: B targets (boxes normalised cxcywh, entity index per box).
@@ -95,12 +97,20 @@ def build_denoising(
         label_noise: DINO's label noise scale; an entity is swapped with probability label_noise / 2.
         box_noise: DINO's box noise scale (lambda): positives move by < lambda x half the box size, negatives
             by lambda..2 lambda x that.
-        generator: torch RNG (default: the global one).
+        generator: torch RNG (default: the global one), or one per image: then an image's noise does not depend
+            on the other images of the batch, so a data-parallel shard draws what the whole batch would.
+        max_gt: most boxes of one image in the whole batch when `targets` is one process's shard of it (the
+            maximum over the processes): the group layout and the attention mask are then the whole batch's.
+            Default: this batch's.
     """
     batch = len(targets)
-    max_gt = max((len(t) for t in targets), default=0)
+    global_layout = max_gt is not None
+    if max_gt is None:
+        max_gt = max((len(t) for t in targets), default=0)
     if max_gt == 0:
         return None
+    if isinstance(generator, Sequence) and len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for a batch of {batch} images; give one per image")
     groups = max(1, num_queries // max_gt)
     per_group = 2 * max_gt
     n = groups * per_group
@@ -115,6 +125,7 @@ def build_denoising(
         k = len(tgt)
         if k == 0:
             continue
+        gen = generator[b] if isinstance(generator, Sequence) else generator
         entity_maps = prompt.positive_map(t_max)  # (E, T), rows average an entity's tokens
         num_entities = entity_maps.shape[0]
         for g in range(groups):
@@ -123,14 +134,16 @@ def build_denoising(
                 slots = torch.arange(start, start + k)
                 entity = tgt.entity.clone()
                 if label_noise > 0 and num_entities > 1:
-                    flip = torch.rand(k, generator=generator) < label_noise * 0.5
-                    entity[flip] = torch.randint(0, num_entities, (int(flip.sum()),), generator=generator)
-                boxes[b, slots] = noise_boxes(tgt.boxes.float(), box_noise, negative=bool(neg), generator=generator)
+                    flip = torch.rand(k, generator=gen) < label_noise * 0.5
+                    entity[flip] = torch.randint(0, num_entities, (int(flip.sum()),), generator=gen)
+                boxes[b, slots] = noise_boxes(tgt.boxes.float(), box_noise, negative=bool(neg), generator=gen)
                 weights[b, slots] = entity_maps[entity]
                 valid[b, slots] = True
                 positive[b, slots] = not neg
                 index[b, slots] = torch.arange(k)
-    mask = denoising_attn_mask(n, num_matching, groups, valid)
+    # A slot is hidden from the others when it is padding in every image of the batch. The whole batch of a
+    # given `max_gt` has an image that fills every slot, so then nothing is hidden, whatever this shard holds.
+    mask = denoising_attn_mask(n, num_matching, groups, torch.ones_like(valid) if global_layout else valid)
     return DenoisingQueries(boxes, weights, mask), DenoisingTargets(valid, positive, index, groups)
 
 

@@ -16,6 +16,9 @@ then the learning-rate schedule. Around it:
   augmentation are functions of (seed, epoch, index), so a resumed run computes the same losses as an
   uninterrupted one.
 * Ctrl-C (SIGINT) finishes the current optimizer step, writes a checkpoint and returns; a second Ctrl-C aborts.
+* several processes (`groundscope.train.distributed`, ``--nproc`` or torchrun): ``batch_size`` is per process;
+  each takes its slice of every global batch, gradients are averaged, logged values are averaged, and rank 0
+  alone writes files while the others wait.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from groundscope.train import checkpoint as ckpt_io
+from groundscope.train import distributed as dist_
 from groundscope.train.config import ConfigError, TrainConfig
 from groundscope.train.data import (
     GroundingTrainDataset,
@@ -47,6 +51,7 @@ from groundscope.train.data import (
     ResumableBatchSampler,
     batches_per_epoch,
     collate,
+    item_generator,
     load_records,
 )
 from groundscope.train.caption_loss import caption_losses
@@ -62,6 +67,7 @@ NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm
 
 
 TRIM_EVERY = 25  # optimizer steps between returns of freed heap memory to the OS
+DENOISING_STREAM = 1  # `item_generator` stream of the denoising noise (distinct from any other per-item draws)
 
 
 def resident_mb() -> float | None:
@@ -243,7 +249,11 @@ class Trainer:
         self.cfg = config
         self.out = Path(out_dir if out_dir is not None else config.train.out_dir)
         self.console = console or Console(stderr=True)
-        self.device = resolve_device(config.model.device)
+        # Several processes (`groundscope.train.distributed`): rank 0 alone prints and writes files.
+        self.dist = dist_.info()
+        if not self.dist.is_main:
+            self.console = Console(stderr=True, quiet=True)
+        self.device = dist_.process_device(resolve_device(config.model.device), self.dist)
         t = config.train
         seed_everything(t.seed)
         self._setup_model(detector)
@@ -260,7 +270,12 @@ class Trainer:
                 "fewer threads (torch.set_num_threads) or OMP_WAIT_POLICY=PASSIVE",
                 highlight=False,
             )
-        self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size)
+        # batch_size is per process: an optimizer step's global batch is batch_size x processes.
+        world = self.dist.world_size
+        self.batches_per_epoch = batches_per_epoch(len(self.dataset), t.batch_size * world, min_batch=world)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(f"data.train: {len(self.dataset)} {self.item_name} cannot give each of {world} "
+                              "processes one; start fewer processes or add data")
         if t.max_steps is not None:
             self.max_steps = t.max_steps
         else:
@@ -285,6 +300,22 @@ class Trainer:
         self._stop_requested = False
         self._iter = None
         self.history: list[dict] = []
+        if self.dist.enabled:
+            self._setup_processes()
+
+    def _setup_processes(self) -> None:
+        """Data-parallel start (`groundscope.train.distributed`): every process takes rank 0's weights, is
+        told about BatchNorm layers that will not be synchronised, and gets its own dropout generators."""
+        dist_.broadcast_module(self.trainable)
+        unsynced = dist_.unsynced_batchnorm(self.trainable, self._frozen_modules)
+        if unsynced:
+            self.console.print(
+                f"[yellow]warning:[/] {len(unsynced)} BatchNorm layer(s) ({', '.join(unsynced[:3])}) normalise with "
+                f"the statistics of each process's {self.cfg.train.batch_size} {self.item_name}, not of the global "
+                "batch; freeze them (model.freeze) to use their running statistics",
+                highlight=False,
+            )
+        seed_everything(dist_.rank_seed(self.cfg.train.seed, self.dist.rank))
 
     # ------------------------------------------------------------------ task parts (detector)
     def _setup_model(self, detector) -> None:
@@ -343,37 +374,55 @@ class Trainer:
     def _setup_loss(self) -> None:
         lc = self.cfg.loss
         matcher = HungarianMatcher(lc.match_cls, lc.match_bbox, lc.match_giou, lc.focal_alpha, lc.focal_gamma)
-        self.criterion = GroundingLoss(matcher, LossWeights(lc.cls, lc.bbox, lc.giou), lc.focal_alpha, lc.focal_gamma)
+        self.criterion = GroundingLoss(matcher, LossWeights(lc.cls, lc.bbox, lc.giou), lc.focal_alpha, lc.focal_gamma,
+                                       normalizer=dist_.loss_normalizer)
 
     def _lr_mults(self) -> dict[str, float]:
         """{parameter name prefix: lr factor} of the optimizer groups (longest prefix wins)."""
         o = self.cfg.optim
         return {"model.backbone": o.backbone_lr_mult, "model.text_backbone": o.text_lr_mult, **o.lr_mults}
 
-    def _batch_loss(self, batch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss with a graph, {log key: value}) of one batch; the forward pass runs under `autocast`."""
+    def _detector_forward(self, batch, autocast):
+        """The detector's training forward on a batch -> (TrainOutputs, denoising queries or None)."""
         t = self.cfg.train
         pixels = batch.pixel_values.to(self.device, non_blocking=True)
         mask = batch.pixel_mask.to(self.device, non_blocking=True)
         dn = None
         if t.denoising.enabled:
+            # Noise per item from (seed, epoch, index) and the group layout of the whole global batch, so that
+            # processes sharing a batch build what one process with all of it would.
             dn = build_denoising(batch.targets, batch.prompts, int(self.model.config.num_queries),
                                  num_queries=t.denoising.queries, label_noise=t.denoising.label_noise,
-                                 box_noise=t.denoising.box_noise)
+                                 box_noise=t.denoising.box_noise,
+                                 generator=[item_generator(t.seed, self.pos.epoch, i, DENOISING_STREAM)
+                                            for i in batch.indices],
+                                 max_gt=dist_.max_over_processes(max((len(x) for x in batch.targets), default=0)))
         # Stage 1 of LLMDet trains the caption head alone: the detector runs without a graph.
         with autocast, (nullcontext() if self.detector_trains else torch.no_grad()):
             out = forward_train(self.model, pixels, mask, batch.prompts, dn[0] if dn else None)
+        return out, dn
+
+    def _grounding_loss(self, out, batch, dn, text_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Box + token loss of the decoder layers (and encoder proposals, denoising queries), over the prompt
+        tokens in `text_mask` (B, T)."""
+        t = self.cfg.train
         loss, parts = self.criterion(
             out.decoder if self.cfg.loss.aux else out.decoder[-1:],
-            out.text_mask,
+            text_mask,
             batch.targets,
             out.encoder if self.cfg.loss.encoder else None,
         )
         if dn is not None and out.denoising is not None:
             layers = out.denoising if self.cfg.loss.aux else out.denoising[-1:]
-            dn_loss, dn_parts = self.criterion.denoising(layers, out.text_mask, batch.targets, dn[1])
+            dn_loss, dn_parts = self.criterion.denoising(layers, text_mask, batch.targets, dn[1])
             loss = loss + t.denoising.weight * dn_loss
             parts = {**parts, **dn_parts, "loss": float(loss.detach())}
+        return loss, parts
+
+    def _batch_loss(self, batch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss with a graph, {log key: value}) of one batch; the forward pass runs under `autocast`."""
+        out, dn = self._detector_forward(batch, autocast)
+        loss, parts = self._grounding_loss(out, batch, dn, out.text_mask)
         if self.head is not None:
             c = self.cfg.caption
             matches = self.criterion.match(out.decoder[-1], batch.targets)
@@ -410,7 +459,8 @@ class Trainer:
         self.dataset.set_epoch(self.pos.epoch)
         t = self.cfg.train
         sampler = ResumableBatchSampler(len(self.dataset), t.batch_size, t.seed, self.pos.epoch, self.pos.batch,
-                                        shuffle=self.cfg.data.shuffle)
+                                        shuffle=self.cfg.data.shuffle, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
         workers = self.cfg.data.num_workers
         # Creating a DataLoader iterator draws a worker seed from torch's global generator unless it has its
         # own; the global one also drives dropout, so a resumed run (which creates iterators at other moments)
@@ -449,7 +499,7 @@ class Trainer:
         images = 0
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if t.bf16 else nullcontext())
         for _ in range(t.accumulate):
-            batch = self._next_batch()
+            batch = dist_.pad_to_global_size(self._next_batch())
             loss, parts = self._batch_loss(batch, autocast)
             if not torch.isfinite(loss):
                 raise TrainError(
@@ -460,6 +510,9 @@ class Trainer:
             images += len(batch)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / t.accumulate
+        dist_.average_gradients(self.params)
+        sums = dist_.mean_over_processes(sums)
+        images = int(dist_.sum_over_processes(images))
         clip = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         lr = self.cfg.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # base lr of this step
@@ -491,13 +544,23 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt_io.rng_state(),
+            "world_size": self.dist.world_size,
             "config": self.cfg.to_dict(),
         }
 
     def save_checkpoint(self) -> Path:
-        """Write ``step_NNNNNN.pt`` (when kept) and ``last.pt`` atomically; prune old step files."""
+        """Write ``step_NNNNNN.pt`` (when kept) and ``last.pt`` atomically; prune old step files.
+
+        With several processes every one calls this: rank 0 writes (with every process's RNG state), the others
+        wait until the file is there."""
+        rng_ranks = dist_.gather_rng_states()
+        if self.dist.is_main:
+            self._write_checkpoint({**self.state_dict(), **({"rng_ranks": rng_ranks} if rng_ranks else {})})
+        dist_.barrier()
+        return self.last_checkpoint
+
+    def _write_checkpoint(self, state: dict) -> None:
         keep = self.cfg.train.keep_checkpoints
-        state = self.state_dict()
         if keep > 0:
             step_file = ckpt_io.atomic_save(state, self.checkpoint_dir / f"step_{self.pos.step:06d}.pt")
             ckpt_io.atomic_link(step_file, self.last_checkpoint)
@@ -507,7 +570,6 @@ class Trainer:
         else:
             ckpt_io.atomic_save(state, self.last_checkpoint)
         self._rewrite_plot()
-        return self.last_checkpoint
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything from a checkpoint (the model as loaded is overwritten)."""
@@ -537,12 +599,33 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.pos = Position(int(ck["step"]), int(ck["epoch"]), int(ck["batch"]))
         self._iter = None
-        # Last, so nothing done while restoring (e.g. model construction) advances the generators.
-        ckpt_io.set_rng_state(ck["rng"])
+        rng = dist_.own_rng_state(ck)
+        if rng is None:
+            self._resume_with_other_process_count(ck)
+        else:
+            # Last, so nothing done while restoring (e.g. model construction) advances the generators.
+            ckpt_io.set_rng_state(rng)
+
+    def _resume_with_other_process_count(self, ck: dict) -> None:
+        """A checkpoint of another number of processes: its batch position counts other global batches, so it
+        becomes the same number of items seen in this run's global batches, and each process gets fresh
+        generators; the run goes on, but cannot equal an uninterrupted one."""
+        saved = int(ck.get("world_size", 1))
+        old = int(ck.get("config", {}).get("train", {}).get("batch_size", self.cfg.train.batch_size)) * saved
+        self.pos.batch = self.pos.batch * old // (self.cfg.train.batch_size * self.dist.world_size)
+        seed_everything(dist_.rank_seed(self.cfg.train.seed + self.pos.step, self.dist.rank))
+        self.console.print(
+            f"[yellow]warning:[/] the checkpoint was written by {saved} training process(es), this run has "
+            f"{self.dist.world_size}: the data position is converted and the random generators start afresh, "
+            f"so the run will not equal an uninterrupted one (resume with --nproc {saved} for that)",
+            highlight=False,
+        )
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.dist.is_main:
+            return  # rank 0 writes the log (the records are the same on every process)
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -561,6 +644,8 @@ class Trainer:
         self.history = kept
 
     def _rewrite_plot(self) -> None:
+        if not self.dist.is_main:
+            return
         try:
             draw_loss_curve(self.history, self.out / "loss.png", **self.plot_options)
         except Exception as e:  # a plot must never stop training
@@ -625,13 +710,16 @@ class Trainer:
             summary: {"step", "max_steps", "interrupted", "last_loss", "eval", "checkpoint", "model_dir", "seconds"}.
         """
         start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main  # with several processes, rank 0 alone writes files
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             path = self.last_checkpoint if resume is True else Path(resume)
             if not path.exists():
                 raise TrainError(f"--resume: no checkpoint at '{path}'; start without --resume")
             self.load_checkpoint(path)
-            self._truncate_log(self.pos.step)
+            if main:
+                self._truncate_log(self.pos.step)
             self.console.print(f"resumed from {path} at step {self.pos.step}", highlight=False)
         else:
             if self.last_checkpoint.exists():
@@ -639,22 +727,25 @@ class Trainer:
                     f"'{self.out}' already holds a run ({self.last_checkpoint}); pass --resume to continue it "
                     "or choose another --out"
                 )
-            self.log_path.unlink(missing_ok=True)
+            if main:
+                self.log_path.unlink(missing_ok=True)
             self.history = []
-        ckpt_io.atomic_write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / "config.yaml")
+        if main:
+            ckpt_io.atomic_write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / "config.yaml")
 
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
         t = self.cfg.train
         last_eval = None
         record: dict = {}
-        show = t.progress and self.console.is_terminal
+        show = t.progress and self.console.is_terminal and main
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
         try:
             with Progress(*columns, console=self.console, disable=not show) as bar:
                 task = bar.add_task("train", total=self.max_steps, completed=self.pos.step, info="")
-                while self.pos.step < self.max_steps and not self._stop_requested:
+                # With several processes, Ctrl-C reaches them at slightly different moments: all stop together.
+                while self.pos.step < self.max_steps and not dist_.any_process(self._stop_requested):
                     record = self.train_step()
                     self._log(record)
                     info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.2f} img/s"
@@ -667,17 +758,17 @@ class Trainer:
                     if t.checkpoint_every and self.pos.step % t.checkpoint_every == 0 and not done:
                         self.save_checkpoint()
                     if self.cfg.eval.every and self.pos.step % self.cfg.eval.every == 0 and not done:
-                        last_eval = self.evaluate()
+                        last_eval = self._on_main(self.evaluate)
                         self._print_eval(last_eval)
             interrupted = self.pos.step < self.max_steps
             checkpoint = self.save_checkpoint()
             model_dir = None
             if not interrupted:
                 dtype = getattr(torch, t.save_dtype)
-                model_dir = self.export(dtype)
+                model_dir = self._on_main(lambda: self.export(dtype))
                 periodic = self.cfg.eval.every and self.max_steps % self.cfg.eval.every == 0
                 if (self.cfg.eval.at_end or periodic) and self.cfg.data.val is not None:
-                    last_eval = self.evaluate(final=True)
+                    last_eval = self._on_main(lambda: self.evaluate(final=True))
                     self._print_eval(last_eval)
                 self._rewrite_plot()
         finally:
@@ -693,6 +784,13 @@ class Trainer:
             "model_dir": str(model_dir) if model_dir else None,
             "seconds": round(time.perf_counter() - start, 2),
         }
+
+    def _on_main(self, fn: Callable[[], object]):
+        """``fn()`` on rank 0 only (evaluation, export) while the other processes wait; its result there, None
+        elsewhere. In one process: just ``fn()``."""
+        result = fn() if self.dist.is_main else None
+        dist_.barrier()
+        return result
 
     def _print_eval(self, rec: dict | None) -> None:
         if rec:
@@ -805,11 +903,16 @@ def _subset_annotations(path: Path, fmt: str, n: int, out_dir: Path) -> Path:
 
 
 def build_trainer(config: TrainConfig, out_dir: str | Path | None = None, console: Console | None = None) -> Trainer:
-    """The trainer of ``config.task``: `Trainer` (detect) or `groundscope.train.dam.DamTrainer` (dam)."""
+    """The trainer of ``config.task``: `Trainer` (detect), `groundscope.train.rkd.RkdTrainer` (detect with
+    ``rkd.enabled``) or `groundscope.train.dam.DamTrainer` (dam)."""
     if config.task == "dam":
         from groundscope.train.dam import DamTrainer
 
         return DamTrainer(config, out_dir, console=console)
+    if config.rkd.enabled:
+        from groundscope.train.rkd import RkdTrainer
+
+        return RkdTrainer(config, out_dir, console=console)
     return Trainer(config, out_dir, console=console)
 
 

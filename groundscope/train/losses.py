@@ -18,6 +18,7 @@ matching) and to the encoder's top-k proposals (two-stage), and the total is the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,11 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss
+
+
+def count_normalizer(count: float) -> float:
+    """DETR's divisor of a summed loss: the number of target boxes in the batch, at least 1."""
+    return max(float(count), 1.0)
 
 
 @dataclass
@@ -72,6 +78,9 @@ class GroundingLoss:
         matcher: the Hungarian matcher.
         weights: weights of cls / bbox / giou in the total.
         alpha, gamma: focal loss parameters.
+        normalizer: maps the batch's count of target boxes (or denoising positives) to the divisor of the summed
+            terms; default max(count, 1). Data-parallel training passes
+            `groundscope.train.distributed.loss_normalizer` (the global count over the number of processes).
     """
 
     def __init__(
@@ -80,11 +89,13 @@ class GroundingLoss:
         weights: LossWeights | None = None,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        normalizer: Callable[[float], float] | None = None,
     ):
         self.matcher = matcher or HungarianMatcher()
         self.weights = weights or LossWeights()
         self.alpha = alpha
         self.gamma = gamma
+        self.normalizer = normalizer or count_normalizer
 
     def single(
         self, pred: Predictions, text_mask: torch.Tensor, targets: list[Target], num_boxes: float
@@ -164,7 +175,7 @@ class GroundingLoss:
         for b in range(len(targets)):
             q = torch.nonzero(positive[b]).flatten()
             indices.append((q, index[b, q]))
-        num_pos = max(float(positive.sum()), 1.0)
+        num_pos = self.normalizer(float(positive.sum()))
         total = layers[-1].logits.new_zeros((), dtype=torch.float32)
         w = self.weights
         for pred in layers:
@@ -191,7 +202,7 @@ class GroundingLoss:
             (scalar total, parts) where parts holds floats named "cls", "bbox", "giou" (last layer),
             "d{i}.cls" ... (earlier decoder layers), "enc.cls" ... (encoder), and "loss" (the total).
         """
-        num_boxes = max(float(sum(len(t) for t in targets)), 1.0)
+        num_boxes = self.normalizer(float(sum(len(t) for t in targets)))
         sets: list[tuple[str, Predictions]] = [("", decoder[-1])]
         sets += [(f"d{i}.", p) for i, p in enumerate(decoder[:-1])]
         if encoder is not None:

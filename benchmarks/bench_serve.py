@@ -1,0 +1,170 @@
+"""`groundscope serve` under load: requests/s and latency at 1, 4 and 16 concurrent clients, against the Python
+API called directly one image at a time.
+
+The server runs as a real deployment does, in its own process (`groundscope serve --model nano --port 0` on
+loopback), so the clients here never share its interpreter lock. Each client is a thread with its own keep-alive
+connection posting examples/synth_shapes.png to /v1/detect; every level sends the same bounded number of requests
+after a short warm-up. The direct baseline loads the same model here and calls `detector.detect(path, classes)`
+(file decode included, as the server decodes each upload) before the server starts, so the two never compete.
+
+    python benchmarks/bench_serve.py [--requests 48] [--concurrency 1 4 16] [--max-batch 4] [--model nano]
+                                     [--threads N]
+
+--threads sets torch's intra-op threads in both the server and the direct baseline (default: torch's, one per
+core). On a machine where other processes hold cores, fewer threads than cores avoids OpenMP workers spinning
+while they wait for a descheduled sibling, which can slow a forward pass several-fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = REPO / "examples" / "synth_shapes.png"
+CLASSES = "pink cross,cyan star,blue diamond,yellow diamond,red circle,green heart"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100])."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def direct_api(det, n: int) -> tuple[float, list[float]]:
+    """Requests/s and per-call latencies of the Python API, one image per call."""
+    classes = CLASSES.split(",")
+    for _ in range(2):  # warm-up: first calls allocate and fill the text cache
+        det.detect(str(IMAGE), classes, box_threshold=0.3)
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        det.detect(str(IMAGE), classes, box_threshold=0.3)
+        lat.append(time.perf_counter() - t)
+    return n / (time.perf_counter() - t0), lat
+
+
+def in_thread(fn, *args):
+    """fn(*args) in a fresh thread (as the server's batcher runs the model), returning its result."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def start_server(model: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+    """`groundscope serve` on a free loopback port; returns the process and its URL once it answers."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op pool reads it at start-up
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from groundscope.cli import main; main()", "serve", "--model", model,
+         "--port", "0", "--max-batch", str(max_batch)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+    )
+    log: list[str] = []
+    for line in proc.stdout:
+        log.append(line)
+        m = re.search(r"Uvicorn running on (http://\S+)", line)
+        if m:
+            # Keep reading its log so the pipe never fills and blocks the server.
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1)
+    raise RuntimeError("the server exited before it started:\n" + "".join(log))
+
+
+def load(url: str, image: bytes, clients: int, n: int) -> tuple[float, list[float]]:
+    """Send n detect requests from `clients` threads (each its own connection); requests/s and latencies."""
+    local = threading.local()
+
+    def one(_):
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=120)
+        t = time.perf_counter()
+        r = local.client.post("/v1/detect", files={"image": ("synth_shapes.png", image, "image/png")},
+                              data={"classes": CLASSES})
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(min(n, 2 * clients))))  # warm-up: open the connections
+        t0 = time.perf_counter()
+        lat = list(pool.map(one, range(n)))
+        wall = time.perf_counter() - t0
+    return n / wall, lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="nano")
+    ap.add_argument("--requests", type=int, default=48, help="Requests per concurrency level (and direct calls).")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (server and direct API).")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:  # before torch starts, so every thread's OpenMP pool gets it, as in the server process
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how busy it was
+    import groundscope as gs
+
+    det = gs.load_detector(args.model)
+    rows = []
+    # Both threads: on a machine whose cores other processes hold, torch's OpenMP pool has been seen to run
+    # several times slower when called from the main thread than from another thread; the server uses another.
+    rows.append(("Python API, direct, 1 at a time (main thread)", *direct_api(det, args.requests)))
+    rows.append(("Python API, direct, 1 at a time (a worker thread)", *in_thread(direct_api, det, args.requests)))
+    del det
+    image = IMAGE.read_bytes()
+    proc, url = start_server(args.model, args.max_batch, args.threads)
+    try:
+        for c in args.concurrency:
+            rps, lat = load(url, image, c, args.requests)
+            rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", rps, lat))
+        health = httpx.get(f"{url}/healthz").json()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+    print(f"model {args.model}, image {IMAGE.name} ({len(image) / 1024:.0f} KB, 601x429), {args.requests} requests "
+          f"per row, --max-batch {args.max_batch}; {os.cpu_count()} CPUs, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, load average before the run {load_before:.1f}, "
+          f"after {os.getloadavg()[0]:.1f}")
+    print()
+    print("| mode | requests/s | p50 latency (ms) | p95 latency (ms) |")
+    print("|---|---:|---:|---:|")
+    for name, rps, lat in rows:
+        print(f"| {name} | {rps:.2f} | {statistics.median(lat) * 1000:.0f} | {percentile(lat, 95) * 1000:.0f} |")
+    by_c = {c: rows[2 + i][1] for i, c in enumerate(args.concurrency)}
+    print()
+    if 1 in by_c and 4 in by_c:
+        print(f"throughput@4 / throughput@1 = {by_c[4] / by_c[1]:.2f}x (target >= 1.5x)")
+    if 1 in by_c:
+        print(f"HTTP@1 / direct API = {by_c[1] / rows[0][1]:.2f}x (main thread), "
+              f"{by_c[1] / rows[1][1]:.2f}x (worker thread)")
+    done = health["requests_done"]
+    print(f"server: {done} requests in {health['batches_run']} forward calls "
+          f"({done / max(health['batches_run'], 1):.2f} requests per call, warm-ups included)")
+
+
+if __name__ == "__main__":
+    main()

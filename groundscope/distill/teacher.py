@@ -1,0 +1,99 @@
+"""The RKD teacher: any transformers CLIP-like model (CLIP, SigLIP, ...: a model with ``get_image_features`` and
+``get_text_features``), loaded from a hub id or a folder, embedding image crops and class names.
+
+Loading goes through `groundscope.models.loading.resolve`-style rules: a local folder loads as is; a hub id loads
+from the cache (offline) or the hub. The image processor and tokenizer are loaded separately (AutoImageProcessor,
+AutoTokenizer) so a teacher saved with any tokenizer class works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from groundscope.models.loading import ModelLoadError
+
+
+class Teacher:
+    """A CLIP-like model in eval mode.
+
+    Args:
+        source: hub id or local folder.
+        device: torch device.
+        text_template: format string turning a class name into the text that is embedded.
+    """
+
+    def __init__(self, source: str | os.PathLike, device: str | torch.device = "cpu", text_template: str = "{}"):
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        self.source = str(source)
+        self.device = torch.device(device)
+        self.text_template = text_template
+        try:
+            self.model = AutoModel.from_pretrained(self.source).to(self.device).eval()
+            self.processor = AutoImageProcessor.from_pretrained(self.source)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        except (OSError, ValueError) as e:
+            local = Path(self.source).exists()
+            hint = ("the folder must hold a transformers CLIP-like model with its image processor and tokenizer"
+                    if local else "check the hub id, or pass a local folder (offline machines need one)")
+            raise ModelLoadError(f"cannot load the teacher '{self.source}': {e}; {hint}") from e
+        for name in ("get_image_features", "get_text_features"):
+            if not hasattr(self.model, name):
+                raise ModelLoadError(f"teacher '{self.source}' ({type(self.model).__name__}) has no {name}(); "
+                                     "RKD needs a CLIP-like image-text model (CLIPModel, SiglipModel, ...)")
+
+    @property
+    def dim(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "projection_dim", None) or cfg.text_config.hidden_size)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
+        """Images (crops) -> (N, D) float32, L2-normalised."""
+        out = []
+        for s in range(0, len(images), batch_size):
+            px = self.processor(images=list(images[s : s + batch_size]), return_tensors="pt")["pixel_values"]
+            feats = self.model.get_image_features(pixel_values=px.to(self.device))
+            feats = getattr(feats, "pooler_output", feats)
+            out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not out:
+            return torch.zeros((0, self.dim))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def embed_texts(self, names: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Class names -> (N, D) float32, L2-normalised (each name through `text_template`)."""
+        out = []
+        for s in range(0, len(names), batch_size):
+            texts = [self.text_template.format(n) for n in names[s : s + batch_size]]
+            tok = self.tokenizer(texts, padding=True, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+            feats = self.model.get_text_features(**inputs)
+            feats = getattr(feats, "pooler_output", feats)
+            out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not out:
+            return torch.zeros((0, self.dim))
+        return torch.cat(out)
+
+
+def crop_regions(image: Image.Image, boxes_xyxy: np.ndarray, min_side: int = 2) -> list[Image.Image]:
+    """Tight crops of `boxes_xyxy` (K, 4) absolute pixels, clamped to the image; a box thinner than `min_side`
+    is widened around its centre so the teacher always gets pixels."""
+    w, h = image.size
+    crops = []
+    for x0, y0, x1, y1 in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4):
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        bw, bh = max(x1 - x0, min_side), max(y1 - y0, min_side)
+        a = int(np.clip(np.floor(cx - bw / 2), 0, w - 1))
+        b = int(np.clip(np.floor(cy - bh / 2), 0, h - 1))
+        c = int(np.clip(np.ceil(cx + bw / 2), a + 1, w))
+        d = int(np.clip(np.ceil(cy + bh / 2), b + 1, h))
+        crops.append(image.crop((a, b, c, d)))
+    return crops

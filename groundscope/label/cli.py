@@ -1,0 +1,135 @@
+"""``groundscope label``: auto-label images or folders into a COCO or ODVG dataset file.
+
+    groundscope label IMAGES... --classes "cat,dog" [--classes-file F] --model M --out FILE [--format coco|odvg]
+                      [--label-map F] [--box-threshold 0.3] [--max-detections 300] [--nms IOU] [--batch-size 4]
+                      [--device cpu] [--ray [--ray-address ADDR] [--ray-actors N]]
+
+Exit codes as for ``detect``: 0 every image labelled, 1 some images could not be read (reported by name, the
+rest are in the file), 2 bad arguments, a model that does not load, or a resume log from other settings.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class LabelFormat(str, Enum):
+    """The dataset formats `label` writes."""
+
+    coco = "coco"
+    odvg = "odvg"
+
+
+def _format_for(out: Path, fmt: Optional[LabelFormat]) -> str:
+    """--format, or guessed from the suffix: .json is COCO, .jsonl ODVG."""
+    if fmt is not None:
+        return fmt.value
+    guess = {".json": "coco", ".jsonl": "odvg"}.get(out.suffix.lower())
+    if guess is None:
+        from groundscope.cli import fail
+
+        raise fail(f"cannot tell the format of --out '{out}' from its suffix; pass --format coco or --format odvg")
+    return guess
+
+
+def _load_detector(model: str, device: str):
+    """Load the model, a failure as `LabelError` (no spinner: the progress bar is already on screen; the model
+    is loaded only once there is work, so a rerun of a finished job skips it)."""
+    from groundscope.label.work import LabelError
+    from groundscope.models.loading import ModelLoadError, load_detector
+
+    try:
+        return load_detector(model, device=device)
+    except ModelLoadError as e:
+        raise LabelError(str(e)) from e
+
+
+def label(
+    images: Annotated[list[Path], typer.Argument(help="Image files or directories (their images, sorted).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The dataset file to write (.json COCO, .jsonl ODVG).")],
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", "-c", help='Comma-separated class names, e.g. "cat,remote control".')] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(
+        "--classes-file", help="A file with one class name per line.")] = None,
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Registry name (see `groundscope models`), hub id or local directory.")] = "llmdet-tiny",
+    fmt: Annotated[Optional[LabelFormat], typer.Option(
+        "--format", "-f", help="coco or odvg (default: from --out's suffix).")] = None,
+    label_map: Annotated[Optional[Path], typer.Option(
+        "--label-map", help="ODVG: where to write the label map (default: label_map.json beside --out).")] = None,
+    box_threshold: Annotated[float, typer.Option(
+        "--box-threshold", "-t", min=0.0, max=1.0, help="Minimum score.")] = 0.3,
+    max_detections: Annotated[int, typer.Option(
+        "--max-detections", "-k", min=1, help="Top-k (box, class) pairs per image.")] = 300,
+    nms: Annotated[Optional[float], typer.Option(
+        "--nms", min=0.0, max=1.0, help="Class-wise NMS IoU (off by default).")] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, help="Images per forward pass (and per resume step).")] = 4,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps, or auto.")] = "cpu",
+    use_ray: Annotated[bool, typer.Option(
+        "--ray", help="Run as a Ray Data pipeline (pip install 'groundscope\\[scale]'); same output file.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="A running Ray cluster (e.g. ray://head:10001 or auto); default: a local one.")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(
+        "--ray-actors", min=1, help="Model replicas (default: one per GPU, or one per 4 CPUs).")] = None,
+) -> None:
+    """Auto-label images into a COCO or ODVG dataset file (resumable; --ray to scale out)."""
+    from groundscope.cli import IMAGE_SUFFIXES, _device, _progress, console, expand_images, fail, parse_classes
+    from groundscope.label.run import label_images, local_executor
+    from groundscope.label.work import LabelError, LabelSettings
+
+    names = parse_classes(classes, classes_file)
+    form = _format_for(out, fmt)
+    if (ray_address is not None or ray_actors is not None) and not use_ray:
+        raise fail("--ray-address and --ray-actors go with --ray; add --ray to run on Ray")
+    paths = expand_images(images)
+    if not paths:
+        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    try:
+        settings = LabelSettings(model=model, classes=tuple(names), box_threshold=box_threshold,
+                                 max_detections=max_detections, nms=nms, batch_size=batch_size)
+        if use_ray:
+            import logging
+
+            from groundscope.label.ray_pipeline import ray_executor
+
+            # Ray Data logs every execution step at INFO; our progress bar already says where the run is.
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            executor = ray_executor(settings, device=device, address=ray_address, actors=ray_actors)
+        else:
+            executor = local_executor(settings, lambda: _load_detector(model, _device(device)))
+    except LabelError as e:
+        raise fail(str(e))
+
+    with _progress() as progress:
+        bar = progress.add_task("label", total=len(paths))
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        def on_failure(message: str) -> None:
+            progress.console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+
+        try:
+            report = label_images(paths, out, form, settings, executor=executor, label_map=label_map,
+                                  on_progress=on_progress, on_failure=on_failure)
+        except LabelError as e:
+            raise fail(str(e))
+
+    reused = f" ({report.reused} from the resume log)" if report.reused else ""
+    console.print(f"[green]{report.labelled}[/] image(s), {report.annotations} box(es){reused} written to "
+                  + ", ".join(f"[bold]{p}[/]" for p in report.files), highlight=False, soft_wrap=True)
+    if report.failures:
+        console.print(f"[red]{len(report.failures)} image(s) failed:[/]", highlight=False)
+        for message in report.failures:
+            console.print(f"  {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``label`` to the main app."""
+    app.command("label")(label)

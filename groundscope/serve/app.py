@@ -1,0 +1,256 @@
+"""`create_app`: the FastAPI application behind `groundscope serve`.
+
+Routes:
+    GET  /            the web page (groundscope/serve/static/)
+    GET  /healthz     {"status": "ok", "model", ...} while the model is loaded and the server takes requests
+    POST /v1/detect   multipart: image, classes="cat,remote control", box_threshold, max_detections, nms
+    POST /v1/ground   multipart: image, caption, phrase (repeatable), box_threshold, text_threshold, max_detections
+    POST /v1/refer    multipart: image, expression, top_k
+    GET  /docs        the OpenAPI documentation FastAPI generates
+
+Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.cli.result_record`).
+A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
+normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
+bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose worker thread runs compatible requests
+in one forward pass. The event loop only parses, awaits and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from groundscope import __version__
+from groundscope.cli import result_record
+from groundscope.images import ImageLoadError
+from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
+from groundscope.serve.batcher import DynamicBatcher, QueueFull, ShuttingDown
+from groundscope.serve.limits import UploadLimit
+from groundscope.serve.tasks import (
+    DETECT_DEFAULTS,
+    GROUND_DEFAULTS,
+    REFER_DEFAULTS,
+    Item,
+    batch_key,
+    make_runner,
+    prepare_input,
+)
+from groundscope.serve.uploads import decode_image
+
+log = logging.getLogger("groundscope.serve")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+RETRY_AFTER_S = 1  # a full queue drains in about (queue_size / max_batch) forward passes: seconds, not minutes
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with `status` (and optional headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line that names each form field: "form field 'classes': Field required"."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = f"form field '{'.'.join(loc)}'" if loc else "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(
+    detector_or_model_name,
+    *,
+    max_upload_mb: float = 20,
+    max_batch: int = 4,
+    queue_size: int = 64,
+    max_wait_ms: float = 5,
+    decode_workers: int | None = None,
+    device: str = "cpu",
+) -> FastAPI:
+    """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
+
+    Args:
+        max_upload_mb: largest accepted image upload (413 beyond it).
+        max_batch: most requests in one forward pass (also the detector's batch_size).
+        queue_size: most requests waiting for the model (503 beyond it).
+        max_wait_ms: how long a batch that is not full waits for requests still being decoded.
+        decode_workers: threads decoding, resizing and normalising uploads (default: one per CPU, at most 4).
+    """
+    if isinstance(detector_or_model_name, (str, os.PathLike)):
+        from groundscope.models.loading import load_detector
+
+        detector = load_detector(detector_or_model_name, device=device)
+    else:
+        detector = detector_or_model_name
+    if max_upload_mb <= 0:
+        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    max_upload_bytes = int(max_upload_mb * 2**20)
+    batcher = DynamicBatcher(
+        make_runner(detector, max_batch), max_batch=max_batch, max_wait_s=max_wait_ms / 1000, queue_size=queue_size
+    )
+    decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
+                                     thread_name_prefix="groundscope-decode")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        log.info("serving %s (max batch %d, queue %d, upload limit %g MB)", detector.name, max_batch, queue_size,
+                 max_upload_mb)
+        yield
+        # uvicorn has waited for open requests by now (graceful shutdown); finish whatever is still queued.
+        await asyncio.to_thread(batcher.close, 60)
+        decode_pool.shutdown(wait=True)
+
+    app = FastAPI(
+        title="groundscope",
+        summary="Open-vocabulary detection, phrase grounding and referring expressions over HTTP.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.detector = detector
+    app.state.batcher = batcher
+    app.state.max_upload_bytes = max_upload_bytes
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc), "detail": jsonable_encoder(exc.errors())},
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    def decode_and_prepare(data: bytes, name: str):
+        """In the pool: the decoded image (for the answer's width and height) and the model's input."""
+        image = decode_image(data, name)
+        return image, prepare_input(detector, image)
+
+    async def answer(task: str, upload: UploadFile, options: dict, prompt) -> JSONResponse:
+        """Read and decode the upload off the event loop, queue it, await its batch, answer the CLI's JSON."""
+        name = upload.filename or "upload"
+        data = await upload.read()
+        if len(data) > max_upload_bytes:  # the middleware's allowance includes the form overhead
+            raise ApiError(413, f"image '{name}' is {len(data) / 2**20:.1f} MB; the server's limit is "
+                                f"{max_upload_mb:g} MB (restart with a larger --max-upload-mb)")
+        if batcher.pending >= batcher.queue_size:  # refuse before spending a decode on it
+            raise ApiError(503, f"the server is busy ({batcher.pending} requests queued); retry shortly",
+                           {"Retry-After": str(RETRY_AFTER_S)})
+        loop = asyncio.get_running_loop()
+        batcher.announce()  # a batch forming now may wait the few ms this decode takes
+        try:
+            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name)
+        except BaseException as e:
+            batcher.withdraw()
+            if isinstance(e, ImageLoadError):
+                raise ApiError(400, f"form field 'image': {e}")
+            raise
+        batcher.start()  # no-op under the lifespan; starts the worker for apps driven without it
+        try:
+            dets = await batcher.run(batch_key(task, **options), Item(model_input, prompt), announced=True)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy: {e}; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), {"Retry-After": str(RETRY_AFTER_S)})
+        except PromptError as e:
+            raise ApiError(400, str(e))
+        except Exception as e:  # the model failed: answer 500 with the reason, keep serving
+            log.exception("%s failed for %s", task, name)
+            raise ApiError(500, f"{task} failed on '{name}': {type(e).__name__}: {e}")
+        return JSONResponse(result_record(name, image.width, image.height, detector.name, task, dets))
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/healthz", summary="Liveness and the model served")
+    async def healthz():
+        body = {
+            "status": "ok",
+            "model": detector.name,
+            "device": str(detector.device),
+            "max_batch": batcher.max_batch,
+            "queued": batcher.pending,
+            "batches_run": batcher.batches_run,
+            "requests_done": batcher.jobs_done,
+        }
+        if batcher.closing:
+            return JSONResponse({**body, "status": "shutting down"}, status_code=503)
+        return body
+
+    @app.post("/v1/detect", summary="Open-vocabulary detection: boxes for each class name")
+    async def detect(
+        image: UploadFile = File(..., description="The image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
+        classes: str = Form(..., description='Comma-separated class names, e.g. "cat,remote control".'),
+        box_threshold: float = Form(DETECT_DEFAULTS["box_threshold"], ge=0, le=1, description="Minimum score."),
+        max_detections: int = Form(DETECT_DEFAULTS["max_detections"], ge=1, description="Top-k (box, class) pairs."),
+        nms: Optional[float] = Form(None, ge=0, le=1, description="Class-wise NMS IoU (off when absent)."),
+    ):
+        names = [c.strip() for c in classes.split(",") if c.strip()]  # the CLI's --classes rule
+        if not names:
+            raise ApiError(400, f"form field 'classes' holds no class names ({classes!r}); "
+                                "send comma-separated names, e.g. classes=cat,remote control")
+        options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms}
+        return await answer("detect", image, options, tuple(names))
+
+    @app.post("/v1/ground", summary="Phrase grounding: boxes for the phrases of a caption")
+    async def ground(
+        image: UploadFile = File(..., description="The image."),
+        caption: str = Form(..., description="The sentence whose phrases to ground."),
+        phrase: Optional[list[str]] = Form(None, description="A phrase of the caption (repeat the field for "
+                                                             "several); without it phrases are read off the tokens."),
+        box_threshold: float = Form(GROUND_DEFAULTS["box_threshold"], ge=0, le=1),
+        text_threshold: float = Form(GROUND_DEFAULTS["text_threshold"], ge=0, le=1,
+                                     description="Token threshold when decoding phrases."),
+        max_detections: int = Form(GROUND_DEFAULTS["max_detections"], ge=1),
+    ):
+        phrases = [p for p in phrase or [] if p is not None] or None
+        try:  # the CLI's check, before the request takes a place in the queue
+            if phrases:
+                find_phrase_spans(normalize_caption(caption), phrases)
+            else:
+                normalize_caption(caption)
+        except PromptError as e:
+            raise ApiError(400, str(e))
+        options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections}
+        return await answer("ground", image, options, (caption, tuple(phrases) if phrases else None))
+
+    @app.post("/v1/refer", summary="Referring expressions: the box an expression describes")
+    async def refer(
+        image: UploadFile = File(..., description="The image."),
+        expression: str = Form(..., description='e.g. "the cat on the left".'),
+        top_k: int = Form(REFER_DEFAULTS["top_k"], ge=1, description="Boxes to return, best first."),
+    ):
+        if not expression.strip(" ."):
+            raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
+        return await answer("refer", image, {"top_k": top_k}, expression)
+
+    return app

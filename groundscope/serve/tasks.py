@@ -1,0 +1,93 @@
+"""The detector's three tasks as the server queues and batches them.
+
+A request becomes a batch key (its task and scalar options: requests may share a forward pass only when they
+share these, because `GroundingDetector` takes them once per call) and an `Item` (the decoded image and its own
+prompt: class list, caption and phrases, or expression, which the detector accepts per image).
+
+The defaults are the CLI's, so a request that names only its prompt gets the numbers `groundscope detect`,
+`ground` or `refer` write for the same image.
+
+The resize and normalisation a `GroundingDetector` applies to every image (tens of milliseconds on a CPU, more
+than the forward pass of a small model on a GPU) run in the server's decode pool too, so they overlap with the
+model instead of queueing in front of it: `prepare_input` makes the `PreparedImage` there, and `make_runner`
+calls a shallow copy of the detector whose `prepare` passes such inputs through. The copy shares the model,
+tokenizer and text cache; the caller's detector is left as it was. Preprocessing is deterministic, so the boxes
+are the ones the detector computes from the image itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from PIL import Image
+
+from groundscope.images import PreparedImage, preprocess
+from groundscope.models.detector import GroundingDetector
+
+# The CLI's defaults (groundscope/cli.py detect / ground / refer); tests/test_serve.py checks the answers match.
+DETECT_DEFAULTS = {"box_threshold": 0.3, "max_detections": 300}
+GROUND_DEFAULTS = {"box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 100}
+REFER_DEFAULTS = {"top_k": 1}
+TASKS = ("detect", "ground", "refer")
+
+
+@dataclass
+class Item:
+    """One request's per-image input.
+
+    Attributes:
+        image: what the detector receives: the decoded RGB image or its `PreparedImage` (see `prepare_input`).
+        prompt: detect: the class names; ground: (caption, phrases or None); refer: the expression.
+    """
+
+    image: Image.Image | PreparedImage
+    prompt: Any
+
+
+def prepare_input(detector, image: Image.Image) -> Image.Image | PreparedImage:
+    """The model-ready input for `image`: resized and normalised for a `GroundingDetector` (as its `prepare`
+    does), the image itself for any other detector-like object."""
+    if isinstance(detector, GroundingDetector):
+        return preprocess(image, *detector.image_size)
+    return image
+
+
+def _accepting_prepared(detector):
+    """A shallow copy of `detector` whose `prepare` passes `PreparedImage` inputs through unchanged."""
+    if not isinstance(detector, GroundingDetector):
+        return detector
+    view = copy.copy(detector)
+    own_prepare = detector.prepare
+
+    def prepare(images):
+        return [im if isinstance(im, PreparedImage) else own_prepare([im])[0] for im in images]
+
+    view.prepare = prepare  # an instance attribute: shadows the method on the copy only
+    return view
+
+
+def batch_key(task: str, **options: Any) -> tuple:
+    """Requests with equal keys run in one detector call: same task, same thresholds and limits."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return (task, tuple(sorted(options.items())))
+
+
+def make_runner(detector, batch_size: int) -> Callable[[Hashable, list[Item]], list]:
+    """``run(key, items) -> [Detections]``: one detector call for a batch of same-key items."""
+    detector = _accepting_prepared(detector)
+
+    def run(key: tuple, items: list[Item]) -> list:
+        task, options = key[0], dict(key[1])
+        images = [it.image for it in items]
+        if task == "detect":
+            return detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)
+        if task == "ground":
+            captions = [it.prompt[0] for it in items]
+            phrases = [it.prompt[1] for it in items]  # None for an item whose phrases are read off the tokens
+            return detector.ground(images, captions, phrases, batch_size=batch_size, **options)
+        return detector.refer(images, [it.prompt for it in items], batch_size=batch_size, **options)
+
+    return run

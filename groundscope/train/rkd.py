@@ -1,0 +1,315 @@
+"""`RkdTrainer`: fine-tune a grounding detector with RKD (``rkd.enabled: true`` in a detect config).
+
+Per batch, on top of the grounding loss (`Trainer`):
+
+* **Distillation** (``rkd.distill``): each image's cached regions (`groundscope.distill.regions`) are matched
+  one-to-one to the final decoder layer's boxes (Hungarian on L1 + GIoU; no class cost, the regions are
+  class-agnostic); the matched queries' features projected by the head's W are the student embeddings; L1 over
+  the regions and IRM over all regions of the batch (`groundscope.train.rkd_loss`).
+* **CLIP-text classifiers**: the head classifies every query against the teacher's text embeddings of the
+  prompt's class names (sigmoid focal loss, target = the class of the query's Hungarian-matched base box,
+  normalised by the number of boxes like the grounding loss).
+* **Pseudo max score** (``rkd.pseudo``): the image-level labels are put into the detection prompt without boxes
+  (their tokens are left out of the grounding loss, as an unannotated class must not be taught "absent"); each
+  cached pseudo-box picks the decoder query whose box fits it best (GIoU >= 0.5, not a base box's query) and that
+  query's token-level scores are pushed towards the label's tokens (BCE against the one-hot label over the
+  prompt's tokens); with weight transfer, the transfer classifier's class scores too.
+* **Weight transfer** (``rkd.weight_transfer``): the transfer classifier (projection MLP(W), W receives no
+  gradient from it) trains on the base boxes and the pseudo-boxes.
+
+The exported model folder holds the detector plus ``rkd_head/`` (`groundscope.models.rkd_head`); `load_detector`
+loads both and `detect` combines the scores by the head's rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from groundscope.distill.regions import ImageRegions, RegionCache, RegionSettings, embed_regions, read_image_labels
+from groundscope.distill.teacher import Teacher
+from groundscope.models.rkd_head import RKD_HEAD_DIR, RkdHead, RkdHeadConfig
+from groundscope.train.box_ops import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from groundscope.train.config import ConfigError
+from groundscope.train.data import PooledDataset
+from groundscope.train.loop import Trainer, TrainError, apply_freeze, frozen_modules
+from groundscope.train.losses import sigmoid_focal_loss
+from groundscope.train.progress import step_progress
+from groundscope.train.rkd_loss import pseudo_max_score_loss, rkd_irm_loss, rkd_l1_loss
+
+PSEUDO_MIN_GIOU = 0.5  # a pseudo-box no query has found yet teaches nothing (and would pick a random query)
+
+
+class _RkdJoint(torch.nn.Module):
+    """The detector's submodules under their own names plus the RKD head as ``rkd``: one namespace for freeze
+    prefixes, lr multipliers and parameter groups."""
+
+    def __init__(self, detector_model: torch.nn.Module, head: RkdHead):
+        super().__init__()
+        if any(True for _ in detector_model.named_parameters(recurse=False)):
+            raise TrainError("the detector has parameters outside its submodules; the RKD head cannot join it")
+        for name, child in detector_model.named_children():
+            self.add_module(name, child)
+        self.rkd = head
+
+
+def match_regions(pred_boxes: torch.Tensor, regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one assignment of K regions to Q predicted boxes (both (., 4) normalised cxcywh), cost
+    L1 - GIoU. Returns (query indices, region indices)."""
+    if regions.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    p, r = pred_boxes.detach().float(), regions.float()
+    cost = torch.cdist(p, r, p=1) - generalized_box_iou(cxcywh_to_xyxy(p), cxcywh_to_xyxy(r))
+    q, k = linear_sum_assignment(cost.cpu().numpy())
+    return q.astype(np.int64), k.astype(np.int64)
+
+
+def _normalised(boxes_xyxy: np.ndarray, width: int, height: int, flipped: bool) -> torch.Tensor:
+    """(N, 4) xyxy pixels of the original image -> (N, 4) cxcywh normalised, mirrored when the sample was."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
+    if flipped:
+        b = np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)
+    b = b / np.asarray([width, height, width, height], dtype=np.float64)
+    return xyxy_to_cxcywh(torch.as_tensor(b.clip(0, 1), dtype=torch.float32))
+
+
+class RkdTrainer(Trainer):
+    """`Trainer` + RKD's losses and head (see the module docstring)."""
+
+    def _setup_model(self, detector) -> None:
+        super()._setup_model(detector)
+        r, config = self.cfg.rkd, self.cfg
+        if self.head is not None:
+            raise ConfigError("rkd.enabled and caption.enabled: train the caption head and RKD in separate runs")
+        manifest = Path(r.regions) / "manifest.json"
+        teacher_source = r.teacher or RegionCache(r.regions).settings.teacher
+        if manifest.exists() and r.teacher:
+            cached = RegionCache(r.regions).settings.teacher
+            if Path(cached).resolve() != Path(r.teacher).resolve() and cached != r.teacher:
+                raise ConfigError(f"rkd.teacher '{r.teacher}' differs from the teacher of the region cache "
+                                  f"'{r.regions}' ({cached}); use that teacher or another rkd.regions folder")
+        self.teacher = Teacher(teacher_source, self.device, r.text_template)
+        self.teacher_source = teacher_source
+        self.rkd_head = RkdHead(RkdHeadConfig(int(self.model.config.d_model), self.teacher.dim, r.weight_transfer,
+                                              r.score_weight, str(teacher_source), r.text_template)).to(self.device)
+        self.trainable = _RkdJoint(self.model, self.rkd_head)
+        self.frozen = apply_freeze(self.trainable, config.model.freeze)
+        self._frozen_modules = frozen_modules(self.trainable, config.model.freeze)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._regions: dict[str, ImageRegions] = {}
+
+    def _setup_data(self):
+        dataset = super()._setup_data()
+        part = dataset.parts[0] if isinstance(dataset, PooledDataset) else dataset
+        r = self.cfg.rkd
+        self.cache = self._build_cache(part)
+        if r.pseudo:
+            labels = {}
+            for rec in part.records.images:
+                reg = self._image_regions(rec.filename)
+                labels[rec.filename] = reg.labels if reg is not None else []
+            part.unboxed_names = lambda rec: labels.get(rec.filename, [])
+        return dataset
+
+    def _build_cache(self, part) -> RegionCache:
+        """Finish (or reuse) the region cache for every training image."""
+        r = self.cfg.rkd
+        folder = Path(r.regions)
+        if (folder / "manifest.json").exists():
+            settings = RegionCache(folder).settings  # the cache's own settings win; new images get the same
+        else:
+            settings = RegionSettings(
+                teacher=str(self.teacher_source), detector=str(self.cfg.model.path), k=r.k,
+                proposal_prompts=list(r.proposal_prompts), proposal_top=r.proposal_top,
+                pseudo_template=r.pseudo_template, pseudo_threshold=r.pseudo_threshold, image_labels=r.image_labels,
+            )
+        labels = read_image_labels(settings.image_labels) if settings.image_labels else None
+        names = [rec.filename for rec in part.records.images]
+        self.model.eval()
+        with step_progress("RKD regions", len(names), self.console) as update:
+            done = 0
+
+            def on_image(_name, _reused):
+                nonlocal done
+                done += 1
+                update(done, "")
+
+            counts = embed_regions(self.detector, self.teacher, names, part.image_root, folder, settings, labels,
+                                   on_image)
+        self.detector.clear_cache()
+        if counts["failed"]:
+            first = next(iter(counts["failed"].items()))
+            raise TrainError(f"{len(counts['failed'])} training image(s) could not be embedded for RKD, e.g. "
+                             f"'{first[0]}': {first[1]}")
+        if counts["embedded"]:
+            self.console.print(f"RKD regions: {counts['embedded']} image(s) embedded, {counts['reused']} reused "
+                               f"from '{folder}'", highlight=False)
+        return RegionCache(folder)
+
+    def _image_regions(self, filename: str) -> ImageRegions | None:
+        if filename not in self._regions:
+            self._regions[filename] = self.cache.get(filename)
+        return self._regions[filename]
+
+    def _record(self, index: int):
+        ds = self.dataset
+        part = ds.parts[0] if isinstance(ds, PooledDataset) else ds
+        return part.records.images[index]
+
+    def _text(self, names: list[str]) -> torch.Tensor:
+        """(C, D) teacher text embeddings of class names (cached; the teacher is frozen)."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._text_cache]
+        if missing:
+            for n, e in zip(missing, self.teacher.embed_texts(missing)):
+                self._text_cache[n] = e.to(self.device)
+        if not names:
+            return torch.zeros((0, self.teacher.dim), device=self.device)
+        return torch.stack([self._text_cache[n] for n in names])
+
+    # ------------------------------------------------------------------ loss
+    def _batch_loss(self, batch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
+        r = self.cfg.rkd
+        out, dn = self._detector_forward(batch, autocast)
+        records = [self._record(i) for i in batch.indices]
+        regions = [self._image_regions(rec.filename) for rec in records]
+        # Tokens of prompt classes that have no box in the image (image-level labels) are left out of the box loss.
+        text_mask = out.text_mask.clone()
+        unboxed: list[set[int]] = []
+        for b, (prompt, target) in enumerate(zip(batch.prompts, batch.targets)):
+            labels = set(regions[b].labels) if (r.pseudo and regions[b] is not None) else set()
+            boxed = set(int(e) for e in target.entity.tolist())
+            ents = {e for e, name in enumerate(prompt.labels) if name in labels and e not in boxed}
+            unboxed.append(ents)
+            for e in ents:
+                text_mask[b, [t for t in prompt.token_spans[e] if t < text_mask.shape[1]]] = False
+        loss, parts = self._grounding_loss(out, batch, dn, text_mask)
+
+        last = out.decoder[-1]
+        feats = out.query_features  # (B, Q, d)
+        matches = self.criterion.match(last, batch.targets)
+        num_boxes = max(float(sum(len(t) for t in batch.targets)), 1.0)
+        extra: dict[str, torch.Tensor] = {}
+
+        # CLIP-text classifiers on base boxes (unboxed classes are not negatives either).
+        head_loss = feats.new_zeros((), dtype=torch.float32)
+        transfer_loss = feats.new_zeros((), dtype=torch.float32)
+        texts = []
+        for b, prompt in enumerate(batch.prompts):
+            names = list(prompt.labels)
+            text = self._text(names)
+            texts.append(text)
+            keep = [c for c in range(len(names)) if c not in unboxed[b]]
+            if not keep:
+                continue
+            target = torch.zeros((feats.shape[1], len(names)), device=feats.device)
+            q, t = matches[b]
+            if len(q):
+                target[q, batch.targets[b].entity.to(feats.device)[t]] = 1.0
+            logits = self.rkd_head.logits(feats[b].float(), text)[:, keep]
+            head_loss = head_loss + sigmoid_focal_loss(logits, target[:, keep]).sum() / num_boxes
+            if self.rkd_head.transfer is not None:
+                tl = self.rkd_head.transfer_logits(feats[b].float(), text)[:, keep]
+                transfer_loss = transfer_loss + sigmoid_focal_loss(tl, target[:, keep]).sum() / num_boxes
+        extra["rkd.head"] = r.head_weight * head_loss
+        if self.rkd_head.transfer is not None:
+            extra["rkd.transfer"] = r.head_weight * transfer_loss
+
+        # Distillation: matched queries' projections vs the teacher's region embeddings.
+        if r.distill:
+            students, teachers = [], []
+            for b, (rec, reg) in enumerate(zip(records, regions)):
+                if reg is None or not len(reg.boxes):
+                    continue
+                boxes = _normalised(reg.boxes, rec.width, rec.height, batch.flipped[b]).to(feats.device)
+                q, k = match_regions(last.boxes[b], boxes)
+                students.append(self.rkd_head.embed(feats[b, torch.as_tensor(q, device=feats.device)].float()))
+                teachers.append(torch.as_tensor(reg.embeddings[k], dtype=torch.float32, device=feats.device))
+            if students:
+                s, t = torch.cat(students), torch.cat(teachers)
+                extra["rkd.l1"] = r.l1_weight * rkd_l1_loss(s, t)
+                extra["rkd.irm"] = r.irm_weight * rkd_irm_loss(s, t)
+
+        # Pseudo max score on the pseudo-boxes' queries.
+        if r.pseudo:
+            tok_logits, tok_targets, tok_valid, cls_logits, cls_targets = [], [], [], [], []
+            for b, (rec, reg) in enumerate(zip(records, regions)):
+                if reg is None or not len(reg.pseudo_boxes):
+                    continue
+                prompt = batch.prompts[b]
+                entity_of = {name: e for e, name in enumerate(prompt.labels)}
+                boxes = _normalised(reg.pseudo_boxes, rec.width, rec.height, batch.flipped[b]).to(feats.device)
+                giou = generalized_box_iou(cxcywh_to_xyxy(last.boxes[b].detach().float()), cxcywh_to_xyxy(boxes))
+                taken = set(matches[b][0].tolist())
+                for j, label in enumerate(reg.pseudo_labels):
+                    e = entity_of.get(label)
+                    if e is None:
+                        continue  # the label did not fit the prompt's token budget
+                    col = giou[:, j].clone()
+                    if taken:
+                        col[list(taken)] = -2.0
+                    q = int(col.argmax())
+                    if float(col[q]) < PSEUDO_MIN_GIOU:
+                        continue
+                    length = last.logits.shape[-1]
+                    valid = torch.zeros(length, dtype=torch.bool, device=feats.device)
+                    valid[: out.text_mask.shape[1]] = out.text_mask[b]
+                    onehot = torch.zeros(length, device=feats.device)
+                    onehot[prompt.token_spans[e]] = 1.0
+                    tok_logits.append(last.logits[b, q])
+                    tok_targets.append(onehot)
+                    tok_valid.append(valid)
+                    if self.rkd_head.transfer is not None:
+                        cls_logits.append(self.rkd_head.transfer_logits(feats[b, q].float(), texts[b]))
+                        cls_targets.append(torch.nn.functional.one_hot(torch.tensor(e), len(prompt.labels))
+                                           .float().to(feats.device))
+            if tok_logits:
+                # -inf logits at padding are masked out through `valid`; replace them so the BCE stays finite
+                logits = torch.stack(tok_logits).float()
+                valid = torch.stack(tok_valid)
+                logits = torch.where(valid, logits, torch.zeros_like(logits))
+                pms = pseudo_max_score_loss(logits, torch.stack(tok_targets), valid)
+                if cls_logits:
+                    pms = pms + sum(pseudo_max_score_loss(lg[None], tg[None]) for lg, tg in zip(cls_logits, cls_targets)) / len(cls_logits)
+                extra["rkd.pms"] = r.pseudo_weight * pms
+                parts["rkd.pseudo_boxes"] = float(len(tok_logits))
+
+        for k, v in extra.items():
+            loss = loss + v
+            parts[k] = float(v.detach())
+        parts["loss"] = float(loss.detach())
+        return loss, parts
+
+    # ------------------------------------------------------------------ checkpoints / export
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rkd": self.rkd_head.state_dict()}
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        from groundscope.train import checkpoint as ckpt_io
+
+        ck = ckpt_io.load_checkpoint(path, map_location=self.device)
+        if "rkd" not in ck:
+            raise TrainError(f"'{path}' was written without an RKD head; resume it with rkd.enabled: false")
+        try:
+            self.rkd_head.load_state_dict(ck["rkd"])
+        except RuntimeError as e:
+            raise TrainError(f"the RKD head in '{path}' does not fit this one ({e}); resume with the same rkd "
+                             "settings (weight_transfer, teacher)") from e
+        super().load_checkpoint(path)
+
+    def export(self, dtype: torch.dtype) -> Path:
+        model_dir = super().export(dtype)
+        self.rkd_head.save(model_dir / RKD_HEAD_DIR, self.teacher_source)
+        return model_dir
+
+    def evaluate(self, final: bool = False) -> dict | None:
+        # Evaluate what `load_detector` will give: the detector with this head's scores combined.
+        from groundscope.models.rkd_head import RkdScorer
+
+        self.detector.rkd = RkdScorer(self.rkd_head, self.teacher)
+        try:
+            return super().evaluate(final)
+        finally:
+            self.detector.rkd = None

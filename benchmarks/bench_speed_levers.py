@@ -54,8 +54,6 @@ def timed(fn, repeats: int) -> float:
 
 def encoder_inputs(model, dtype=torch.float32):
     """Keyword arguments of one GroundingDinoEncoderLayer call at the real sizes."""
-    from groundscope.models import staged
-
     cfg = model.config
     g = torch.Generator().manual_seed(0)
     s = sum(h * w for h, w in SHAPES)
@@ -76,14 +74,15 @@ def encoder_inputs(model, dtype=torch.float32):
         text_position_embedding=None,
         text_self_attention_masks=~torch.eye(TEXT_LEN, dtype=torch.bool)[None],
         text_position_ids=pos,
-    ), staged
+    )
 
 
 def fast_copy(module, dtype=torch.float32):
+    """A copy with the fast path, as load_detector installs it: bf16 gets the C++ sampler, fp32 the sparse one."""
     from groundscope.models.fast.patch import apply_fast_path
 
     m = copy.deepcopy(module).to(dtype)
-    apply_fast_path(m)
+    apply_fast_path(m, kernel="cpp" if dtype == torch.bfloat16 else "sparse")
     return m
 
 
@@ -92,10 +91,15 @@ def lever_msda(model, repeats):
 
     from groundscope.models.fast import deform_attn
 
+    from groundscope.models.fast import msda_cpp
+
     g = torch.Generator().manual_seed(0)
     s = sum(h * w for h, w in SHAPES)
     value = torch.randn((1, s, 8, 32), generator=g)
-    loc = torch.rand((1, s, 8, 4, 4, 2), generator=g) * 1.1 - 0.05
+    # As in the encoder: each query samples around its own pixel (the level grid), a few pixels away.
+    grid = torch.cat([torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w,
+                                                 indexing="ij")[::-1], -1).reshape(-1, 2) for h, w in SHAPES])
+    loc = grid.view(1, s, 1, 1, 1, 2) + torch.randn((1, s, 8, 4, 4, 2), generator=g) * 0.01
     aw = torch.softmax(torch.randn((1, s, 8, 16), generator=g), -1).view(1, s, 8, 4, 4)
     shapes = torch.tensor(SHAPES)
     ref = MultiScaleDeformableAttention()
@@ -110,11 +114,14 @@ def lever_msda(model, repeats):
             rows.append((f"msda sparse-dense, compiled index math, {label}",
                          timed(lambda: deform_attn.multi_scale_deformable_attention(v, SHAPES, lo, a), repeats)))
         deform_attn.compile_index_math(False)
+        if msda_cpp.kernel() is not None:
+            rows.append((f"msda C++ kernel, {label}",
+                         timed(lambda: msda_cpp.multi_scale_deformable_attention(v, SHAPES, lo, a), repeats)))
     return rows
 
 
 def lever_fusion(model, repeats):
-    kwargs, _ = encoder_inputs(model)
+    kwargs = encoder_inputs(model)
     layer = model.model.encoder.layers[0].fusion_layer
     rows = []
     for label, dt in (("fp32", torch.float32), ("bf16 weights", torch.bfloat16)):
@@ -128,7 +135,7 @@ def lever_fusion(model, repeats):
 
 
 def lever_deformable(model, repeats):
-    kwargs, _ = encoder_inputs(model)
+    kwargs = encoder_inputs(model)
     layer = model.model.encoder.layers[0].deformable_layer
     rows = []
     for label, dt in (("fp32", torch.float32), ("bf16 weights", torch.bfloat16)):
@@ -144,7 +151,7 @@ def lever_deformable(model, repeats):
 
 
 def lever_layer(model, repeats):
-    kwargs, _ = encoder_inputs(model)
+    kwargs = encoder_inputs(model)
     layer = model.model.encoder.layers[0]
     bf = {k: (v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
     ref, fast, fast_bf16 = copy.deepcopy(layer), fast_copy(layer), fast_copy(layer, torch.bfloat16)
@@ -167,6 +174,7 @@ def lever_backbone(model, repeats):
     mask = torch.ones((1, 800, 1333), dtype=torch.long)
     backbone = model.model.backbone
     bf = copy.deepcopy(backbone).to(torch.bfloat16)
+    fast, fast_bf = fast_copy(backbone), fast_copy(backbone, torch.bfloat16)  # chunked Swin MLPs
 
     def autocast_call():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -176,6 +184,8 @@ def lever_backbone(model, repeats):
         ("Swin-T backbone 800x1333, fp32", timed(lambda: backbone(px, mask), repeats)),
         ("Swin-T backbone 800x1333, bf16 weights", timed(lambda: bf(px.bfloat16(), mask), repeats)),
         ("Swin-T backbone 800x1333, fp32 weights under bf16 autocast", timed(autocast_call, repeats)),
+        ("Swin-T backbone, fast path (chunked MLPs), fp32", timed(lambda: fast(px, mask), repeats)),
+        ("Swin-T backbone, fast path (chunked MLPs), bf16 weights", timed(lambda: fast_bf(px.bfloat16(), mask), repeats)),
     ]
 
 
@@ -211,7 +221,7 @@ def lever_decoder(model, repeats):
 
 
 def lever_compile(model, repeats):
-    kwargs, _ = encoder_inputs(model)
+    kwargs = encoder_inputs(model)
     layer = model.model.encoder.layers[0]
     bf = {k: (v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in kwargs.items()}
     rows = []

@@ -64,6 +64,38 @@ def test_compiled_kernel_equals_transformers_function():
         torch.testing.assert_close(half.float(), ref, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("where", ["encoder", "decoder"])
+def test_fused_deformable_module_equals_transformers_module(tiny_mm_dir, where):
+    """The bf16 path's deformable module (softmax + locations + sampling in the kernel), run in fp32 here: the
+    same output as transformers' module, for the encoder's points and the decoder's boxes, with padding."""
+    from groundscope.models.fast import msda_cpp
+
+    if msda_cpp.kernel() is None:
+        pytest.skip("no C++ toolchain to build the deformable-attention kernel")
+    det = gs.load_detector(tiny_mm_dir, fast=False)
+    ref = (det.model.model.encoder.layers[0].deformable_layer.self_attn if where == "encoder"
+           else det.model.model.decoder.layers[0].encoder_attn)
+    fast = copy.deepcopy(ref)
+    apply_fast_path(fast, kernel="cpp")
+    assert type(fast).__name__.startswith("Fast")
+    shapes = [(13, 17), (7, 9), (4, 5), (2, 3)]
+    s = sum(h * w for h, w in shapes)
+    d = det.model.config.d_model
+    g = torch.Generator().manual_seed(0)
+    q = s if where == "encoder" else 30
+    valid = torch.ones((1, s), dtype=torch.bool)
+    valid[0, -5:] = False
+    kw = dict(attention_mask=valid, encoder_hidden_states=torch.randn((1, s, d), generator=g),
+              position_embeddings=torch.randn((1, q, d), generator=g),
+              reference_points=torch.rand((1, q, 4, 2 if where == "encoder" else 4), generator=g) * 0.8 + 0.1,
+              spatial_shapes=torch.tensor(shapes), spatial_shapes_list=shapes, level_start_index=None)
+    hidden = torch.randn((1, q, d), generator=g)
+    with torch.no_grad():
+        expected, _ = ref(hidden, **kw)
+        got, _ = fast(hidden, **kw)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_deformable_attention_exact_sample_points():
     """Samples on pixel centres and far outside the image: plain reads and zeros."""
     from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
@@ -114,7 +146,7 @@ def test_patched_model_detects_like_the_unpatched(tiny_model_dir, example_photo)
     classes = ["cat", "remote control", "couch", "bed"]
     plain = gs.load_detector(tiny_model_dir, fast=False)
     fast = gs.load_detector(tiny_model_dir)
-    assert apply_fast_path(fast.model) == {"deformable_attention": 3, "fusion_attention": 1}  # idempotent
+    assert apply_fast_path(fast.model) == {"deformable_attention": 3, "fusion_attention": 1, "deformable_layer": 1, "backbone_mlp": 4}  # idempotent
     a = plain.detect(example_photo, classes, max_detections=50)
     b = fast.detect(example_photo, classes, max_detections=50)
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)

@@ -140,10 +140,9 @@ def load_detector(
     from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer
 
     from groundscope.models.detector import GroundingDetector
-    from groundscope.models.fast.precision import PRECISIONS
+    from groundscope.models.fast.precision import check_precision
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision != "fp32" and dtype is not None:
         raise ValueError(f"pass either dtype ({dtype}) or precision='{precision}', not both")
     source, display = resolve(name_or_path)

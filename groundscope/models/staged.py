@@ -249,9 +249,13 @@ def fuse_and_decode_padded(
             memory.float() if _mixed_bf16(detector) else memory, ~images.mask, images.spatial_shapes_list
         )
         enc_class = m.encoder_output_class_embed(object_query, memory_text, text_mask)
-        enc_coords = m.encoder_output_bbox_embed(object_query) + output_proposals
         topk = torch.topk(enc_class.max(-1)[0], cfg.num_queries, dim=1)[1]
-        reference_points = torch.gather(enc_coords, 1, topk.unsqueeze(-1).repeat(1, 1, 4)).detach().sigmoid()
+        # The box MLP is row-wise, so it runs on the num_queries selected tokens only (not all ~22k of an
+        # 800x1333 image, as the reference does before gathering): the same boxes for 4% of the work.
+        selected = torch.gather(object_query, 1, topk.unsqueeze(-1).repeat(1, 1, object_query.shape[-1]))
+        enc_coords = m.encoder_output_bbox_embed(selected) + torch.gather(
+            output_proposals, 1, topk.unsqueeze(-1).repeat(1, 1, 4))
+        reference_points = enc_coords.detach().sigmoid()
         if query_embeds is not None:
             target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
         else:
@@ -275,13 +279,11 @@ def fuse_and_decode_padded(
         self_attn_mask = self_attn_mask.masked_fill(blocked, torch.finfo(target.dtype).min)[None, None]
     init_reference = reference_points
 
-    # precision="bf16" keeps the decoder in fp32: cast the memory once here rather than in all its layers.
-    dec_memory = memory.float() if _mixed_bf16(detector) else memory
     # A Python int (not reference_points.shape[1]), so an exporter's tracer sees a constant, not a tensor.
     with _decoder_query_count(m.decoder, cfg.num_queries + num_dn):
         dec = m.decoder(
             inputs_embeds=target,
-            vision_encoder_hidden_states=dec_memory,
+            vision_encoder_hidden_states=memory,
             vision_encoder_attention_mask=images.mask,
             text_encoder_hidden_states=memory_text,
             text_encoder_attention_mask=~text_mask,

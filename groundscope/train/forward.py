@@ -107,8 +107,10 @@ def forward_train(
         with _Recorder(m.encoder_output_class_embed, m.encoder_output_bbox_embed) as rec:
             raw = staged.fuse_and_decode(model, images, texts, denoising)
         # The first class-embed call scores every memory token (B, S, L); the second scores the decoder queries.
+        # The box head runs on the top-k selected tokens only (B, num_queries, 4): staged skips the other rows.
         enc_class, enc_delta = rec.outputs[0][0], rec.outputs[1][0]
-        if enc_class.shape[1] != raw.memory.shape[1] or enc_delta.shape[1] != raw.memory.shape[1]:
+        k = model.config.num_queries
+        if enc_class.shape[1] != raw.memory.shape[1] or enc_delta.shape[1] not in (raw.memory.shape[1], k):
             raise RuntimeError(
                 "unexpected encoder head calls in the staged forward "
                 f"(class {tuple(enc_class.shape)}, box {tuple(enc_delta.shape)}, memory {tuple(raw.memory.shape)}); "
@@ -119,9 +121,12 @@ def forward_train(
             _, anchors = m.generate_encoder_output_proposals(
                 raw.memory.detach().float(), ~images.mask, images.spatial_shapes_list
             )
-        topk = torch.topk(enc_class.max(-1)[0], model.config.num_queries, dim=1)[1]
+        topk = torch.topk(enc_class.max(-1)[0], k, dim=1)[1]
         logits = torch.gather(enc_class, 1, topk[..., None].expand(-1, -1, enc_class.shape[-1]))
-        coords = torch.gather(enc_delta + anchors, 1, topk[..., None].expand(-1, -1, 4))
+        anchors_k = torch.gather(anchors, 1, topk[..., None].expand(-1, -1, 4))
+        if enc_delta.shape[1] == raw.memory.shape[1]:
+            enc_delta = torch.gather(enc_delta, 1, topk[..., None].expand(-1, -1, 4))
+        coords = enc_delta + anchors_k
         encoder = Predictions(logits, coords.sigmoid())
     decoder = [Predictions(raw.all_logits[k], raw.all_boxes[k]) for k in range(raw.all_logits.shape[0])]
     dn = None

@@ -33,6 +33,7 @@ from groundscope.distill.regions import ImageRegions, RegionCache, RegionSetting
 from groundscope.distill.teacher import Teacher
 from groundscope.models.rkd_head import RKD_HEAD_DIR, RkdHead, RkdHeadConfig
 from groundscope.train.box_ops import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from groundscope.train import distributed as dist_
 from groundscope.train.config import ConfigError
 from groundscope.train.data import PooledDataset
 from groundscope.train.loop import Trainer, TrainError, apply_freeze, frozen_modules
@@ -128,6 +129,9 @@ class RkdTrainer(Trainer):
             )
         labels = read_image_labels(settings.image_labels) if settings.image_labels else None
         names = [rec.filename for rec in part.records.images]
+        if not self.dist.is_main:  # several processes: rank 0 builds the cache, the others read it when it is done
+            dist_.barrier()
+            return RegionCache(folder)
         self.model.eval()
         with step_progress("RKD regions", len(names), self.console) as update:
             done = 0
@@ -140,6 +144,7 @@ class RkdTrainer(Trainer):
             counts = embed_regions(self.detector, self.teacher, names, part.image_root, folder, settings, labels,
                                    on_image)
         self.detector.clear_cache()
+        dist_.barrier()
         if counts["failed"]:
             first = next(iter(counts["failed"].items()))
             raise TrainError(f"{len(counts['failed'])} training image(s) could not be embedded for RKD, e.g. "

@@ -66,6 +66,87 @@ static void sample(const scalar_t* value, const float* loc, const float* attn, f
   });
 }
 
+// The whole sampling step of GroundingDinoMultiscaleDeformableAttention after its three projections: softmax of
+// the attention logits over L*P, sampling locations from the reference points and offsets, bilinear sampling.
+// ref: (B, Q, L, 2) points or (B, Q, L, 4) boxes (fp32); offsets: (B, Q, H, L, P, 2); logits: (B, Q, H, L*P).
+template <typename scalar_t, typename param_t>
+static void fused(const scalar_t* value, const float* ref, int64_t ref_dim, const param_t* offsets,
+                  const param_t* logits, float* out, const std::vector<int64_t>& hs,
+                  const std::vector<int64_t>& ws, const std::vector<int64_t>& starts, int64_t B, int64_t S,
+                  int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P) {
+  at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(D), attn(L * P);
+    for (int64_t bq = begin; bq < end; ++bq) {
+      const int64_t b = bq / Q;
+      const float* r = ref + bq * L * ref_dim;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t first = (bq * H + h) * L * P;
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t i = 0; i < L * P; ++i) { attn[i] = static_cast<float>(logits[first + i]); mx = std::max(mx, attn[i]); }
+        for (int64_t i = 0; i < L * P; ++i) { attn[i] = std::exp(attn[i] - mx); sum += attn[i]; }
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t hl = hs[l], wl = ws[l];
+          const scalar_t* level = value + ((b * S + starts[l]) * H + h) * D;
+          const float* rl = r + l * ref_dim;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = first + l * P + p;
+            const float a = attn[l * P + p] / sum;
+            const float ox = static_cast<float>(offsets[2 * i]), oy = static_cast<float>(offsets[2 * i + 1]);
+            float lx, ly;
+            if (ref_dim == 2) { lx = rl[0] + ox / wl; ly = rl[1] + oy / hl; }
+            else { lx = rl[0] + ox / P * rl[2] * 0.5f; ly = rl[1] + oy / P * rl[3] * 0.5f; }
+            const float x = lx * wl - 0.5f, y = ly * hl - 0.5f;
+            const float xf = std::floor(x), yf = std::floor(y);
+            const int64_t x0 = (int64_t)xf, y0 = (int64_t)yf;
+            const float fx = x - xf, fy = y - yf;
+            const float w[4] = {(1.f - fx) * (1.f - fy) * a, fx * (1.f - fy) * a, (1.f - fx) * fy * a, fx * fy * a};
+            for (int c = 0; c < 4; ++c) {
+              const int64_t xx = x0 + (c & 1), yy = y0 + (c >> 1);
+              if (xx < 0 || yy < 0 || xx >= wl || yy >= hl) continue;
+              const scalar_t* v = level + (yy * wl + xx) * H * D;
+              const float wc = w[c];
+              for (int64_t d = 0; d < D; ++d) acc[d] += wc * static_cast<float>(v[d]);
+            }
+          }
+        }
+        float* o = out + (bq * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = acc[d];
+      }
+    }
+  });
+}
+
+torch::Tensor msda_fused_forward(torch::Tensor value, std::vector<int64_t> hs, std::vector<int64_t> ws,
+                                 torch::Tensor ref, torch::Tensor offsets, torch::Tensor logits) {
+  TORCH_CHECK(value.dim() == 4 && ref.dim() == 4 && offsets.dim() == 6 && logits.dim() == 4,
+              "value (B,S,H,D), ref (B,Q,L,2|4), offsets (B,Q,H,L,P,2), logits (B,Q,H,L*P)");
+  TORCH_CHECK(offsets.scalar_type() == logits.scalar_type(), "offsets and logits must share a dtype");
+  value = value.contiguous();
+  ref = ref.to(torch::kFloat).contiguous();
+  offsets = offsets.contiguous();
+  logits = logits.contiguous();
+  const int64_t B = value.size(0), S = value.size(1), H = value.size(2), D = value.size(3);
+  const int64_t Q = offsets.size(1), L = offsets.size(3), P = offsets.size(4);
+  std::vector<int64_t> starts(L);
+  int64_t s = 0;
+  for (int64_t l = 0; l < L; ++l) { starts[l] = s; s += hs[l] * ws[l]; }
+  TORCH_CHECK(s == S, "spatial shapes cover ", s, " positions but value has ", S);
+  auto out = torch::empty({B, Q, H * D}, value.options().dtype(torch::kFloat));
+  const int64_t rd = ref.size(3);
+  auto v = value.scalar_type() == torch::kBFloat16 ? value : value.to(torch::kFloat);
+  auto par = offsets.scalar_type() == torch::kBFloat16 ? offsets : offsets.to(torch::kFloat);
+  auto lg = logits.scalar_type() == torch::kBFloat16 ? logits : logits.to(torch::kFloat);
+  const bool vb = v.scalar_type() == torch::kBFloat16, pb = par.scalar_type() == torch::kBFloat16;
+  float* o = out.data_ptr<float>();
+  const float* rp = ref.data_ptr<float>();
+  if (vb && pb) fused<at::BFloat16, at::BFloat16>(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
+  else if (vb) fused<at::BFloat16, float>(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
+  else if (pb) fused<float, at::BFloat16>(v.data_ptr<float>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
+  else fused<float, float>(v.data_ptr<float>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
+  return out.to(value.scalar_type());
+}
+
 torch::Tensor msda_forward(torch::Tensor value, std::vector<int64_t> hs, std::vector<int64_t> ws,
                            torch::Tensor loc, torch::Tensor attn) {
   TORCH_CHECK(value.dim() == 4 && loc.dim() == 6 && attn.dim() == 5, "value (B,S,H,D), loc (B,Q,H,L,P,2), attn (B,Q,H,L,P)");
@@ -105,10 +186,10 @@ def kernel():
             from torch.utils.cpp_extension import load_inline
 
             capability = torch.backends.cpu.get_cpu_capability().lower()  # -march=native code is per CPU kind
-            print("groundscope: compiling the deformable-attention CPU kernel (once per machine, ~1 minute) ...",
+            print("groundscope: loading the deformable-attention CPU kernel (compiled on first use, ~1 minute) ...",
                   file=sys.stderr, flush=True)
             module = load_inline(
-                name=f"groundscope_msda_{capability}", cpp_sources=[SOURCE], functions=["msda_forward"],
+                name=f"groundscope_msda_{capability}", cpp_sources=[SOURCE], functions=["msda_forward", "msda_fused_forward"],
                 extra_cflags=["-O3", "-march=native"], verbose=False,
             )
         except Exception as e:  # no compiler, no ninja, no headers: the sparse-dense product does the same work
@@ -133,3 +214,28 @@ def multi_scale_deformable_attention(
     hs = [int(h) for h, _ in spatial_shapes_list]
     ws = [int(w) for _, w in spatial_shapes_list]
     return ext.msda_forward(value, hs, ws, sampling_locations, attention_weights)
+
+
+def fused_deformable_attention(
+    value: torch.Tensor,
+    spatial_shapes_list: list[tuple[int, int]],
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax, sampling locations and sampling of GroundingDinoMultiscaleDeformableAttention in one pass.
+
+    Args:
+        value: (B, S, heads, D).
+        reference_points: (B, Q, L, 2) normalised points (encoder) or (B, Q, L, 4) boxes (decoder); fp32 kept.
+        sampling_offsets: (B, Q, heads, L, P, 2), the sampling_offsets projection's output.
+        attention_logits: (B, Q, heads, L * P), the attention_weights projection's output (before softmax).
+    Returns:
+        (B, Q, heads * D) in value's dtype, as the reference's sampling core returns it.
+    """
+    ext = kernel()
+    if ext is None:
+        raise RuntimeError("the deformable-attention kernel is not available on this machine")
+    hs = [int(h) for h, _ in spatial_shapes_list]
+    ws = [int(w) for _, w in spatial_shapes_list]
+    return ext.msda_fused_forward(value, hs, ws, reference_points, sampling_offsets, attention_logits)

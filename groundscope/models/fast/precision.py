@@ -1,10 +1,11 @@
 """bf16 execution of a loaded detector: bf16 weights and activations for the heavy layers, fp32 where boxes and
 scores are made.
 
-Measured at Grounding-DINO-T size (benchmarks/results/speed_levers.md): bf16 *weights* beat fp32 weights under
-``torch.autocast`` by ~1.7x per encoder layer, because autocast re-casts activations around every matmul while
-the layers' cost is mostly memory traffic (elementwise passes over 22k x 256-2048 activations), which bf16
-activations halve. So the model itself is converted, except for the numerically sensitive parts, which stay fp32:
+Measured at Grounding-DINO-T size (benchmarks/results/speed_levers.md): for the fusion encoder, bf16 *weights*
+beat fp32 weights under ``torch.autocast`` by ~1.7x per layer, because autocast re-casts activations around every
+matmul while the layers' cost is mostly memory traffic (elementwise passes over 22k x 256-2048 activations), which
+bf16 activations halve (for the Swin backbone the two are even). So the backbone and the encoder are converted;
+the numerically sensitive parts stay fp32:
 
 - the box heads (``bbox_embed``, shared by the decoder's iterative refinement, and ``encoder_output_bbox_embed``):
   a box is sigmoid(delta + logit(reference)), and bf16's 8-bit mantissa would move boxes by pixels;
@@ -12,11 +13,11 @@ activations halve. So the model itself is converted, except for the numerically 
 - the two-stage query selection (``enc_output``, ``enc_output_norm``), which `staged.fuse_and_decode_padded`
   feeds with fp32 memory, so proposals and their top-k are computed in fp32;
 - reference points and valid ratios (fp32 in `staged`), so deformable sampling locations are fp32 too;
-- the cheap parts whose bf16 rounding measurably moved a trained model's (nano's) boxes and scores: the
-  decoder (900 queries, not 22k tokens), the text tower (its encodings are cached across images) and the
-  input projections (1x1 convolutions + GroupNorm per level).
+- cheap parts: the text tower (its encodings are cached across images) and the input projections (1x1
+  convolutions + GroupNorm per level, which shape every encoder input).
 
-So bf16 covers the Swin backbone and the fusion encoder, which are ~95% of the fp32 time at 800x1333.
+So bf16 covers the Swin backbone, the fusion encoder and the decoder layers. (Keeping the decoder in fp32 as
+well did not change the share of a trained model's top-100 that bf16 reproduces: 86% either way on nano.)
 
 Dtypes meet at module boundaries: each module with weights casts its floating inputs to its weights' dtype (a
 forward pre-hook), and the fp32 heads cast theirs up.
@@ -39,11 +40,9 @@ FP32_PARTS = (
     "model.enc_output",
     "model.enc_output_norm",
     "model.reference_points",
-    # Cheap parts (the decoder runs 900 queries, not 22k tokens; a prompt's text encoding is cached across
-    # images) whose bf16 rounding measurably moved boxes and scores of a trained model (nano): fp32 too.
-    "model.input_proj_vision",  # 1x1 convs + GroupNorm per level: cheap, and they shape every encoder input
-    "model.decoder",
-    "model.query_position_embeddings",
+    # Cheap parts: the input projections (1x1 convs + GroupNorm per level, which shape every encoder input) and
+    # the text tower (a prompt's encoding is cached across images).
+    "model.input_proj_vision",
     "model.text_backbone",
     "model.text_projection",
 )

@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--test-seed", type=int, default=3)
     ap.add_argument("--test-n", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("runs/rkd_bench"))
+    ap.add_argument("--grounding-only", default=None, help="arms also scored by the grounding score alone "
+                                                           "(default: every arm with a head)")
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "groundscope")
     out = args.out
@@ -147,7 +149,8 @@ def main() -> None:
 
     # The arms with a head, scored by the grounding score alone (the head's weight set to 0): what the training
     # did to the detector itself, apart from the CLIP-text classifier's vote at inference.
-    for name in [n for n in args.arms.split(",") if n != "baseline"]:
+    heads = [n for n in args.arms.split(",") if n != "baseline"]
+    for name in heads if args.grounding_only is None else [n for n in args.grounding_only.split(",") if n]:
         key = f"{name}/grounding_only"
         if key in results["eval"]:
             continue

@@ -270,6 +270,8 @@ class RkdTrainer(Trainer):
                         cls_logits.append(self.rkd_head.transfer_logits(feats[b, q].float(), texts[b]))
                         cls_targets.append(torch.nn.functional.one_hot(torch.tensor(e), len(prompt.labels))
                                            .float().to(feats.device))
+            extra["rkd.pms"] = feats.new_zeros((), dtype=torch.float32)  # logged as 0 when no query fits a pseudo-box
+            parts["rkd.pseudo_boxes"] = float(len(tok_logits))
             if tok_logits:
                 # -inf logits at padding are masked out through `valid`; replace them so the BCE stays finite
                 logits = torch.stack(tok_logits).float()
@@ -279,7 +281,6 @@ class RkdTrainer(Trainer):
                 if cls_logits:
                     pms = pms + sum(pseudo_max_score_loss(lg[None], tg[None]) for lg, tg in zip(cls_logits, cls_targets)) / len(cls_logits)
                 extra["rkd.pms"] = r.pseudo_weight * pms
-                parts["rkd.pseudo_boxes"] = float(len(tok_logits))
 
         for k, v in extra.items():
             loss = loss + v

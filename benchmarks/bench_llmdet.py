@@ -24,32 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cli_runs import REPO, run, sets  # benchmarks/ is on sys.path when a script runs
 KEYS = ["base_AP", "base_AP50", "novel_AP50", "synonyms_AP50", "rec_P@1"]
-
-
-def run(cmd: list[str], log: Path) -> float:
-    """Run a command with its output appended to `log`; returns the seconds it took."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - start
-
-
-def sets(*pairs: str) -> list[str]:
-    return [x for p in pairs for x in ("--set", p)]
 
 
 def caption_check(model_dir: Path, test_dir: Path, n: int, out: Path) -> dict:

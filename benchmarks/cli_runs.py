@@ -1,0 +1,29 @@
+"""Running groundscope's own CLI from a benchmark: every arm of an ablation is a command a user can rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command with its output appended to `log`; returns the seconds it took."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - start
+
+
+def sets(*pairs: str) -> list[str]:
+    """``--set`` overrides for `groundscope train`."""
+    return [x for p in pairs for x in ("--set", p)]

@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli_runs import REPO, run, sets  # benchmarks/ is on sys.path when a script runs
+from cli_runs import REPO, results_journal, run, sets  # benchmarks/ is on sys.path when a script runs
 KEYS = ["base_AP", "base_AP50", "novel_AP50", "synonyms_AP50", "rec_P@1"]
 
 
@@ -65,11 +65,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "bench.log"
-    results_file = out / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-
-    def save():
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
+    results, save = results_journal(out)
 
     if not (args.lm / "config.json").exists():
         results["lm_seconds"] = run([exe, "pretrain-lm", "--data", "data/synth_train/groundingcap.jsonl",

@@ -32,7 +32,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli_runs import REPO, run, sets  # benchmarks/ is on sys.path when a script runs
+from cli_runs import REPO, results_journal, run, sets  # benchmarks/ is on sys.path when a script runs
 KEYS = ["base_AP50", "novel_AP50", "base_AP", "rec_P@1"]
 ARMS = {
     "baseline": ("plain grounding fine-tuning on base boxes", ["rkd.enabled=false"]),
@@ -83,11 +83,7 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = out / "bench.log"
-    results_file = out / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-
-    def save():
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
+    results, save = results_journal(out)
 
     worlds = {"ovd": (Path("data/synth_ovd"), 2000, 5), "clip": (Path("data/synth_clip"), 1500, 6),
               "test": (Path(f"data/synth_seed{args.test_seed}"), args.test_n, args.test_seed)}

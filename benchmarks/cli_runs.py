@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +29,15 @@ def run(cmd: list[str], log: Path) -> float:
 def sets(*pairs: str) -> list[str]:
     """``--set`` overrides for `groundscope train`."""
     return [x for p in pairs for x in ("--set", p)]
+
+
+def results_journal(out: Path) -> tuple[dict, Callable[[], None]]:
+    """``OUT/results.json`` as a dict (empty when new) and a function that writes it back: a rerun of a benchmark
+    skips what the journal already holds."""
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+    return results, save

@@ -65,14 +65,16 @@ def in_thread(fn, *args):
     return out[0]
 
 
-def start_server(model: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None
+                 ) -> tuple[subprocess.Popen, str]:
     """`groundscope serve` on a free loopback port; returns the process and its URL once it answers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op pool reads it at start-up
     proc = subprocess.Popen(
         [sys.executable, "-c", "from groundscope.cli import main; main()", "serve", "--model", model,
-         "--port", "0", "--max-batch", str(max_batch)],
+         "--port", "0", "--max-batch", str(max_batch)]
+        + (["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else []),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
     log: list[str] = []
@@ -113,6 +115,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=48, help="Requests per concurrency level (and direct calls).")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="The server's --max-wait-ms (default: its own).")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (server and direct API).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,7 +138,7 @@ def main() -> None:
     rows.append(("Python API, direct, 1 at a time (a worker thread)", *in_thread(direct_api, det, args.requests)))
     del det
     image = IMAGE.read_bytes()
-    proc, url = start_server(args.model, args.max_batch, args.threads)
+    proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms)
     try:
         for c in args.concurrency:
             rps, lat = load(url, image, c, args.requests)

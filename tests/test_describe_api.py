@@ -11,14 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from groundscope.cli import app
 from groundscope.describe import (
-    DamConfig,
-    DamModel,
     Describer,
     Region,
     load_describer,
@@ -30,30 +27,6 @@ from groundscope.models.loading import ModelLoadError
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def dam_dir(tmp_path_factory) -> Path:
-    from tokenizers import processors
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    from groundscope.train.world_lm import build_world_lm, build_world_tokenizer
-
-    cfg = DamConfig()
-    texts = [f"{cfg.system} USER: {cfg.prompt} {cfg.video_prompt} ASSISTANT:".replace("<image>", ""),
-             "A small red circle.", "The blue square in the corner is striped."]
-    tok = build_world_tokenizer(texts)
-    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
-    torch.manual_seed(0)
-    vision = SiglipVisionModel(SiglipVisionConfig(image_size=24, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                  num_hidden_layers=3, num_attention_heads=2))
-    lm = build_world_lm(tok, hidden=32, layers=1, heads=2)
-    # Never end on the first token, so every description has words (a random LM may favour EOS).
-    with torch.no_grad():
-        lm.get_output_embeddings().weight[tok.eos_token_id].zero_()
-    model = DamModel.from_parts(DamConfig(image_size=24, max_new_tokens=5, temperature=0.0), vision, lm, tok).eval()
-    return model.save(tmp_path_factory.mktemp("dam") / "tiny-dam")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is not installed")
@@ -108,6 +109,64 @@ def test_answer_is_the_clis_json(nano, synth_bytes, tmp_path, monkeypatch, task,
     assert r.json() == cli_record
 
 
+# ---------------------------------------------------------------------------- describe
+def test_describe_answer_is_the_clis_json(nano, dam_dir, synth_bytes, tmp_path):
+    """Boxes, a mask upload and points in one request: the answer is `groundscope describe --json`'s object."""
+    from PIL import Image
+
+    from groundscope.describe import region_to_mask
+
+    image = tmp_path / "synth.png"
+    image.write_bytes(synth_bytes)
+    mask = tmp_path / "m.png"
+    Image.fromarray(region_to_mask((429, 601), box=(40, 30, 160, 120)).astype(np.uint8) * 255).save(mask)
+    res = CliRunner().invoke(cli_app, ["describe", str(image), "-m", str(dam_dir), "--box", "200,100,320,220",
+                                       "--mask", str(mask), "--points", "50,60;55,65", "--json"])
+    assert res.exit_code == 0, res.output
+    cli_record = json.loads(res.stdout.strip().splitlines()[-1])
+    cli_record["image"] = str(image)  # the API echoes the upload's file name
+    cli_record["regions"][1]["name"] = f"mask {mask}"
+    with TestClient(create_app(nano, describer=dam_dir)) as client:
+        r = client.post("/v1/describe", files=[("image", (str(image), synth_bytes, "image/png")),
+                                               ("mask", (str(mask), mask.read_bytes(), "image/png"))],
+                        data={"box": "200,100,320,220", "points": "50,60;55,65"})
+        assert r.status_code == 200, r.text
+        assert r.json() == cli_record
+        assert client.get("/healthz").json()["describer"] == str(dam_dir)
+        # the expression form: the served detector's top-1 box is described
+        r = client.post("/v1/describe", files={"image": ("s.png", synth_bytes)}, data={"expression": "pink cross"})
+        (region,) = r.json()["regions"]
+        assert r.status_code == 200 and region["expression"] == "pink cross" and region["text"]
+        assert region["box"] == [round(v, 2) for v in nano.refer(image, "pink cross").xyxy[0].tolist()]
+
+
+def test_describe_bad_input_is_400_and_no_describer_is_501(nano, dam_dir, synth_bytes):
+    with TestClient(create_app(nano)) as client:
+        r = client.post("/v1/describe", files={"image": ("s.png", synth_bytes)}, data={"box": "1,2,30,40"})
+        assert r.status_code == 501 and "--describer dam-nano" in r.json()["error"]
+    with TestClient(create_app(nano, describer=dam_dir)) as client:
+        def describe(data, files=()):
+            return client.post("/v1/describe", files=[("image", ("s.png", synth_bytes, "image/png")), *files],
+                               data=data)
+
+        r = describe({"box": "30,40,10"})
+        assert r.status_code == 400 and "form field 'box'" in r.json()["error"]
+        r = describe({})
+        assert r.status_code == 400 and "no region given" in r.json()["error"]
+        r = describe({"box": "1,2,30,40", "expression": "a cross"})
+        assert r.status_code == 400 and "not both" in r.json()["error"]
+        r = describe({}, [("mask", ("m.png", b"not a png", "image/png"))])
+        assert r.status_code == 400 and "cannot read mask 'm.png'" in r.json()["error"]
+        # one region outside the image: the other is still described, the bad one carries its error
+        r = describe({"box": ["10,10,50,50", "900,900,990,990"]})
+        assert r.status_code == 200
+        good, bad = r.json()["regions"]
+        assert good["error"] is None and good["text"] and "box 900,900,990,990" in bad["error"]
+        r = describe({"box": "900,900,990,990"})  # nothing describable: the request is at fault
+        assert r.status_code == 400 and "outside" in r.json()["error"]
+        assert client.app.state.batcher.incoming == 0
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_oversized_upload_is_413_and_the_server_keeps_serving(nano, synth_bytes):
     app = create_app(nano, max_upload_mb=0.05)  # 52 KB
@@ -126,6 +185,7 @@ def test_oversized_upload_is_413_and_the_server_keeps_serving(nano, synth_bytes)
         r = post(client, "detect", {"classes": "a"}, os.urandom(60_000), "slightly.png")
         assert r.status_code == 413 and "'slightly.png' is 0.1 MB" in r.json()["error"]
         assert client.get("/healthz").status_code == 200
+        assert app.state.batcher.incoming == 0
 
 
 def test_corrupt_or_non_image_is_400_naming_it(nano, synth_bytes):
@@ -139,6 +199,7 @@ def test_corrupt_or_non_image_is_400_naming_it(nano, synth_bytes):
         r = post(client, "detect", {"classes": "cat"}, b"", "empty.png")
         assert r.status_code == 400 and "empty" in r.json()["error"]
         assert post(client, "detect", {"classes": "pink cross"}, synth_bytes).status_code == 200
+        assert client.app.state.batcher.incoming == 0
 
 
 def test_bad_prompts_are_400_or_422_naming_the_field(nano, synth_bytes):
@@ -157,6 +218,7 @@ def test_bad_prompts_are_400_or_422_naming_the_field(nano, synth_bytes):
         r = post(client, "detect", {"classes": " ".join(["pink"] * 300)}, synth_bytes)
         assert r.status_code == 400 and "token" in r.json()["error"]
         assert client.get("/healthz").json()["status"] == "ok"
+        assert client.app.state.batcher.incoming == 0  # every refused request withdrew its announcement
 
 
 # ---------------------------------------------------------------------------- concurrency and batching
@@ -204,6 +266,40 @@ def test_queued_requests_run_as_one_forward_call(nano, synth_bytes, monkeypatch)
     assert all(a.status_code == 200 for a in answers)
     for i, rec in enumerate(records):  # batched answers equal the lone one
         assert rec["image"] == f"img{i}.png" and rec["detections"] == records[0]["detections"]
+
+
+def test_request_is_announced_while_its_body_is_still_arriving(nano, synth_bytes):
+    """A forming batch may wait for a request from its first byte (serve/announce.py), not only once parsed."""
+    app = create_app(nano)
+    req = httpx.Client().build_request("POST", "http://x/v1/detect", files={"image": ("a.png", synth_bytes)},
+                                       data={"classes": "pink cross"})
+    body, ctype = req.read(), req.headers["content-type"]
+    half_sent, finish = threading.Event(), threading.Event()
+
+    def slow_body():
+        yield body[: len(body) // 2]
+        half_sent.set()
+        assert finish.wait(30)
+        yield body[len(body) // 2:]
+
+    with serve_in_thread(app) as url, ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{url}/v1/detect", content=slow_body(),
+                             headers={"content-type": ctype}, timeout=60)
+        assert half_sent.wait(10)
+        wait_until(lambda: app.state.batcher.incoming == 1, what="the announcement of the half-sent request")
+        finish.set()
+        assert answer.result().status_code == 200
+        assert app.state.batcher.incoming == 0  # consumed by its submit
+
+
+def test_in_fresh_thread_returns_or_reraises():
+    from groundscope.serve.threads import in_fresh_thread
+
+    names = []
+    assert in_fresh_thread(lambda x, y=0: names.append(threading.current_thread().name) or x + y, 2, y=3) == 5
+    assert names == ["groundscope-load"]
+    with pytest.raises(SystemExit):  # a CLI's exit passes through unchanged
+        in_fresh_thread(sys.exit, 2)
 
 
 def test_full_queue_answers_503_with_retry_after(nano, synth_bytes):

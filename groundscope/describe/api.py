@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -176,17 +176,24 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
 
 
 # ---------------------------------------------------------------------------------------------- regions
-def _read_mask_file(path: Path, name: str) -> np.ndarray:
+def read_mask(source: Path | BinaryIO, name: str, label: str | None = None) -> np.ndarray:
+    """A mask image (a path, or an open binary file such as an upload) -> (H, W) bool, True where non-zero.
+
+    `name` names the region in errors; `label` the file (default: the path).
+    Raises:
+        RegionError: not an image PIL can read.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    label = label if label is not None else str(source)
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             # Palette / 1-bit / greyscale masks keep their values (a palette index > 0 is inside); colour masks
             # are read through their luminance.
             arr = np.asarray(im if im.mode in ("1", "L", "P", "I", "I;16", "F") else im.convert("L"))
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise RegionError(f"{name}: cannot read mask '{path}' ({e}); pass a mask image (PNG) of the image's size, "
+        raise RegionError(f"{name}: cannot read mask '{label}' ({e}); pass a mask image (PNG) of the image's size, "
                           "non-zero inside the region") from e
     return arr > 0
 
@@ -219,7 +226,7 @@ def region_mask(hw: tuple[int, int], region: Any, name: str = "region",
     """
     mask, box, points, name = _fields(region, name)
     if isinstance(mask, (str, Path)):
-        mask = _read_mask_file(Path(mask), name)
+        mask = read_mask(Path(mask), name)
     if box is not None:
         try:
             box = [float(v) for v in box]

@@ -21,6 +21,24 @@ from typing import Optional
 import typer
 
 
+def region_name(region: dict) -> str:
+    """How a region given on the command line (or in a /v1/describe form) is named in the output."""
+    if "box" in region:
+        return f"box {','.join(f'{v:g}' for v in region['box'])}"
+    if "mask" in region:
+        return f"mask {region['mask']}"
+    return "points " + ";".join(f"{x:g},{y:g}" for x, y in region["points"])
+
+
+def describe_record(image: str, model: str, width: int | None, height: int | None, results) -> dict:
+    """The JSON object ``groundscope describe --json`` prints (and ``POST /v1/describe`` answers) for one image."""
+    record: dict = {"image": image, "model": model}
+    if width is not None:
+        record.update(width=width, height=height)
+    record["regions"] = [r.to_dict() for r in results]
+    return record
+
+
 def parse_points(text: str) -> list[list[float]]:
     """"x,y;x,y" pixels -> [[x, y], ...], or a typer.BadParameter naming the value."""
     try:
@@ -114,9 +132,7 @@ def register(app: typer.Typer) -> None:
         if track and (expression is None or not video):
             raise fail("--track finds the box frame by frame from --expression in a video or frame folder; give both")
         for r in regions:
-            r["name"] = (f"box {','.join(f'{v:g}' for v in r['box'])}" if "box" in r else
-                         f"mask {r['mask']}" if "mask" in r else "points " + ";".join(f"{x:g},{y:g}" for x, y in
-                                                                                    r["points"]))
+            r["name"] = region_name(r)
         try:
             with console.status(f"loading {model} ..."):
                 describer = load_describer(model, device=_device(device))

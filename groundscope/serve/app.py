@@ -6,9 +6,12 @@ Routes:
     POST /v1/detect   multipart: image, classes="cat,remote control", box_threshold, max_detections, nms
     POST /v1/ground   multipart: image, caption, phrase (repeatable), box_threshold, text_threshold, max_detections
     POST /v1/refer    multipart: image, expression, top_k
+    POST /v1/describe multipart: image, box / mask / points (each repeatable) or expression, max_new_tokens,
+                      temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
     GET  /docs        the OpenAPI documentation FastAPI generates
 
-Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.cli.result_record`).
+Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.cli.result_record`);
+a describe answer is what `groundscope describe --json` prints.
 A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
 normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
 bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose worker thread runs compatible requests
@@ -18,6 +21,7 @@ in one forward pass. The event loop only parses, awaits and answers.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +35,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from typer import BadParameter
 
 from groundscope import __version__
-from groundscope.cli import result_record
+from groundscope.cli import parse_box, result_record
+from groundscope.describe.api import RegionError, read_mask
+from groundscope.describe.cli import describe_record, parse_points, region_name
 from groundscope.images import ImageLoadError
 from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
+from groundscope.serve.announce import AnnounceRequests, claim
 from groundscope.serve.batcher import DynamicBatcher, QueueFull, ShuttingDown
 from groundscope.serve.limits import UploadLimit
 from groundscope.serve.tasks import (
@@ -47,6 +55,7 @@ from groundscope.serve.tasks import (
     make_runner,
     prepare_input,
 )
+from groundscope.serve.threads import in_fresh_thread, share_malloc_arena
 from groundscope.serve.uploads import decode_image
 
 log = logging.getLogger("groundscope.serve")
@@ -84,9 +93,11 @@ def create_app(
     max_upload_mb: float = 20,
     max_batch: int = 4,
     queue_size: int = 64,
-    max_wait_ms: float = 5,
+    max_wait_ms: float = 20,
     decode_workers: int | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
+    describer=None,
 ) -> FastAPI:
     """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
 
@@ -94,20 +105,34 @@ def create_app(
         max_upload_mb: largest accepted image upload (413 beyond it).
         max_batch: most requests in one forward pass (also the detector's batch_size).
         queue_size: most requests waiting for the model (503 beyond it).
-        max_wait_ms: how long a batch that is not full waits for requests still being decoded.
+        max_wait_ms: how long a batch that is not full waits for requests already on their way (announced when
+            their headers arrive; a lone request never waits).
         decode_workers: threads decoding, resizing and normalising uploads (default: one per CPU, at most 4).
+        device, precision: for a model given by name (`load_detector`'s arguments).
+        describer: a `groundscope.describe.Describer`, or a describer name / folder (`load_describer`), for
+            POST /v1/describe; without one that route answers 501. Its --expression form uses the detector.
+
+    A detector passed in loaded runs as fast as it can in the batcher's thread only if the calling thread has not
+    run torch's parallel kernels (see `groundscope.serve.threads`): load it with `in_fresh_thread(load_detector,
+    ...)`, or pass the name.
     """
+    share_malloc_arena()  # before any of the server's threads allocate: see groundscope.serve.threads
     if isinstance(detector_or_model_name, (str, os.PathLike)):
         from groundscope.models.loading import load_detector
 
-        detector = load_detector(detector_or_model_name, device=device)
+        # Off the main thread, so only the batcher's worker keeps an OpenMP pool (serve/threads.py).
+        detector = in_fresh_thread(load_detector, detector_or_model_name, device=device, precision=precision)
     else:
         detector = detector_or_model_name
+    if isinstance(describer, (str, os.PathLike)):
+        from groundscope.describe.api import load_describer
+
+        describer = in_fresh_thread(load_describer, describer, device=device)
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
     batcher = DynamicBatcher(
-        make_runner(detector, max_batch), max_batch=max_batch, max_wait_s=max_wait_ms / 1000, queue_size=queue_size
+        make_runner(detector, max_batch, describer), max_batch=max_batch, max_wait_s=max_wait_ms / 1000, queue_size=queue_size
     )
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
                                      thread_name_prefix="groundscope-decode")
@@ -129,8 +154,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.detector = detector
+    app.state.describer = describer
     app.state.batcher = batcher
     app.state.max_upload_bytes = max_upload_bytes
+    app.add_middleware(AnnounceRequests, batcher=batcher)  # inner: a 413 refused by UploadLimit is never announced
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
 
     @app.exception_handler(ApiError)
@@ -146,13 +173,14 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    def decode_and_prepare(data: bytes, name: str):
+    def decode_and_prepare(data: bytes, name: str, task: str):
         """In the pool: the decoded image (for the answer's width and height) and the model's input."""
         image = decode_image(data, name)
-        return image, prepare_input(detector, image)
+        return image, (image if task == "describe" else prepare_input(detector, image))
 
-    async def answer(task: str, upload: UploadFile, options: dict, prompt) -> JSONResponse:
-        """Read and decode the upload off the event loop, queue it, await its batch, answer the CLI's JSON."""
+    async def run_task(request: Request, task: str, upload: UploadFile, options: dict, prompt):
+        """Read and decode the upload off the event loop, queue it, await its batch: (image, the model's result).
+        `prompt` may be a callable, run in the decode pool after the image decoded, that returns the prompt."""
         name = upload.filename or "upload"
         data = await upload.read()
         if len(data) > max_upload_bytes:  # the middleware's allowance includes the form overhead
@@ -162,9 +190,12 @@ def create_app(
             raise ApiError(503, f"the server is busy ({batcher.pending} requests queued); retry shortly",
                            {"Retry-After": str(RETRY_AFTER_S)})
         loop = asyncio.get_running_loop()
-        batcher.announce()  # a batch forming now may wait the few ms this decode takes
+        if not claim(request.scope):  # announced when its headers arrived (serve/announce.py); from here it is ours
+            batcher.announce()
         try:
-            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name)
+            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task)
+            if callable(prompt):
+                prompt = await loop.run_in_executor(decode_pool, prompt, image)
         except BaseException as e:
             batcher.withdraw()
             if isinstance(e, ImageLoadError):
@@ -172,7 +203,7 @@ def create_app(
             raise
         batcher.start()  # no-op under the lifespan; starts the worker for apps driven without it
         try:
-            dets = await batcher.run(batch_key(task, **options), Item(model_input, prompt), announced=True)
+            result = await batcher.run(batch_key(task, **options), Item(model_input, prompt), announced=True)
         except QueueFull as e:
             raise ApiError(503, f"the server is busy: {e}; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
         except ShuttingDown as e:
@@ -182,7 +213,13 @@ def create_app(
         except Exception as e:  # the model failed: answer 500 with the reason, keep serving
             log.exception("%s failed for %s", task, name)
             raise ApiError(500, f"{task} failed on '{name}': {type(e).__name__}: {e}")
-        return JSONResponse(result_record(name, image.width, image.height, detector.name, task, dets))
+        return image, result
+
+    async def answer(request: Request, task: str, upload: UploadFile, options: dict, prompt) -> JSONResponse:
+        """detect / ground / refer: the CLI's per-image JSON."""
+        image, dets = await run_task(request, task, upload, options, prompt)
+        return JSONResponse(result_record(upload.filename or "upload", image.width, image.height, detector.name,
+                                          task, dets))
 
     # ------------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
@@ -196,6 +233,7 @@ def create_app(
         body = {
             "status": "ok",
             "model": detector.name,
+            "describer": describer.name if describer is not None else None,
             "device": str(detector.device),
             "max_batch": batcher.max_batch,
             "queued": batcher.pending,
@@ -208,6 +246,7 @@ def create_app(
 
     @app.post("/v1/detect", summary="Open-vocabulary detection: boxes for each class name")
     async def detect(
+        request: Request,
         image: UploadFile = File(..., description="The image (JPEG, PNG, WebP, BMP, GIF, TIFF)."),
         classes: str = Form(..., description='Comma-separated class names, e.g. "cat,remote control".'),
         box_threshold: float = Form(DETECT_DEFAULTS["box_threshold"], ge=0, le=1, description="Minimum score."),
@@ -219,10 +258,11 @@ def create_app(
             raise ApiError(400, f"form field 'classes' holds no class names ({classes!r}); "
                                 "send comma-separated names, e.g. classes=cat,remote control")
         options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms}
-        return await answer("detect", image, options, tuple(names))
+        return await answer(request, "detect", image, options, tuple(names))
 
     @app.post("/v1/ground", summary="Phrase grounding: boxes for the phrases of a caption")
     async def ground(
+        request: Request,
         image: UploadFile = File(..., description="The image."),
         caption: str = Form(..., description="The sentence whose phrases to ground."),
         phrase: Optional[list[str]] = Form(None, description="A phrase of the caption (repeat the field for "
@@ -241,16 +281,76 @@ def create_app(
         except PromptError as e:
             raise ApiError(400, str(e))
         options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections}
-        return await answer("ground", image, options, (caption, tuple(phrases) if phrases else None))
+        return await answer(request, "ground", image, options, (caption, tuple(phrases) if phrases else None))
 
     @app.post("/v1/refer", summary="Referring expressions: the box an expression describes")
     async def refer(
+        request: Request,
         image: UploadFile = File(..., description="The image."),
         expression: str = Form(..., description='e.g. "the cat on the left".'),
         top_k: int = Form(REFER_DEFAULTS["top_k"], ge=1, description="Boxes to return, best first."),
     ):
         if not expression.strip(" ."):
             raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
-        return await answer("refer", image, {"top_k": top_k}, expression)
+        return await answer(request, "refer", image, {"top_k": top_k}, expression)
+
+    @app.post("/v1/describe", summary="Describe Anything: a detailed description of each region")
+    async def describe(
+        request: Request,
+        image: UploadFile = File(..., description="The image."),
+        box: Optional[list[str]] = Form(None, description='A region as "x1,y1,x2,y2" pixels (repeatable).'),
+        mask: Optional[list[UploadFile]] = File(None, description="A region as a mask image of the image's size, "
+                                                                  "non-zero inside (repeatable)."),
+        points: Optional[list[str]] = Form(None, description='A region as clicks "x,y;x,y" (repeatable).'),
+        expression: Optional[str] = Form(None, description="Instead of regions: words that single out one object; "
+                                                           "the detector finds its box first."),
+        max_new_tokens: Optional[int] = Form(None, ge=1, description="Generation budget (default: the model's)."),
+        temperature: Optional[float] = Form(None, ge=0, description="Sampling temperature (0: greedy; default: "
+                                                                     "the model's)."),
+    ):
+        if describer is None:
+            raise ApiError(501, "this server has no region describer; restart it with --describer dam-nano "
+                                "(or another Describe Anything model)")
+        regions: list[dict] = []
+        for text in box or []:
+            try:
+                regions.append({"box": parse_box(text)})
+            except BadParameter as e:
+                raise ApiError(400, f"form field 'box': {e.message}")
+        masks = [(m.filename or f"mask {i}", await m.read()) for i, m in enumerate(mask or [])]
+        for text in points or []:
+            try:
+                regions.append({"points": parse_points(text)})
+            except BadParameter as e:
+                raise ApiError(400, f"form field 'points': {e.message}")
+        if expression is not None and not expression.strip(" ."):
+            raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
+        if expression is not None and (regions or masks):
+            raise ApiError(400, "send either 'expression' or regions ('box' / 'mask' / 'points'), not both")
+        if expression is None and not (regions or masks):
+            raise ApiError(400, "no region given; send a 'box' (x1,y1,x2,y2), a 'mask' image, 'points' (x,y;x,y) "
+                                "or an 'expression'")
+
+        def build_prompt(img):
+            """In the decode pool: the regions, in the CLI's order (boxes, masks, points), each named as it names
+            them; or the expression."""
+            if expression is not None:
+                return ("expression", expression)
+            read = []
+            for label, data in masks:
+                try:
+                    read.append({"mask": read_mask(io.BytesIO(data), f"mask {label}", label), "name": f"mask {label}"})
+                except RegionError as e:
+                    raise ApiError(400, f"form field 'mask': {e}")
+            boxes = [{**r, "name": region_name(r)} for r in regions if "box" in r]
+            clicks = [{**r, "name": region_name(r)} for r in regions if "points" in r]
+            return ("regions", boxes + read + clicks)
+
+        options = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+        img, results = await run_task(request, "describe", image, options, build_prompt)
+        if not any(r.ok for r in results):  # nothing described: the request itself is at fault
+            raise ApiError(400, "; ".join(r.error for r in results))
+        return JSONResponse(describe_record(image.filename or "upload", describer.name, img.width, img.height,
+                                            results))
 
     return app

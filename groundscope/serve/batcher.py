@@ -6,7 +6,8 @@ takes the oldest pending job, gathers the pending jobs *with the same key* up to
 place in the queue and head the next batch, so no job waits behind more than the batch in flight.
 
 A batch that is not full waits up to `max_wait_s` for more, but only while some request is on its way: the
-server `announce`s a request when it starts decoding its image and the submit consumes the announcement. A lone
+server `announce`s a request as soon as its headers arrive (`serve/announce.py`) and the submit consumes the
+announcement. A lone
 request therefore never pays the wait, and a burst of requests still meets in one batch.
 
 One thread owns the model: torch already spreads one forward pass over the CPU cores, and a second concurrent
@@ -105,6 +106,12 @@ class DynamicBatcher:
         """Jobs waiting for the worker (not counting the batch it is running)."""
         with self._cond:
             return len(self._pending)
+
+    @property
+    def incoming(self) -> int:
+        """Announced requests not yet submitted or withdrawn (0 when the server is idle)."""
+        with self._cond:
+            return self._incoming
 
     @property
     def closing(self) -> bool:

@@ -1,6 +1,7 @@
 """``groundscope serve``: the detector behind an HTTP API and a web page.
 
     groundscope serve --model nano [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20] [--max-batch 4]
+                      [--describer dam-nano] [--precision fp32|bf16]
 
 The model is loaded before the server binds its port, so a bad --model exits with 2 and one line like every
 other verb, and /healthz answers 200 from the first moment it answers at all. SIGTERM or Ctrl-C stop taking
@@ -9,12 +10,14 @@ connections, finish the requests in flight and the queue, then exit.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` command to `app`."""
-    from groundscope.cli import DeviceOpt, ModelOpt, _load_model, console, fail
+    from groundscope.cli import DeviceOpt, ModelOpt, PrecisionOpt, _device, _load_model, console, fail
 
     @app.command("serve")
     def serve(
@@ -26,8 +29,12 @@ def register(app: typer.Typer) -> None:
         max_batch: int = typer.Option(4, "--max-batch", min=1, help="Most requests run in one forward pass."),
         queue_size: int = typer.Option(64, "--queue-size", min=1,
                                        help="Most requests waiting for the model (503 beyond)."),
-        max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="How long a batch waits to fill."),
+        max_wait_ms: float = typer.Option(20.0, "--max-wait-ms", min=0.0,
+                                          help="How long a batch waits for requests already arriving."),
+        describer: Optional[str] = typer.Option(None, "--describer", help="A Describe Anything model (e.g. dam-nano) "
+                                                "for POST /v1/describe; without it that route answers 501."),
         device: str = DeviceOpt,
+        precision: str = PrecisionOpt,
     ) -> None:
         """Serve detect / ground / refer over HTTP (JSON API, web page at /, OpenAPI docs at /docs)."""
         from importlib.util import find_spec
@@ -41,10 +48,22 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from groundscope.serve.app import create_app
+        from groundscope.serve.threads import in_fresh_thread, share_malloc_arena
 
-        detector = _load_model(model, device)
+        share_malloc_arena()  # before the loading thread allocates (serve/threads.py)
+        # Loaded off the main thread, so only the batcher's worker keeps an OpenMP pool (serve/threads.py).
+        detector = in_fresh_thread(_load_model, model, device, precision)
+        describe_model = None
+        if describer is not None:
+            from groundscope.describe.api import load_describer
+            from groundscope.models.loading import ModelLoadError
+
+            try:
+                describe_model = in_fresh_thread(load_describer, describer, device=_device(device))
+            except ModelLoadError as e:
+                raise fail(str(e))
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,
-                         max_wait_ms=max_wait_ms)
+                         max_wait_ms=max_wait_ms, describer=describe_model)
         console.print(f"[green]serving[/] {detector.name} on http://{host}:{port}  (web page /, API docs /docs)",
                       highlight=False)
         # Graceful shutdown: uvicorn waits up to 30 s for requests in flight before the batcher drains and stops.

@@ -30,7 +30,9 @@ from groundscope.models.detector import GroundingDetector
 DETECT_DEFAULTS = {"box_threshold": 0.3, "max_detections": 300}
 GROUND_DEFAULTS = {"box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 100}
 REFER_DEFAULTS = {"top_k": 1}
-TASKS = ("detect", "ground", "refer")
+# describe: the model's own generation settings unless the request sets them (as `groundscope describe`).
+DESCRIBE_DEFAULTS = {"max_new_tokens": None, "temperature": None}
+TASKS = ("detect", "ground", "refer", "describe")
 
 
 @dataclass
@@ -38,8 +40,10 @@ class Item:
     """One request's per-image input.
 
     Attributes:
-        image: what the detector receives: the decoded RGB image or its `PreparedImage` (see `prepare_input`).
-        prompt: detect: the class names; ground: (caption, phrases or None); refer: the expression.
+        image: what the model receives: the decoded RGB image or its `PreparedImage` (see `prepare_input`);
+            describe always gets the image itself.
+        prompt: detect: the class names; ground: (caption, phrases or None); refer: the expression;
+            describe: ("regions", [region dicts]) or ("expression", text).
     """
 
     image: Image.Image | PreparedImage
@@ -75,12 +79,32 @@ def batch_key(task: str, **options: Any) -> tuple:
     return (task, tuple(sorted(options.items())))
 
 
-def make_runner(detector, batch_size: int) -> Callable[[Hashable, list[Item]], list]:
-    """``run(key, items) -> [Detections]``: one detector call for a batch of same-key items."""
+def describe_items(describer, detector, items: list[Item], batch_size: int, **gen: Any) -> list[list]:
+    """One list of `RegionDescription` per item: every region item's regions in one `Describer.describe` call
+    (vision forward passes of `batch_size` regions, across requests), each expression detected-then-described."""
+    out: list[list | None] = [None] * len(items)
+    with_regions = [i for i, it in enumerate(items) if it.prompt[0] == "regions"]
+    if with_regions:
+        found = describer.describe([items[i].image for i in with_regions], [items[i].prompt[1] for i in with_regions],
+                                   batch_size=batch_size, **gen)
+        for i, res in zip(with_regions, found):
+            out[i] = res
+    for i, it in enumerate(items):
+        if it.prompt[0] == "expression":
+            out[i] = [describer.describe_expression(it.image, it.prompt[1], detector, **gen)]
+    return out
+
+
+def make_runner(detector, batch_size: int, describer=None) -> Callable[[Hashable, list[Item]], list]:
+    """``run(key, items) -> [Detections]`` (or, for describe, a list of `RegionDescription` per item): one model
+    call for a batch of same-key items. Both models run in the one thread that calls it."""
+    plain_detector = detector
     detector = _accepting_prepared(detector)
 
     def run(key: tuple, items: list[Item]) -> list:
         task, options = key[0], dict(key[1])
+        if task == "describe":
+            return describe_items(describer, plain_detector, items, batch_size, **options)
         images = [it.image for it in items]
         if task == "detect":
             return detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)

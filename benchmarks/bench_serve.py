@@ -6,6 +6,8 @@ loopback), so the clients here never share its interpreter lock. Each client is 
 connection posting examples/synth_shapes.png to /v1/detect; every level sends the same bounded number of requests
 after a short warm-up. The direct baseline loads the same model here and calls `detector.detect(path, classes)`
 (file decode included, as the server decodes each upload) before the server starts, so the two never compete.
+For each level the server's /healthz counters give the requests per forward call and the model's share of the
+wall time ("busy": the rest is the worker waiting for requests to arrive and be decoded).
 
     python benchmarks/bench_serve.py [--requests 48] [--concurrency 1 4 16] [--max-batch 4] [--model nano]
                                      [--threads N]
@@ -42,27 +44,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def direct_api(det, n: int) -> tuple[float, list[float]]:
-    """Requests/s and per-call latencies of the Python API, one image per call."""
+def direct_api(det, n: int, batch: int = 1) -> tuple[float, list[float]]:
+    """Images/s and per-call latencies of the Python API, `batch` images per call (n images in all)."""
     classes = CLASSES.split(",")
+    paths, prompts = [str(IMAGE)] * batch, [classes] * batch
     for _ in range(2):  # warm-up: first calls allocate and fill the text cache
-        det.detect(str(IMAGE), classes, box_threshold=0.3)
+        det.detect(paths, prompts, box_threshold=0.3, batch_size=batch)
     lat = []
+    calls = max(1, n // batch)
     t0 = time.perf_counter()
-    for _ in range(n):
+    for _ in range(calls):
         t = time.perf_counter()
-        det.detect(str(IMAGE), classes, box_threshold=0.3)
+        det.detect(paths, prompts, box_threshold=0.3, batch_size=batch)
         lat.append(time.perf_counter() - t)
-    return n / (time.perf_counter() - t0), lat
-
-
-def in_thread(fn, *args):
-    """fn(*args) in a fresh thread (as the server's batcher runs the model), returning its result."""
-    out = []
-    t = threading.Thread(target=lambda: out.append(fn(*args)))
-    t.start()
-    t.join()
-    return out[0]
+    return calls * batch / (time.perf_counter() - t0), lat
 
 
 def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None
@@ -88,8 +83,9 @@ def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: f
     raise RuntimeError("the server exited before it started:\n" + "".join(log))
 
 
-def load(url: str, image: bytes, clients: int, n: int) -> tuple[float, list[float]]:
-    """Send n detect requests from `clients` threads (each its own connection); requests/s and latencies."""
+def load(url: str, image: bytes, clients: int, n: int) -> tuple[float, list[float], dict]:
+    """Send n detect requests from `clients` threads (each its own connection); requests/s, latencies and the
+    server's counters over the timed part (requests per forward call, model busy share)."""
     local = threading.local()
 
     def one(_):
@@ -103,10 +99,18 @@ def load(url: str, image: bytes, clients: int, n: int) -> tuple[float, list[floa
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(min(n, 2 * clients))))  # warm-up: open the connections
+        before = httpx.get(f"{url}/healthz").json()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         lat = list(pool.map(one, range(n)))
         wall = time.perf_counter() - t0
-    return n / wall, lat
+        client_cpu = time.process_time() - cpu0
+        after = httpx.get(f"{url}/healthz").json()
+    calls = after["batches_run"] - before["batches_run"]
+    stats = {"per_call": (after["requests_done"] - before["requests_done"]) / max(calls, 1),
+             "busy": (after["model_busy_s"] - before["model_busy_s"]) / wall,
+             "client_cpu": client_cpu / wall}  # cores' worth of CPU the load generator itself used
+    return n / wall, lat, stats
 
 
 def main() -> None:
@@ -131,19 +135,15 @@ def main() -> None:
     import groundscope as gs
 
     det = gs.load_detector(args.model)
-    rows = []
-    # Both threads: on a machine whose cores other processes hold, torch's OpenMP pool has been seen to run
-    # several times slower when called from the main thread than from another thread; the server uses another.
-    rows.append(("Python API, direct, 1 at a time (main thread)", *direct_api(det, args.requests)))
-    rows.append(("Python API, direct, 1 at a time (a worker thread)", *in_thread(direct_api, det, args.requests)))
+    rows = [("Python API, direct, 1 at a time", *direct_api(det, args.requests), None)]
+    # What batching alone can buy: the same images in calls of --max-batch (the latency column is per call).
+    batched = direct_api(det, args.requests, args.max_batch)
     del det
     image = IMAGE.read_bytes()
     proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms)
     try:
         for c in args.concurrency:
-            rps, lat = load(url, image, c, args.requests)
-            rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", rps, lat))
-        health = httpx.get(f"{url}/healthz").json()
+            rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", *load(url, image, c, args.requests)))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -153,20 +153,22 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, load average before the run {load_before:.1f}, "
           f"after {os.getloadavg()[0]:.1f}")
     print()
-    print("| mode | requests/s | p50 latency (ms) | p95 latency (ms) |")
-    print("|---|---:|---:|---:|")
-    for name, rps, lat in rows:
-        print(f"| {name} | {rps:.2f} | {statistics.median(lat) * 1000:.0f} | {percentile(lat, 95) * 1000:.0f} |")
-    by_c = {c: rows[2 + i][1] for i, c in enumerate(args.concurrency)}
+    print("| mode | requests/s | p50 latency (ms) | p95 latency (ms) | requests per forward call | model busy "
+          "| load generator's CPU (cores) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, rps, lat, stats in rows:
+        extra = f"{stats['per_call']:.2f} | {stats['busy']:.0%} | {stats['client_cpu']:.2f}" if stats else "- | - | -"
+        print(f"| {name} | {rps:.2f} | {statistics.median(lat) * 1000:.0f} | {percentile(lat, 95) * 1000:.0f} "
+              f"| {extra} |")
+    by_c = {c: rows[1 + i][1] for i, c in enumerate(args.concurrency)}
+    print(f"| Python API, direct, batches of {args.max_batch} (latency per call) | {batched[0]:.2f} "
+          f"| {statistics.median(batched[1]) * 1000:.0f} | {percentile(batched[1], 95) * 1000:.0f} | - | - | - |")
     print()
     if 1 in by_c and 4 in by_c:
         print(f"throughput@4 / throughput@1 = {by_c[4] / by_c[1]:.2f}x (target >= 1.5x)")
     if 1 in by_c:
-        print(f"HTTP@1 / direct API = {by_c[1] / rows[0][1]:.2f}x (main thread), "
-              f"{by_c[1] / rows[1][1]:.2f}x (worker thread)")
-    done = health["requests_done"]
-    print(f"server: {done} requests in {health['batches_run']} forward calls "
-          f"({done / max(health['batches_run'], 1):.2f} requests per call, warm-ups included)")
+        print(f"HTTP@1 / direct API = {by_c[1] / rows[0][1]:.2f}x; direct batches of {args.max_batch} / HTTP@1 = "
+              f"{batched[0] / by_c[1]:.2f}x (batching alone, images decoded one after another)")
 
 
 if __name__ == "__main__":

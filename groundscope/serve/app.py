@@ -239,6 +239,7 @@ def create_app(
             "queued": batcher.pending,
             "batches_run": batcher.batches_run,
             "requests_done": batcher.jobs_done,
+            "model_busy_s": round(batcher.busy_s, 3),
         }
         if batcher.closing:
             return JSONResponse({**body, "status": "shutting down"}, status_code=503)

@@ -80,6 +80,7 @@ class DynamicBatcher:
         self._started = False
         self.batches_run = 0  # run_batch calls made, for /healthz and the tests
         self.jobs_done = 0
+        self.busy_s = 0.0  # seconds spent inside run_batch: the model's share of wall time, for /healthz
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "DynamicBatcher":
@@ -186,11 +187,13 @@ class DynamicBatcher:
         # Counters move before the futures resolve, so a caller that got its answer sees them updated.
         key = batch[0].key
         self.batches_run += 1
+        start = time.perf_counter()
         try:
             results = list(self.run_batch(key, [j.item for j in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} jobs")
         except Exception as e:  # noqa: BLE001 - every failure must reach the waiting requests, not kill the worker
+            self.busy_s += time.perf_counter() - start
             if len(batch) > 1:
                 for job in batch:
                     self._execute([job])
@@ -198,6 +201,7 @@ class DynamicBatcher:
             self.jobs_done += 1
             batch[0].future.set_exception(e)
             return
+        self.busy_s += time.perf_counter() - start
         self.jobs_done += len(batch)
         for job, result in zip(batch, results):
             job.future.set_result(result)

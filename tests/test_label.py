@@ -223,7 +223,25 @@ def test_subset_run_is_reused_by_the_full_run_and_other_settings_are_refused(ima
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_log_from_before_precision_existed_resumes_at_fp32_only(images, nano, tmp_path):
+    """A resume log written before `precision` was a setting ran at fp32: it resumes an fp32 run, not a bf16 one."""
+    out = tmp_path / "labels.json"
+    s = settings()
+    with PartialLog(partial_path(out), s) as log:
+        log.append(label_chunk(nano, plan_chunks(images[:2], 2)[0], s))
+    lines = partial_path(out).read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["settings"].pop("precision") == "fp32"
+    partial_path(out).write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(LabelError, match=r"precision: 'fp32' there, 'bf16' now"):
+        label_images(images, out, "coco", settings(precision="bf16"))
+    with PartialLog(partial_path(out), s) as log:  # the same settings at fp32: accepted, its chunk reused
+        assert len(log.done) == 1
+
+
 def test_settings_are_checked(tmp_path):
+    with pytest.raises(LabelError, match="precision 'fp16': use fp32 or bf16"):
+        settings(precision="fp16")
     with pytest.raises(LabelError, match="'cat' is given twice"):
         settings(classes=("cat", "dog", "cat"))
     with pytest.raises(LabelError, match="is a folder"):

@@ -33,6 +33,8 @@ def groundingcap(
     ] = "en_core_web_sm",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps, or auto.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per grounding call.")] = 4,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 (the reference's numbers) or bf16 (faster on CPUs with bf16 support).")] = "fp32",
 ) -> None:
     """Build GroundingCap records: clean each caption, ground its noun phrases with the detector, write JSON lines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -60,7 +62,7 @@ def groundingcap(
         nlp = load_spacy(spacy_model)
     except NLPUnavailableError as e:
         raise fail(str(e))
-    detector = _load_model(model, device)
+    detector = _load_model(model, device, precision)
 
     summary = BuildSummary()
     with Progress(TextColumn("[bold]groundingcap"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

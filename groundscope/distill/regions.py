@@ -48,6 +48,7 @@ class RegionSettings:
     pseudo_template: str = "every {}"
     pseudo_threshold: float = 0.95
     image_labels: str | None = None
+    detector_precision: str = "fp32"  # load_detector's precision for the proposals and pseudo-boxes
 
 
 @dataclass

@@ -28,6 +28,10 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
+# Settings added after the first log version, with the value older logs ran with.
+DEFAULTS_ADDED_LATER = {"precision": "fp32"}
+
+
 def _header(settings: LabelSettings) -> dict[str, Any]:
     return {"groundscope_label": LOG_VERSION, "settings": settings.to_dict()}
 
@@ -78,6 +82,8 @@ class PartialLog:
                 and isinstance(obj.get("settings"), dict)):
             raise self._damaged(1, "not a groundscope label resume log header")
         before, now = obj["settings"], self.settings.to_dict()
+        # A log from before a setting existed holds no value for it: it ran with that setting's default.
+        before = {**DEFAULTS_ADDED_LATER, **before}
         if before != now:
             diff = ", ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in now if before.get(k) != now[k])
             raise LabelError(

@@ -46,7 +46,8 @@ class ChunkLabeller:
             # Ray sets OMP_NUM_THREADS to the actor's CPU reservation; pin torch to the planned count instead.
             torch.set_num_threads(threads)
         self.settings = LabelSettings.from_dict(settings)
-        self.detector = load_detector(self.settings.model, device=resolve_device(device))
+        self.detector = load_detector(self.settings.model, device=resolve_device(device),
+                                      precision=self.settings.precision)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np

@@ -125,7 +125,8 @@ def label_images(
     if executor is None:
         from groundscope.models.loading import load_detector
 
-        executor = local_executor(settings, lambda: load_detector(settings.model, device=device))
+        executor = local_executor(settings, lambda: load_detector(settings.model, device=device,
+                                                                         precision=settings.precision))
 
     chunks = plan_chunks(paths, settings.batch_size)
     total = len(paths)

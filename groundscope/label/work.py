@@ -45,6 +45,7 @@ class LabelSettings:
         max_detections: top-k (box, class) pairs per image.
         nms: class-wise NMS IoU, or None for none.
         batch_size: images per chunk and (image, prompt) pairs per forward pass.
+        precision: "fp32" (the reference's numbers) or "bf16" (the fast CPU path), as `load_detector` takes it.
     """
 
     model: str
@@ -53,6 +54,7 @@ class LabelSettings:
     max_detections: int = 300
     nms: float | None = None
     batch_size: int = 4
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -69,6 +71,8 @@ class LabelSettings:
             raise LabelError(f"max_detections ({self.max_detections}) and batch_size ({self.batch_size}) must be >= 1")
         if self.nms is not None and not 0.0 <= self.nms <= 1.0:
             raise LabelError(f"NMS IoU {self.nms} is outside [0, 1]")
+        if self.precision not in ("fp32", "bf16"):
+            raise LabelError(f"precision {self.precision!r}: use fp32 or bf16")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

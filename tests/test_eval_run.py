@@ -173,6 +173,22 @@ def test_journal_of_another_run_is_refused(coco_file, images, tmp_path):
         run(OracleDetector(), "coco", coco_file, images, out, max_detections=100)
 
 
+def test_journal_records_precision_and_an_older_one_resumes_at_fp32_only(coco_file, images, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(OracleDetector(interrupt_at=3), "coco", coco_file, images, out)
+    journal = out / "results.jsonl"
+    lines = journal.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["run"].pop("precision") == "fp32"  # now written ...
+    journal.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")  # ... and absent from older journals
+    with pytest.raises(EvaluationInputError, match=r"precision: 'fp32' here, 'bf16' now"):
+        run(OracleDetector(), "coco", coco_file, images, out, precision="bf16")
+    det = OracleDetector()
+    run(det, "coco", coco_file, images, out)  # fp32: the older journal's two images are reused
+    assert [c[1] for c in det.calls] == [["c.png"], ["d.png"]]
+
+
 def test_missing_image_fails_before_the_detector_runs(coco_file, images, tmp_path):
     (images / "c.png").unlink()
     det = OracleDetector()

@@ -226,6 +226,7 @@ def run(
                 progress=progress,
                 model_name=model,
                 console=stderr,
+                precision=precision,
             )
         except ImageLoadError as e:
             raise fail(f"{e} (finished images are kept in {out / JOURNAL}; rerun the same command to resume)") from None
@@ -259,7 +260,8 @@ def synth(
     with input_errors():
         try:
             result = evaluate_synth_world(model_loader(model, device, precision), test_dir, out, batch_size=batch_size,
-                                          progress=progress, model_name=model, console=stderr)
+                                          progress=progress, model_name=model, console=stderr,
+                                          precision=precision)
         except ImageLoadError as e:
             raise fail(f"{e} (finished parts are kept in {out}; rerun the same command to resume)") from None
         except KeyboardInterrupt:

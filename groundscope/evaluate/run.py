@@ -147,6 +147,10 @@ def load_eval_dataset(
 
 
 # ---------------------------------------------------------------------------------------------- journal
+# Run-description fields added after the first journals were written, with the value those runs used.
+HEADER_FIELDS_ADDED_LATER = {"precision": "fp32"}
+
+
 class ResultJournal:
     """``results.jsonl``: a header line describing the run, then one line of results per finished item."""
 
@@ -179,6 +183,9 @@ class ResultJournal:
             header = json.loads(complete[0]).get("run")
         except (json.JSONDecodeError, AttributeError):
             header = None
+        if isinstance(header, dict):
+            # A journal from before a field existed ran with that field's default.
+            header = {**HEADER_FIELDS_ADDED_LATER, **header}
         if header != self.header:
             differs = (
                 ", ".join(
@@ -302,6 +309,7 @@ def run_evaluation(
     progress: bool = True,
     model_name: str | None = None,
     console: Console | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
 
@@ -322,6 +330,8 @@ def run_evaluation(
         progress: show a progress bar.
         model_name: recorded in the journal (defaults to the detector's ``name`` or class name).
         console: where the progress bar goes (default: stderr).
+        precision: the precision the detector runs at (`load_detector`'s), recorded in the journal so that a
+            resumed run does not mix fp32 and bf16 results.
 
     Raises:
         EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
@@ -342,6 +352,7 @@ def run_evaluation(
         "box_threshold": box_threshold,
         "max_detections": max_detections,
         "top_k": top_k,
+        "precision": precision,
     }
     journal = ResultJournal(out_dir / JOURNAL, header)
     done = journal.load()

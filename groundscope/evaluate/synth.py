@@ -46,6 +46,7 @@ def evaluate_synth_world(
     progress: bool = True,
     model_name: str | None = None,
     console: Console | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Run the four evaluations of a synthetic test folder and return ``{"summary": {...}, "base": metrics, ...}``.
 
@@ -55,6 +56,7 @@ def evaluate_synth_world(
         test_dir: a folder written by ``groundscope synth --split test`` (annotation files + ``images/``).
         out_dir: one sub-folder per part (results.json, metrics.json, resumable journal) + ``summary.json``.
         max_detections: boxes per image for the detection parts (the images hold at most 8 objects).
+        precision: the detector's precision, recorded in each part's journal (`run_evaluation`).
 
     Raises:
         EvaluationInputError: `test_dir` lacks one of the four annotation files.
@@ -78,7 +80,7 @@ def evaluate_synth_world(
         metrics = run_evaluation(
             load, kind, test_dir / name, test_dir, out_dir / folder,
             batch_size=batch_size, max_detections=max_detections, progress=progress,
-            model_name=model_name, console=console,
+            model_name=model_name, console=console, precision=precision,
         )
         result[folder] = metrics
         for metric, summary_key in keys:

@@ -131,9 +131,8 @@ def create_app(
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
-    batcher = DynamicBatcher(
-        make_runner(detector, max_batch, describer), max_batch=max_batch, max_wait_s=max_wait_ms / 1000, queue_size=queue_size
-    )
+    batcher = DynamicBatcher(make_runner(detector, max_batch, describer), max_batch=max_batch,
+                             max_wait_s=max_wait_ms / 1000, queue_size=queue_size)
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
                                      thread_name_prefix="groundscope-decode")
 

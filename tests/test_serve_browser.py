@@ -1,4 +1,5 @@
-"""The web page of `groundscope serve` in a real browser: upload an image, run detect and refer, see the boxes.
+"""The web page of `groundscope serve` in a real browser: upload an image, run detect and refer, see the boxes;
+with a describer, drag a region on the image and read its description.
 
 Needs Playwright's Python package and a system Chromium (Debian: `apt-get install chromium`); no
 `playwright install` download is used. Skipped with the reason when either is missing. A screenshot of the page
@@ -37,20 +38,41 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
-def page(server_url):
+def browser():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(15_000)  # fail in seconds, not Playwright's default 30 s per step
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server_url + "/")
-            page.wait_for_selector("#model:not(:text('connecting'))")
-            page.js_errors = errors
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, url: str):
+    """The web page at `url` in a new tab, once it has read /healthz; `page.js_errors` collects errors."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.set_default_timeout(15_000)  # fail in seconds, not Playwright's default 30 s per step
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("#model:not(:text('connecting'))")
+    page.js_errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server_url):
+    page = open_page(browser, server_url)
+    yield page
+    page.close()
+
+
+def save_screenshot(page, tmp_path, name: str) -> None:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copy(shot, artifacts / name)
+    print(f"screenshot: {shot} and {artifacts / name}")
 
 
 def run_and_wait(page) -> int:
@@ -100,12 +122,7 @@ def test_detect_draws_boxes_and_lists_them(page, tmp_path):
     # image's.
     assert colour_distance(drawn, colour) <= 48 < colour_distance(original, colour), (drawn, colour, original)
 
-    shot = tmp_path / "serve_page.png"
-    page.screenshot(path=str(shot), full_page=True)
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    shutil.copy(shot, artifacts / "serve_page.png")
-    print(f"screenshot: {shot} and {artifacts / 'serve_page.png'}")
+    save_screenshot(page, tmp_path, "serve_page.png")
     assert not page.js_errors, page.js_errors
 
 
@@ -122,3 +139,37 @@ def test_refer_and_a_server_error_shown_on_the_page(page):
     page.wait_for_selector('#stage[data-state="error"]')
     assert "'a green dog' does not occur" in page.text_content("#status")
     assert not page.js_errors, page.js_errors
+
+
+def test_describe_a_region_dragged_on_the_image(browser, page, dam_dir, tmp_path):
+    # Without a describer the Describe task is not offered.
+    assert page.is_hidden("#describe-task")
+    with serve_in_thread(create_app(gs.load_detector("nano"), describer=dam_dir)) as url:
+        dpage = open_page(browser, url)
+        assert dpage.is_visible("#describe-task") and str(dam_dir) in dpage.text_content("#model")
+        dpage.set_input_files("#file", str(SYNTH))
+        dpage.wait_for_selector('#stage[data-state="ready"]')
+        dpage.click(".tasks span:text-is('Describe')")
+        assert dpage.is_visible("#region-box") and dpage.is_hidden("#classes")
+        # Drag from image pixel (139, 57) to (264, 182) (the big pink cross): CSS pixels via the canvas's scale.
+        rect = dpage.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                              " return [r.left, r.top, r.width / document.getElementById('canvas').width]; })()")
+        left, top, scale = rect
+        dpage.mouse.move(left + 139 * scale, top + 57 * scale)
+        dpage.mouse.down()
+        dpage.mouse.move(left + 200 * scale, top + 120 * scale, steps=4)
+        dpage.mouse.move(left + 264 * scale, top + 182 * scale, steps=4)
+        dpage.mouse.up()
+        drawn = [int(v) for v in dpage.input_value("#region-box").split(",")]
+        assert all(abs(a - b) <= 2 for a, b in zip(drawn, [139, 57, 264, 182])), drawn
+        assert run_and_wait(dpage) == 1
+        record = dpage.evaluate("JSON.parse(document.getElementById('json').textContent)")
+        (region,) = record["regions"]
+        assert region["box"] == drawn and region["error"] is None and region["text"]
+        assert dpage.text_content("#results .region .text") == region["text"]
+        # A bad box typed by hand is refused on the page, before any request.
+        dpage.fill("#region-box", "30,40,10")
+        dpage.click("#run")
+        assert "x2 > x1" in dpage.text_content("#status")
+        save_screenshot(dpage, tmp_path, "serve_describe_page.png")
+        assert not dpage.js_errors, dpage.js_errors

@@ -1,4 +1,6 @@
 // groundscope web page: pick an image, post it to /v1/<task>, draw the answer's boxes on a canvas.
+// Describe (when the server has a describer): drag a box on the image, or type one or an expression, and read
+// the region's description.
 // Plain browser JavaScript, no build step and no network beyond this server, so it works offline.
 "use strict";
 
@@ -11,7 +13,9 @@
   // Colour-blind-friendly palette (Okabe-Ito plus two), one colour per class id.
   const PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#7FDBFF", "#B10DC9"];
 
-  const state = { file: null, image: null, record: null, highlight: -1 };
+  // items: what the answer shows, one per box: {box, label, score|null, class_id, text?, error?}.
+  // dragBox: the region being dragged on the canvas (Describe), in image pixels.
+  const state = { file: null, image: null, record: null, items: [], highlight: -1, dragBox: null };
 
   function setStatus(text, kind) {
     statusLine.textContent = text;
@@ -28,6 +32,8 @@
     for (const el of form.querySelectorAll("[data-task]")) {
       el.hidden = !el.dataset.task.split(" ").includes(task);
     }
+    stage.dataset.drawing = String(task === "describe");
+    $("results-title").textContent = task === "describe" ? "Regions" : "Detections";
   }
 
   function bindRange(id) {
@@ -50,6 +56,8 @@
       state.file = file;
       state.image = img;
       state.record = null;
+      state.items = [];
+      state.dragBox = null;
       $("file-name").textContent = `${file.name || "pasted image"} · ${img.naturalWidth}×${img.naturalHeight}`;
       stage.dataset.state = "ready";
       stage.dataset.count = "0";
@@ -100,6 +108,20 @@
       body.append("box_threshold", $("box-threshold").value);
       body.append("text_threshold", $("text-threshold").value);
       if (maxDet) body.append("max_detections", maxDet);
+    } else if (task === "describe") {
+      const boxText = $("region-box").value.trim(), expression = $("region-expression").value.trim();
+      if (boxText && expression) throw new Error("Give a region box or an expression, not both.");
+      if (boxText) {
+        const v = boxText.split(",").map(Number);
+        if (v.length !== 4 || v.some(Number.isNaN) || v[2] <= v[0] || v[3] <= v[1]) {
+          throw new Error("A region box is x1,y1,x2,y2 in pixels with x2 > x1 and y2 > y1 (or drag one on the image).");
+        }
+        body.append("box", v.map((x) => Math.round(x)).join(","));
+      } else if (expression) {
+        body.append("expression", expression);
+      } else {
+        throw new Error("Drag a box on the image (or type x1,y1,x2,y2), or type an expression.");
+      }
     } else {
       const expression = $("expression").value.trim();
       if (!expression) throw new Error("Type the expression that singles out one object.");
@@ -125,14 +147,19 @@
         .catch(() => ({ error: `HTTP ${response.status} with a body that is not JSON` }));
       if (!response.ok) throw new Error(payload.error || `HTTP ${response.status}`);
       state.record = payload;
+      state.items = toItems(task, payload);
       state.highlight = -1;
+      state.dragBox = null;
       const ms = Math.round(performance.now() - started);
-      const n = payload.detections.length;
-      setStatus(`${n} box${n === 1 ? "" : "es"} in ${ms} ms (${payload.model}).`, "ok");
+      const n = state.items.length;
+      setStatus(task === "describe"
+        ? `${n} region${n === 1 ? "" : "s"} described in ${ms} ms (${payload.model}).`
+        : `${n} box${n === 1 ? "" : "es"} in ${ms} ms (${payload.model}).`, "ok");
       stage.dataset.state = "done";
       stage.dataset.count = String(n);
     } catch (err) {
       state.record = null;
+      state.items = [];
       stage.dataset.state = "error";
       stage.dataset.count = "0";
       setStatus(err.message, "error");
@@ -141,6 +168,50 @@
       renderResults();
       draw();
     }
+  });
+
+  // One list for every task: detections as they are; described regions numbered, with their text.
+  function toItems(task, record) {
+    if (task !== "describe") return record.detections;
+    return record.regions.map((r, i) => ({
+      box: r.box, label: `${i + 1}`, name: r.expression || r.name, score: r.score ?? null, class_id: i,
+      text: r.text, error: r.error,
+    }));
+  }
+
+  // ------------------------------------------------------------------ drawing a region (Describe)
+  function imagePoint(e) {
+    const rect = canvas.getBoundingClientRect();  // CSS pixels -> the canvas's image pixels
+    const x = ((e.clientX - rect.left) * canvas.width) / rect.width;
+    const y = ((e.clientY - rect.top) * canvas.height) / rect.height;
+    return [Math.min(Math.max(0, x), canvas.width), Math.min(Math.max(0, y), canvas.height)];
+  }
+
+  let dragStart = null;
+  canvas.addEventListener("pointerdown", (e) => {
+    if (currentTask() !== "describe" || !state.image) return;
+    dragStart = imagePoint(e);
+    canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!dragStart) return;
+    const [x, y] = imagePoint(e);
+    state.dragBox = [Math.min(dragStart[0], x), Math.min(dragStart[1], y), Math.max(dragStart[0], x),
+      Math.max(dragStart[1], y)];
+    draw();
+  });
+  canvas.addEventListener("pointerup", () => {
+    if (!dragStart) return;
+    dragStart = null;
+    const b = state.dragBox;
+    if (b && b[2] - b[0] >= 2 && b[3] - b[1] >= 2) {
+      $("region-box").value = b.map((v) => Math.round(v)).join(",");
+      $("region-expression").value = "";
+      setStatus("Region set: press Find to describe it.", "info");
+    } else {
+      state.dragBox = null;
+    }
+    draw();
   });
 
   // ------------------------------------------------------------------ drawing
@@ -156,7 +227,7 @@
     canvas.width = img.naturalWidth;
     canvas.height = img.naturalHeight;
     ctx.drawImage(img, 0, 0);
-    const dets = state.record ? state.record.detections : [];
+    const dets = state.items;
     const side = Math.min(canvas.width, canvas.height);
     const line = Math.max(2, Math.round(side / 220));
     const font = Math.max(12, Math.round(side / 32));
@@ -169,6 +240,7 @@
       (q) => r.x < q.x + q.w && q.x < r.x + r.w && r.y < q.y + q.h && q.y < r.y + r.h);
     for (const i of order) {
       const d = dets[i];
+      if (!Array.isArray(d.box)) continue;  // a region that could not be read has no box
       const [x1, y1, x2, y2] = d.box;
       const colour = colourFor(d);
       const dim = state.highlight >= 0 && i !== state.highlight;
@@ -176,7 +248,7 @@
       ctx.lineWidth = i === state.highlight ? line * 2 : line;
       ctx.strokeStyle = colour;
       ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-      const text = `${d.label} ${d.score.toFixed(2)}`;
+      const text = d.score === null || d.score === undefined ? d.label : `${d.label} ${d.score.toFixed(2)}`;
       const pad = Math.round(font / 4);
       const w = ctx.measureText(text).width + 2 * pad, h = font + 2 * pad;
       let ty = y1 - h >= 0 ? y1 - h : y1;  // above the box, or inside it at the top edge
@@ -189,32 +261,54 @@
       ctx.fillText(text, tx + pad, ty + pad);
     }
     ctx.globalAlpha = 1;
+    if (state.dragBox) {  // the region being drawn, dashed until it is described
+      const [x1, y1, x2, y2] = state.dragBox;
+      ctx.setLineDash([line * 3, line * 2]);
+      ctx.lineWidth = line;
+      ctx.strokeStyle = "#111";
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.strokeStyle = "#fff";
+      ctx.lineDashOffset = line * 3;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.setLineDash([]);
+      ctx.lineDashOffset = 0;
+    }
+  }
+
+  function span(className, text) {
+    const el = document.createElement("span");
+    el.className = className;
+    el.textContent = text;  // textContent, never innerHTML: labels and names echo user text
+    return el;
+  }
+
+  function boxText(box) {
+    return Array.isArray(box) ? box.map((v) => Math.round(v)).join(", ") : "-";
+  }
+
+  // One row per item: a colour swatch, its cells, and hovering the row highlights its box on the canvas.
+  // A detection: label, score, box. A described region: number and name, box, then its description (or why
+  // it was not described).
+  function resultRow(d, i) {
+    const li = document.createElement("li");
+    li.className = d.text === undefined ? "result" : "result region";
+    li.dataset.index = String(i);
+    const swatch = span("swatch", "");
+    swatch.style.background = colourFor(d);
+    if (d.text === undefined) {
+      li.append(swatch, span("label", d.label), span("score", d.score.toFixed(3)), span("box", boxText(d.box)));
+    } else {
+      li.append(swatch, span("label", `${d.label}. ${d.name}`), span("box", boxText(d.box)),
+        d.error ? span("error", `not described: ${d.error}`) : span("text", d.text));
+    }
+    li.addEventListener("mouseenter", () => { state.highlight = i; draw(); });
+    li.addEventListener("mouseleave", () => { state.highlight = -1; draw(); });
+    return li;
   }
 
   function renderResults() {
-    const dets = state.record ? state.record.detections : [];
-    countBadge.textContent = String(dets.length);
-    resultList.replaceChildren(...dets.map((d, i) => {
-      const li = document.createElement("li");
-      li.className = "result";
-      li.dataset.index = String(i);
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = colourFor(d);
-      const label = document.createElement("span");
-      label.className = "label";
-      label.textContent = d.label;  // textContent, never innerHTML: labels echo user text
-      const score = document.createElement("span");
-      score.className = "score";
-      score.textContent = d.score.toFixed(3);
-      const box = document.createElement("span");
-      box.className = "box";
-      box.textContent = d.box.map((v) => Math.round(v)).join(", ");
-      li.append(swatch, label, score, box);
-      li.addEventListener("mouseenter", () => { state.highlight = i; draw(); });
-      li.addEventListener("mouseleave", () => { state.highlight = -1; draw(); });
-      return li;
-    }));
+    countBadge.textContent = String(state.items.length);
+    resultList.replaceChildren(...state.items.map(resultRow));
     jsonView.textContent = state.record ? JSON.stringify(state.record, null, 2) : "";
   }
 
@@ -226,7 +320,8 @@
   fetch("/healthz")
     .then((r) => r.json())
     .then((h) => {
-      $("model").textContent = `${h.model} · ${h.device}`;
+      $("model").textContent = h.describer ? `${h.model} + ${h.describer} · ${h.device}` : `${h.model} · ${h.device}`;
+      $("describe-task").hidden = !h.describer;
       $("model").dataset.ok = String(h.status === "ok");
     })
     .catch(() => { $("model").textContent = "server unreachable"; $("model").dataset.ok = "false"; });

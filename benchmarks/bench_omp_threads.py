@@ -1,13 +1,17 @@
 """Why `groundscope serve` loads its model in a thread that exits: the forward pass's speed by thread layout.
 
 Each layout runs in its own fresh process (an OpenMP pool, once made, lives as long as its thread):
-    main           model loaded and run in the main thread (what a script does)
-    worker         loaded in the main thread, run in another thread (the server before the fix)
-    fresh-load     loaded in a thread that exits, run in another thread (the server now: serve/threads.py)
+    main                 model loaded and run in the main thread (what a script does)
+    worker               loaded in the main thread, run in another thread (the server before the fix)
+    fresh-load           loaded in a thread that exits, run in another thread (the server now: serve/threads.py)
+    fresh-load+arena     the same with glibc's malloc limited to one arena (mallopt M_ARENA_MAX 1; measured and
+                         not adopted, see benchmarks/results/serve.md)
 
-    python benchmarks/bench_omp_threads.py [--model nano] [--calls 30]
+    python benchmarks/bench_omp_threads.py [--model nano] [--calls 30] [--batch 1 4]
 
-Prints ms per `detect` call (examples/synth_shapes.png, six class names) and the ratio to `main`.
+Prints ms per image of `detect` (examples/synth_shapes.png, six class names; --batch images per call, after
+warm-up calls of every smaller batch size, as a server mixes them), minor page faults per call, and the ratio to
+`main` at the same batch size.
 """
 
 from __future__ import annotations
@@ -21,45 +25,57 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
-import json, sys, threading, time
+import json, resource, sys, time
 import groundscope as gs
+from groundscope.images import load_image
 from groundscope.serve.threads import in_fresh_thread
-layout, model, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
-image = "examples/synth_shapes.png"
-classes = "pink cross,cyan star,blue diamond,yellow diamond,red circle,green heart".split(",")
+layout, model, calls, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+images = [load_image("examples/synth_shapes.png")] * batch
+classes = [["pink cross", "cyan star", "blue diamond", "yellow diamond", "red circle", "green heart"]] * batch
+if layout.endswith("+arena"):
+    import ctypes
+    ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = 1: every thread allocates from the main arena
 def timed(det):
-    for _ in range(3):
-        det.detect(image, classes, box_threshold=0.3)
+    # Smaller batches first, as a server sees them: what the allocator kept from them decides the page faults.
+    for b in range(1, batch + 1):
+        for _ in range(3):
+            det.detect(images[:b], classes[:b], box_threshold=0.3, batch_size=b)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     for _ in range(calls):
-        det.detect(image, classes, box_threshold=0.3)
-    return (time.perf_counter() - t) / calls * 1000
+        det.detect(images, classes, box_threshold=0.3, batch_size=batch)
+    seconds = time.perf_counter() - t
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"ms": seconds / calls / batch * 1000, "faults": faults / calls}
 if layout == "main":
-    ms = timed(gs.load_detector(model))
+    res = timed(gs.load_detector(model))
 else:
     det = gs.load_detector(model) if layout == "worker" else in_fresh_thread(gs.load_detector, model)
-    ms = in_fresh_thread(timed, det, name="run")
-print(json.dumps({"ms": ms}))
+    res = in_fresh_thread(timed, det, name="run")
+print(json.dumps(res))
 """
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="nano")
-    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--calls", type=int, default=30, help="timed calls per layout (divided by --batch)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="images per detect call")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    rows = {}
-    for layout in ("main", "worker", "fresh-load"):
-        out = subprocess.run([sys.executable, "-c", CHILD, layout, args.model, str(args.calls)], cwd=REPO, env=env,
-                             capture_output=True, text=True, check=True).stdout
-        rows[layout] = json.loads(out.strip().splitlines()[-1])["ms"]
-    print(f"model {args.model}, {args.calls} calls per layout, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print("| layout | ms per call | vs main |")
-    print("|---|---:|---:|")
-    for layout, ms in rows.items():
-        print(f"| {layout} | {ms:.1f} | {ms / rows['main']:.2f}x |")
+    env.pop("MALLOC_ARENA_MAX", None)  # the layouts choose the arena themselves
+    print(f"model {args.model}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("| batch | layout | ms per image | page faults per call | vs main |")
+    print("|---:|---|---:|---:|---:|")
+    for batch in args.batch:
+        rows = {}
+        for layout in ("main", "worker", "fresh-load", "fresh-load+arena"):
+            calls = max(3, args.calls // batch)
+            out = subprocess.run([sys.executable, "-c", CHILD, layout, args.model, str(calls), str(batch)], cwd=REPO,
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            rows[layout] = json.loads(out.strip().splitlines()[-1])
+        for layout, r in rows.items():
+            print(f"| {batch} | {layout} | {r['ms']:.1f} | {r['faults']:.0f} | {r['ms'] / rows['main']['ms']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ from groundscope.serve.tasks import (
     make_runner,
     prepare_input,
 )
-from groundscope.serve.threads import in_fresh_thread, share_malloc_arena
+from groundscope.serve.threads import in_fresh_thread
 from groundscope.serve.uploads import decode_image
 
 log = logging.getLogger("groundscope.serve")
@@ -116,7 +116,6 @@ def create_app(
     run torch's parallel kernels (see `groundscope.serve.threads`): load it with `in_fresh_thread(load_detector,
     ...)`, or pass the name.
     """
-    share_malloc_arena()  # before any of the server's threads allocate: see groundscope.serve.threads
     if isinstance(detector_or_model_name, (str, os.PathLike)):
         from groundscope.models.loading import load_detector
 

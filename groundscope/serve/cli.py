@@ -48,9 +48,8 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from groundscope.serve.app import create_app
-        from groundscope.serve.threads import in_fresh_thread, share_malloc_arena
+        from groundscope.serve.threads import in_fresh_thread
 
-        share_malloc_arena()  # before the loading thread allocates (serve/threads.py)
         # Loaded off the main thread, so only the batcher's worker keeps an OpenMP pool (serve/threads.py).
         detector = in_fresh_thread(_load_model, model, device, precision)
         describe_model = None

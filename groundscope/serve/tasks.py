@@ -30,8 +30,6 @@ from groundscope.models.detector import GroundingDetector
 DETECT_DEFAULTS = {"box_threshold": 0.3, "max_detections": 300}
 GROUND_DEFAULTS = {"box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 100}
 REFER_DEFAULTS = {"top_k": 1}
-# describe: the model's own generation settings unless the request sets them (as `groundscope describe`).
-DESCRIBE_DEFAULTS = {"max_new_tokens": None, "temperature": None}
 TASKS = ("detect", "ground", "refer", "describe")
 
 

@@ -5,8 +5,8 @@ threads per thread that ever started a parallel region, until that thread exits.
 pass in its batcher's worker thread; if the main thread has loaded the model (a load runs parallel kernels), the
 main thread's idle pool lives on beside the worker's, and on this 2-core machine the nano model's forward pass
 then took 1.6-1.7x as long in the worker thread as in the main thread (118-132 ms against 71-82 ms). Loaded in a
-thread that exits, it takes what the main thread takes (`python benchmarks/bench_omp_threads.py`). Nothing else in the server's
-main thread runs torch: uploads are decoded with PIL and numpy.
+thread that exits, it takes what the main thread takes (`python benchmarks/bench_omp_threads.py`). Nothing else in
+the server's main thread runs torch: uploads are decoded with PIL and numpy.
 """
 
 from __future__ import annotations

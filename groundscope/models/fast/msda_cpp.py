@@ -117,6 +117,16 @@ static void fused(const scalar_t* value, const float* ref, int64_t ref_dim, cons
   });
 }
 
+// Offset of each level's first position in the flattened value, checked to cover exactly S positions.
+static std::vector<int64_t> level_starts(const std::vector<int64_t>& hs, const std::vector<int64_t>& ws, int64_t L,
+                                         int64_t S) {
+  std::vector<int64_t> starts(L);
+  int64_t s = 0;
+  for (int64_t l = 0; l < L; ++l) { starts[l] = s; s += hs[l] * ws[l]; }
+  TORCH_CHECK(s == S, "spatial shapes cover ", s, " positions but value has ", S);
+  return starts;
+}
+
 torch::Tensor msda_fused_forward(torch::Tensor value, std::vector<int64_t> hs, std::vector<int64_t> ws,
                                  torch::Tensor ref, torch::Tensor offsets, torch::Tensor logits) {
   TORCH_CHECK(value.dim() == 4 && ref.dim() == 4 && offsets.dim() == 6 && logits.dim() == 4,
@@ -128,10 +138,7 @@ torch::Tensor msda_fused_forward(torch::Tensor value, std::vector<int64_t> hs, s
   logits = logits.contiguous();
   const int64_t B = value.size(0), S = value.size(1), H = value.size(2), D = value.size(3);
   const int64_t Q = offsets.size(1), L = offsets.size(3), P = offsets.size(4);
-  std::vector<int64_t> starts(L);
-  int64_t s = 0;
-  for (int64_t l = 0; l < L; ++l) { starts[l] = s; s += hs[l] * ws[l]; }
-  TORCH_CHECK(s == S, "spatial shapes cover ", s, " positions but value has ", S);
+  const std::vector<int64_t> starts = level_starts(hs, ws, L, S);
   auto out = torch::empty({B, Q, H * D}, value.options().dtype(torch::kFloat));
   const int64_t rd = ref.size(3);
   auto v = value.scalar_type() == torch::kBFloat16 ? value : value.to(torch::kFloat);
@@ -155,10 +162,7 @@ torch::Tensor msda_forward(torch::Tensor value, std::vector<int64_t> hs, std::ve
   attn = attn.to(torch::kFloat).contiguous();
   const int64_t B = value.size(0), S = value.size(1), H = value.size(2), D = value.size(3);
   const int64_t Q = loc.size(1), L = loc.size(3), P = loc.size(4);
-  std::vector<int64_t> starts(L);
-  int64_t s = 0;
-  for (int64_t l = 0; l < L; ++l) { starts[l] = s; s += hs[l] * ws[l]; }
-  TORCH_CHECK(s == S, "spatial shapes cover ", s, " positions but value has ", S);
+  const std::vector<int64_t> starts = level_starts(hs, ws, L, S);
   auto out = torch::empty({B, Q, H * D}, value.options().dtype(torch::kFloat));
   if (value.scalar_type() == torch::kBFloat16) {
     sample<at::BFloat16>(value.data_ptr<at::BFloat16>(), loc.data_ptr<float>(), attn.data_ptr<float>(),

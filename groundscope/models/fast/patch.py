@@ -47,22 +47,21 @@ def reference_needed(module: nn.Module) -> bool:
     return module.training or torch.is_grad_enabled() or torch.jit.is_tracing()
 
 
-class FastGroundingDinoBiMultiHeadAttention(GroundingDinoBiMultiHeadAttention):
+class _FastBiAttention:
+    """Mixin: a `*BiMultiHeadAttention` whose inference runs `bi_attention_forward` (SDPA)."""
+
+    def forward(self, *args, **kwargs):
+        if reference_needed(self):
+            return super().forward(*args, **kwargs)
+        return bi_attention_forward(self, *args, **kwargs)
+
+
+class FastGroundingDinoBiMultiHeadAttention(_FastBiAttention, GroundingDinoBiMultiHeadAttention):
     """`GroundingDinoBiMultiHeadAttention` whose inference runs `bi_attention_forward` (SDPA)."""
 
-    def forward(self, *args, **kwargs):
-        if reference_needed(self):
-            return super().forward(*args, **kwargs)
-        return bi_attention_forward(self, *args, **kwargs)
 
-
-class FastMMGroundingDinoBiMultiHeadAttention(MMGroundingDinoBiMultiHeadAttention):
+class FastMMGroundingDinoBiMultiHeadAttention(_FastBiAttention, MMGroundingDinoBiMultiHeadAttention):
     """`MMGroundingDinoBiMultiHeadAttention` whose inference runs `bi_attention_forward` (SDPA)."""
-
-    def forward(self, *args, **kwargs):
-        if reference_needed(self):
-            return super().forward(*args, **kwargs)
-        return bi_attention_forward(self, *args, **kwargs)
 
 
 def fused_deformable_forward(
@@ -109,8 +108,8 @@ def _fused_available(module: nn.Module, hidden_states: torch.Tensor) -> bool:
             and hidden_states.device.type == "cpu" and msda_cpp.kernel() is not None)
 
 
-class FastGroundingDinoMultiscaleDeformableAttention(GroundingDinoMultiscaleDeformableAttention):
-    """With the "cpp" kernel: `fused_deformable_forward` at inference; transformers' forward otherwise."""
+class _FastDeformableAttention:
+    """Mixin: with the "cpp" kernel, `fused_deformable_forward` at inference; transformers' forward otherwise."""
 
     def forward(self, hidden_states, *args, **kwargs):
         if reference_needed(self) or kwargs.get("output_attentions") or not _fused_available(self, hidden_states):
@@ -118,31 +117,31 @@ class FastGroundingDinoMultiscaleDeformableAttention(GroundingDinoMultiscaleDefo
         return fused_deformable_forward(self, hidden_states, *args, **kwargs)
 
 
-class FastMMGroundingDinoMultiscaleDeformableAttention(MMGroundingDinoMultiscaleDeformableAttention):
+class FastGroundingDinoMultiscaleDeformableAttention(_FastDeformableAttention,
+                                                     GroundingDinoMultiscaleDeformableAttention):
     """With the "cpp" kernel: `fused_deformable_forward` at inference; transformers' forward otherwise."""
 
-    def forward(self, hidden_states, *args, **kwargs):
-        if reference_needed(self) or kwargs.get("output_attentions") or not _fused_available(self, hidden_states):
-            return super().forward(hidden_states, *args, **kwargs)
-        return fused_deformable_forward(self, hidden_states, *args, **kwargs)
+
+class FastMMGroundingDinoMultiscaleDeformableAttention(_FastDeformableAttention,
+                                                       MMGroundingDinoMultiscaleDeformableAttention):
+    """With the "cpp" kernel: `fused_deformable_forward` at inference; transformers' forward otherwise."""
 
 
-class FastGroundingDinoDeformableLayer(GroundingDinoDeformableLayer):
+class _FastDeformableLayer:
+    """Mixin: a `*DeformableLayer` whose inference chunks its FFN (`attention.deformable_layer_forward`)."""
+
+    def forward(self, *args, **kwargs):
+        if reference_needed(self):
+            return super().forward(*args, **kwargs)
+        return deformable_layer_forward(self, *args, **kwargs)
+
+
+class FastGroundingDinoDeformableLayer(_FastDeformableLayer, GroundingDinoDeformableLayer):
     """`GroundingDinoDeformableLayer` whose inference chunks its FFN (`attention.deformable_layer_forward`)."""
 
-    def forward(self, *args, **kwargs):
-        if reference_needed(self):
-            return super().forward(*args, **kwargs)
-        return deformable_layer_forward(self, *args, **kwargs)
 
-
-class FastMMGroundingDinoDeformableLayer(MMGroundingDinoDeformableLayer):
+class FastMMGroundingDinoDeformableLayer(_FastDeformableLayer, MMGroundingDinoDeformableLayer):
     """`MMGroundingDinoDeformableLayer` whose inference chunks its FFN (`attention.deformable_layer_forward`)."""
-
-    def forward(self, *args, **kwargs):
-        if reference_needed(self):
-            return super().forward(*args, **kwargs)
-        return deformable_layer_forward(self, *args, **kwargs)
 
 
 class FastSwinMLP(SwinMLP):

@@ -30,11 +30,12 @@ def region_name(region: dict) -> str:
     return "points " + ";".join(f"{x:g},{y:g}" for x, y in region["points"])
 
 
-def describe_record(image: str, model: str, width: int | None, height: int | None, results) -> dict:
-    """The JSON object ``groundscope describe --json`` prints (and ``POST /v1/describe`` answers) for one image."""
+def describe_record(image: str, model: str, width: int | None, height: int | None, results, **video) -> dict:
+    """The JSON object ``groundscope describe --json`` prints (and ``POST /v1/describe`` answers) for one image or
+    video; `video` holds a video's ``frames`` and ``total_frames``. No width and height for an unreadable image."""
     record: dict = {"image": image, "model": model}
     if width is not None:
-        record.update(width=width, height=height)
+        record.update(width=width, height=height, **video)
     record["regions"] = [r.to_dict() for r in results]
     return record
 
@@ -142,7 +143,8 @@ def register(app: typer.Typer) -> None:
             raise fail(str(e))
         det = _load_model(detector, device, precision) if expression is not None else None
         gen = {"max_new_tokens": max_new_tokens, "temperature": temperature}
-        record: dict = {"image": str(source), "model": describer.name}
+        size: tuple[int, int] | tuple[None, None] = (None, None)  # (width, height) once the image is read
+        video_info: dict = {}
         try:
             if video:
                 clip = load_video(source, frames or describer.config.num_frames)
@@ -150,7 +152,7 @@ def register(app: typer.Typer) -> None:
                     if isinstance(r.get("mask"), Path) and r["mask"].is_dir():
                         r["per_frame"] = [{"mask": f, "name": r["name"]} for f in frame_files(r["mask"])]
                 h, w = clip.frames[0].shape[:2]
-                record.update(width=w, height=h, frames=clip.indices, total_frames=clip.total)
+                size, video_info = (w, h), {"frames": clip.indices, "total_frames": clip.total}
                 items = [("expression", expression)] if expression is not None else [("region", r) for r in regions]
                 results: list[RegionDescription] = []
                 with _progress() as bar:
@@ -166,7 +168,7 @@ def register(app: typer.Typer) -> None:
             else:
                 try:
                     image = load_image(source)
-                    record.update(width=image.width, height=image.height)
+                    size = (image.width, image.height)
                 except ImageLoadError:
                     image = source  # the describer reports it on every region
                 with _progress() as bar:
@@ -184,7 +186,7 @@ def register(app: typer.Typer) -> None:
         except PromptError as e:
             raise fail(str(e))
 
-        record["regions"] = [r.to_dict() for r in results]
+        record = describe_record(str(source), describer.name, *size, results, **video_info)
         if as_json:
             print(json.dumps(record), flush=True)
         else:

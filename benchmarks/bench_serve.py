@@ -60,6 +60,22 @@ def direct_api(det, n: int, batch: int = 1) -> tuple[float, list[float]]:
     return calls * batch / (time.perf_counter() - t0), lat
 
 
+def upload_costs(det, n: int = 20) -> tuple[float, float]:
+    """ms per upload the server spends outside the model: decoding the PNG, and resizing + normalising it."""
+    from groundscope.images import preprocess
+    from groundscope.serve.uploads import decode_image
+
+    data = IMAGE.read_bytes()
+    t = time.perf_counter()
+    for _ in range(n):
+        image = decode_image(data, IMAGE.name)
+    decode = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    for _ in range(n):
+        preprocess(image, *det.image_size)
+    return decode * 1000, (time.perf_counter() - t) / n * 1000
+
+
 def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None
                  ) -> tuple[subprocess.Popen, str]:
     """`groundscope serve` on a free loopback port; returns the process and its URL once it answers."""
@@ -135,6 +151,7 @@ def main() -> None:
     import groundscope as gs
 
     det = gs.load_detector(args.model)
+    decode_ms, prepare_ms = upload_costs(det)
     rows = [("Python API, direct, 1 at a time", *direct_api(det, args.requests), None)]
     # What batching alone can buy: the same images in calls of --max-batch (the latency column is per call).
     batched = direct_api(det, args.requests, args.max_batch)
@@ -166,6 +183,7 @@ def main() -> None:
     print()
     if 1 in by_c and 4 in by_c:
         print(f"throughput@4 / throughput@1 = {by_c[4] / by_c[1]:.2f}x (target >= 1.5x)")
+    print(f"per upload outside the model: PNG decode {decode_ms:.1f} ms, resize + normalise {prepare_ms:.1f} ms")
     if 1 in by_c:
         print(f"HTTP@1 / direct API = {by_c[1] / rows[0][1]:.2f}x; direct batches of {args.max_batch} / HTTP@1 = "
               f"{batched[0] / by_c[1]:.2f}x (batching alone, images decoded one after another)")

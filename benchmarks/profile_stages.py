@@ -4,7 +4,7 @@ Random weights (`bench_detect.build_gdino_t`, cached in --model-dir), one random
 after a warm-up; forward hooks time the backbone, the text backbone, each encoder layer's fusion, text-enhancer and
 deformable parts, and the decoder.
 
-    python benchmarks/profile_stages.py [--threads 2] [--precision bf16] [--model-dir /tmp/gdino_t]
+    python benchmarks/profile_stages.py [--threads 2] [--precision bf16] [--model-dir /tmp/gdino_t] [--ops]
 """
 import argparse
 import tempfile
@@ -21,6 +21,7 @@ from coco_names import COCO_80
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+ap.add_argument("--ops", action="store_true", help="also print torch.profiler's table of the costliest ops")
 ap.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "groundscope_gdino_t")
 args = ap.parse_args()
 out = args.model_dir
@@ -63,3 +64,9 @@ print(f"precision {args.precision}, {threads} thread(s): {total:.2f} s per image
 for k, v in times.items():
     print(f"  {k:14s} {sum(v):.3f}s  ({len(v)} calls)")
 print(f"  other          {total - sum(sum(v) for v in times.values()):.3f}s")
+if args.ops:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        det.detect(im, COCO_80)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))

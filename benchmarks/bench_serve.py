@@ -76,8 +76,8 @@ def upload_costs(det, n: int = 20) -> tuple[float, float]:
     return decode * 1000, (time.perf_counter() - t) / n * 1000
 
 
-def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None,
+                 streams: int | None = None) -> tuple[subprocess.Popen, str]:
     """`groundscope serve` on a free loopback port; returns the process and its URL once it answers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if threads:
@@ -85,7 +85,8 @@ def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: f
     proc = subprocess.Popen(
         [sys.executable, "-c", "from groundscope.cli import main; main()", "serve", "--model", model,
          "--port", "0", "--max-batch", str(max_batch)]
-        + (["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else []),
+        + (["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else [])
+        + (["--streams", str(streams)] if streams is not None else []),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
     log: list[str] = []
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--max-wait-ms", type=float, default=None, help="The server's --max-wait-ms (default: its own).")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (server and direct API).")
+    ap.add_argument("--streams", type=int, default=None, help="The server's --streams (default: its own).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:  # before torch starts, so every thread's OpenMP pool gets it, as in the server process
@@ -157,7 +159,7 @@ def main() -> None:
     batched = direct_api(det, args.requests, args.max_batch)
     del det
     image = IMAGE.read_bytes()
-    proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms)
+    proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms, args.streams)
     try:
         for c in args.concurrency:
             rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", *load(url, image, c, args.requests)))

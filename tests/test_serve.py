@@ -248,7 +248,7 @@ def test_queued_requests_run_as_one_forward_call(nano, synth_bytes, monkeypatch)
     encode_images = staged.encode_images
     monkeypatch.setattr(staged, "encode_images", lambda m, px: backbone_calls.append(len(px)) or encode_images(m, px))
     gated = Gated(nano)
-    app = create_app(gated, max_batch=4, max_wait_ms=1)
+    app = create_app(gated, max_batch=4, max_wait_ms=1, streams=1)
     with serve_in_thread(app) as url, ThreadPoolExecutor(5) as pool:
         def one(i):
             with httpx.Client(base_url=url, timeout=60) as c:
@@ -361,6 +361,56 @@ def test_batcher_waits_only_for_announced_requests():
         b.withdraw()  # an announced request that failed to decode releases the wait
         t = time.monotonic()
         assert b.submit("a", 3).result(timeout=5) == 3 and time.monotonic() - t < 1.0
+    finally:
+        b.close(timeout=10)
+
+
+def test_batcher_streams_share_the_threads_and_split_queued_work():
+    """Two streams on 2 threads: a lone batch gets both threads and a second batch waits for them (never more
+    threads in flight than the CPU has); 4 requests arriving together run as two concurrent batches of 2 on one
+    thread each, set in the thread that runs them."""
+    lock = threading.Lock()
+    in_flight: list[int] = []  # threads of the batches running now
+    most_threads, most_batches = [0], [0]
+    thread_setting: dict[str, int] = {}  # worker thread -> what set_threads told it
+    seen: list[tuple[int, list]] = []
+    gate = threading.Event()
+
+    def run(key, items):
+        n = thread_setting.get(threading.current_thread().name, 2)
+        with lock:
+            in_flight.append(n)
+            seen.append((n, list(items)))
+            most_threads[0] = max(most_threads[0], sum(in_flight))
+            most_batches[0] = max(most_batches[0], len(in_flight))
+        if items == ["held"]:
+            assert gate.wait(10)
+        time.sleep(0.1)
+        with lock:
+            in_flight.remove(n)
+        return items
+
+    b = DynamicBatcher(run, max_batch=4, max_wait_s=1.0, streams=2, threads=2,
+                       set_threads=lambda n: thread_setting.__setitem__(threading.current_thread().name, n)).start()
+    try:
+        held = b.submit("a", "held")
+        wait_until(lambda: seen, what="the held batch")
+        waiting = b.submit("a", "next")
+        time.sleep(0.3)
+        assert b.pending == 1  # both threads are taken by the lone batch: the second stream does not start
+        gate.set()
+        assert held.result(timeout=5) == "held" and waiting.result(timeout=5) == "next"
+        assert [n for n, _ in seen] == [2, 2]  # each ran alone, so with every thread
+
+        seen.clear()
+        for _ in range(4):
+            b.announce()
+        futures = [b.submit("a", i, announced=True) for i in range(4)]
+        assert [f.result(timeout=5) for f in futures] == [0, 1, 2, 3]
+        assert sorted(items for _, items in seen) == [[0, 1], [2, 3]]  # split in order, one batch per stream
+        assert [n for n, _ in seen] == [1, 1] and most_batches[0] == 2  # concurrently, one thread each
+        assert most_threads[0] == 2
+        assert b.batches_run == 4 and b.jobs_done == 6
     finally:
         b.close(timeout=10)
 

@@ -280,15 +280,23 @@ class GroundingDetector:
     # ------------------------------------------------------------------ engine
     def text_features(self, prompt: Prompt) -> staged.TextFeatures:
         """The prompt's text encoding, computed once and cached (LRU) across images and calls."""
+        # Safe from several threads at once (the server's model streams): each OrderedDict call is atomic, and
+        # an entry another thread evicts in between costs at most a second encoding.
         key = tuple(prompt.input_ids[0].tolist())
         hit = self._text_cache.get(key)
         if hit is not None:
-            self._text_cache.move_to_end(key)
+            try:
+                self._text_cache.move_to_end(key)
+            except KeyError:
+                pass
             return hit
         feats = staged.encode_text(self.model, prompt.input_ids.to(self.device))
         self._text_cache[key] = feats
-        if len(self._text_cache) > TEXT_CACHE_SIZE:
-            self._text_cache.popitem(last=False)
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            try:
+                self._text_cache.popitem(last=False)
+            except KeyError:
+                break
         return feats
 
     def clear_cache(self) -> None:

@@ -14,8 +14,8 @@ Each answer is exactly the JSON the CLI writes as <stem>.json for the same image
 a describe answer is what `groundscope describe --json` prints.
 A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
 normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
-bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose worker thread runs compatible requests
-in one forward pass. The event loop only parses, awaits and answers.
+bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose model streams run compatible requests
+in one forward pass (two streams on a CPU, sharing its threads, when requests queue up). The event loop only parses, awaits and answers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional
 
+import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -87,6 +88,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def default_streams(detector) -> int:
+    """Model streams for `detector`: 2 on a CPU with two or more threads (two forward passes on a share of the
+    threads each beat one on all of them when requests queue up: `DynamicBatcher`), 1 on a GPU, whose one
+    device runs batches best one at a time."""
+    device = str(getattr(detector, "device", "cpu"))
+    return 2 if device.startswith("cpu") and torch.get_num_threads() >= 2 else 1
+
+
 def create_app(
     detector_or_model_name,
     *,
@@ -98,6 +107,7 @@ def create_app(
     device: str = "cpu",
     precision: str = "fp32",
     describer=None,
+    streams: int | None = None,
 ) -> FastAPI:
     """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
 
@@ -111,6 +121,8 @@ def create_app(
         device, precision: for a model given by name (`load_detector`'s arguments).
         describer: a `groundscope.describe.Describer`, or a describer name / folder (`load_describer`), for
             POST /v1/describe; without one that route answers 501. Its --expression form uses the detector.
+        streams: forward passes that may run at once, sharing the CPU threads (`DynamicBatcher`); a lone request
+            still gets every thread. Default: 2 on a CPU with two or more threads, else 1.
 
     A detector passed in loaded runs as fast as it can in the batcher's thread only if the calling thread has not
     run torch's parallel kernels (see `groundscope.serve.threads`): load it with `in_fresh_thread(load_detector,
@@ -130,16 +142,20 @@ def create_app(
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
+    threads = torch.get_num_threads()
+    if streams is None:
+        streams = default_streams(detector)
     batcher = DynamicBatcher(make_runner(detector, max_batch, describer), max_batch=max_batch,
-                             max_wait_s=max_wait_ms / 1000, queue_size=queue_size)
+                             max_wait_s=max_wait_ms / 1000, queue_size=queue_size, streams=streams,
+                             threads=threads, set_threads=torch.set_num_threads if streams > 1 else None)
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
                                      thread_name_prefix="groundscope-decode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        log.info("serving %s (max batch %d, queue %d, upload limit %g MB)", detector.name, max_batch, queue_size,
-                 max_upload_mb)
+        log.info("serving %s (max batch %d, %d stream(s) on %d threads, queue %d, upload limit %g MB)",
+                 detector.name, max_batch, streams, threads, queue_size, max_upload_mb)
         yield
         # uvicorn has waited for open requests by now (graceful shutdown); finish whatever is still queued.
         await asyncio.to_thread(batcher.close, 60)
@@ -234,8 +250,10 @@ def create_app(
             "describer": describer.name if describer is not None else None,
             "device": str(detector.device),
             "max_batch": batcher.max_batch,
+            "streams": batcher.streams,
             "queued": batcher.pending,
             "batches_run": batcher.batches_run,
+            "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())},
             "requests_done": batcher.jobs_done,
             "model_busy_s": round(batcher.busy_s, 3),
         }

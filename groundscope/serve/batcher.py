@@ -1,17 +1,30 @@
-"""`DynamicBatcher`: a bounded request queue drained by one worker thread in batches.
+"""`DynamicBatcher`: a bounded request queue drained in batches by one or more model streams.
 
-Requests are submitted with a compatibility key (for the server: the task and its scalar options). The worker
-takes the oldest pending job, gathers the pending jobs *with the same key* up to `max_batch`, and hands them to
+Requests are submitted with a compatibility key (for the server: the task and its scalar options). A worker takes
+the oldest pending job, gathers the pending jobs *with the same key* up to `max_batch`, and hands them to
 `run_batch` in a single call, so several HTTP requests share one forward pass. Jobs with another key keep their
-place in the queue and head the next batch, so no job waits behind more than the batch in flight.
+place in the queue and head the next batch, so no job waits behind more than the batches in flight.
 
 A batch that is not full waits up to `max_wait_s` for more, but only while some request is on its way: the
 server `announce`s a request as soon as its headers arrive (`serve/announce.py`) and the submit consumes the
-announcement. A lone
-request therefore never pays the wait, and a burst of requests still meets in one batch.
+announcement. A lone request therefore never pays the wait, and a burst of requests still meets in one batch.
 
-One thread owns the model: torch already spreads one forward pass over the CPU cores, and a second concurrent
-forward would only compete with it. The event loop never runs the model; it awaits the job's future.
+Streams. With `streams=2` (the server's default on a 2-thread CPU) two worker threads may run batches at the same
+time, sharing `threads` CPU threads:
+- the primary stream (stream 0) takes work first and runs it on every free thread, so a lone request is as fast
+  as with one stream;
+- while the primary is busy, helper streams take the queued work, on one thread each, and the primary leaves a
+  thread for each helper that has work waiting. The work in sight is split between the idle streams (4 requests,
+  2 idle streams: two batches of 2).
+Two forward passes on one thread each do more work per second than one on two threads: a small model's kernels
+stop scaling before two threads, and every OpenMP barrier costs both threads. On this machine the nano model does
+16.1 images/s as one 2-thread stream in batches of 4 and 19.9 as two 1-thread streams (1.24x; 1.07x in batches
+of 1 or 2: `python benchmarks/bench_omp_threads.py --streams`).
+Why helpers never get more than one thread: GNU OpenMP keeps a pool of helper threads for each thread that ran a
+parallel region on several threads, and once its threads outnumber the CPUs it stops spin-waiting at barriers,
+which made every forward pass 1.6x slower (see `serve/threads.py`). The primary's pool is the only one: a
+one-thread region starts no helpers. A stream never starts with more threads than are free, so the CPU is never
+oversubscribed either. The event loop never runs the model; it awaits the job's future.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -43,16 +56,22 @@ class Job:
 
 
 class DynamicBatcher:
-    """Queue jobs and run compatible ones together in a worker thread.
+    """Queue jobs and run compatible ones together in worker threads ("streams").
 
     Args:
-        run_batch: ``run_batch(key, items) -> results``, one result per item, in order. It runs in the worker
+        run_batch: ``run_batch(key, items) -> results``, one result per item, in order. It runs in a worker
             thread. If it raises for a batch of several jobs, each job is rerun alone so that one bad request
-            (say, a prompt over the model's token limit) fails only itself.
+            (say, a prompt over the model's token limit) fails only itself. With several streams it is called
+            from several threads at once.
         max_batch: most jobs per `run_batch` call.
-        max_wait_s: how long the worker waits for a batch to fill once it holds a job, while requests are
+        max_wait_s: how long a worker waits for a batch to fill once it holds a job, while requests are
             announced. A few milliseconds lets concurrent requests meet.
         queue_size: most pending (not yet running) jobs; `submit` raises `QueueFull` beyond it.
+        streams: worker threads that may run batches at the same time (see the module docstring).
+        threads: CPU threads shared by the streams (the primary stream runs on every free one, helpers on one).
+        set_threads: called in a worker thread with its share before a batch whose share differs from that
+            thread's previous one (the server passes `torch.set_num_threads`, which holds per thread). None: the
+            thread counts are only bookkeeping.
     """
 
     def __init__(
@@ -62,41 +81,58 @@ class DynamicBatcher:
         max_batch: int = 4,
         max_wait_s: float = 0.005,
         queue_size: int = 64,
+        streams: int = 1,
+        threads: int = 1,
+        set_threads: Callable[[int], None] | None = None,
         name: str = "groundscope-batcher",
     ):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        for arg, value in (("max_batch", max_batch), ("queue_size", queue_size), ("streams", streams),
+                           ("threads", threads)):
+            if value < 1:
+                raise ValueError(f"{arg} must be >= 1, got {value}")
         self.run_batch = run_batch
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_s)
         self.queue_size = int(queue_size)
+        self.streams = int(streams)
+        self.threads = int(threads)
+        self.set_threads = set_threads
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._incoming = 0  # announced requests not yet submitted (their images are being decoded)
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._free_threads = self.threads
+        self._running = 0  # streams inside run_batch
+        self._running_jobs = 0  # jobs in their batches
+        self._gathering = False  # one stream forms a batch at a time, so the split sees every idle stream
+        self._busy_since = 0.0
+        self._primary_busy = False  # stream 0 is running a batch
+        self._threads = [threading.Thread(target=self._loop, args=(i,), name=f"{name}-{i}" if streams > 1 else name,
+                                          daemon=True) for i in range(self.streams)]
         self._started = False
         self.batches_run = 0  # run_batch calls made, for /healthz and the tests
         self.jobs_done = 0
-        self.busy_s = 0.0  # seconds spent inside run_batch: the model's share of wall time, for /healthz
+        self._busy_s = 0.0  # closed periods of `busy_s`
+        self.thread_counts: list[int] = []  # threads each batch ran with, in start order (for the tests)
+        self.batch_sizes: Counter[int] = Counter()  # batches run, by jobs per batch (for /healthz)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "DynamicBatcher":
         with self._cond:
             if not self._started:
                 self._started = True
-                self._thread.start()
+                for t in self._threads:
+                    t.start()
         return self
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking jobs, finish every pending one (drain), and stop the worker."""
+        """Stop taking jobs, finish every pending one (drain), and stop the workers."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         if self._started:
-            self._thread.join(timeout)
+            for t in self._threads:
+                t.join(timeout)
         else:  # never started: nothing will run the pending jobs, so fail them instead of leaving them hanging
             with self._cond:
                 while self._pending:
@@ -104,7 +140,7 @@ class DynamicBatcher:
 
     @property
     def pending(self) -> int:
-        """Jobs waiting for the worker (not counting the batch it is running)."""
+        """Jobs waiting for a worker (not counting the batches running)."""
         with self._cond:
             return len(self._pending)
 
@@ -113,6 +149,13 @@ class DynamicBatcher:
         """Announced requests not yet submitted or withdrawn (0 when the server is idle)."""
         with self._cond:
             return self._incoming
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds during which some stream was inside run_batch (the model's share of wall time, for /healthz),
+        the period in progress included."""
+        with self._cond:
+            return self._busy_s + (time.perf_counter() - self._busy_since if self._running else 0.0)
 
     @property
     def closing(self) -> bool:
@@ -150,58 +193,122 @@ class DynamicBatcher:
         """`submit` and await the result without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(key, item, announced))
 
-    # ------------------------------------------------------------------ worker
-    def _next_batch(self) -> list[Job] | None:
-        """Block for the oldest job, then gather same-key jobs until the batch is full, max_wait_s passed or no
-        request is on its way. None when closing and nothing is left to drain."""
+    # ------------------------------------------------------------------ workers
+    def _target_size(self, batch: list[Job]) -> int:
+        """How many jobs this batch should take, at most max_batch (called holding the lock): an even share,
+        over all streams, of the work in sight (held, queued, announced) and the jobs running. The running jobs
+        count because their clients come back: a stream that took everything queued while the other ran one job
+        would keep the pair at 3 + 1 jobs, where 2 + 2 does more per second. (Taking only a share of what is in
+        sight, so that work stays queued, left both streams running single jobs: slower still, since a
+        one-thread pass does 9.3 images/s alone and 8.3 next to another.)"""
+        key = batch[0].key
+        in_sight = len(batch) + sum(1 for j in self._pending if j.key == key) + self._incoming
+        return min(self.max_batch, max(1, -(-(in_sight + self._running_jobs) // self.streams)))
+
+    def _may_gather(self, stream: int) -> bool:
+        """Whether `stream` may form a batch now (holding the lock): a job is queued, no other stream is forming
+        one, a thread is free, and, for a helper stream, the primary stream is busy (work goes to the primary
+        first, so a lone request gets every thread)."""
+        if not self._pending or self._gathering or self._free_threads < 1:
+            return False
+        return stream == 0 or self._primary_busy
+
+    def _next_batch(self, stream: int) -> tuple[list[Job], int] | None:
+        """Block until `stream` may form a batch, then take the oldest job and gather same-key jobs until the
+        batch reaches its target size, max_wait_s passed or no request is on its way. Returns the batch and the
+        threads it runs with (claimed), or None when closing and nothing is left to drain."""
         with self._cond:
-            while not self._pending:
-                if self._closing:
+            while not self._may_gather(stream):
+                if self._closing and not self._pending:
                     return None
                 self._cond.wait()
-            first = self._pending.popleft()
-            batch = [first]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                for job in [j for j in self._pending if j.key == first.key][: self.max_batch - len(batch)]:
-                    self._pending.remove(job)
-                    batch.append(job)
-                remaining = deadline - time.monotonic()
-                # Nothing announced: nobody to wait for. Draining for shutdown: nothing new can arrive.
-                if len(batch) >= self.max_batch or remaining <= 0 or self._incoming == 0 or self._closing:
-                    break
-                self._cond.wait(remaining)
-            return batch
+            self._gathering = True
+            try:
+                first = self._pending.popleft()
+                batch = [first]
+                deadline = time.monotonic() + self.max_wait_s
+                while True:
+                    room = self._target_size(batch) - len(batch)
+                    for job in [j for j in self._pending if j.key == first.key][: max(0, room)]:
+                        self._pending.remove(job)
+                        batch.append(job)
+                    remaining = deadline - time.monotonic()
+                    # Nothing announced: nobody to wait for. Draining for shutdown: nothing new can arrive.
+                    if (len(batch) >= self._target_size(batch) or remaining <= 0 or self._incoming == 0
+                            or self._closing):
+                        break
+                    self._cond.wait(remaining)
+                if stream == 0:
+                    # Every free thread, less one for each idle helper stream that has work waiting for it.
+                    waiting = len(self._pending) + self._incoming
+                    idle_helpers = self.streams - 1 - self._running
+                    threads = max(1, self._free_threads - min(idle_helpers, waiting))
+                    self._primary_busy = True
+                else:
+                    threads = 1
+                self._free_threads -= threads
+                if self._running == 0:
+                    self._busy_since = time.perf_counter()
+                self._running += 1
+                self._running_jobs += len(batch)
+                self.thread_counts.append(threads)
+                return batch, threads
+            finally:
+                self._gathering = False
+                self._cond.notify_all()
 
-    def _loop(self) -> None:
+    def _loop(self, stream: int) -> None:
+        current = None  # threads this worker last ran with
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch(stream)
+            if taken is None:
                 return
-            # A client that gave up (future cancelled) needs no forward pass.
-            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            if batch:
-                self._execute(batch)
+            batch, threads = taken
+            size = len(batch)
+            outcomes: list[tuple[Future, bool, Any]] = []
+            try:
+                if self.set_threads is not None and threads != current:
+                    self.set_threads(threads)
+                    current = threads
+                # A client that gave up (future cancelled) needs no forward pass.
+                batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
+                if batch:
+                    with self._cond:
+                        self.batches_run += 1
+                        self.batch_sizes[len(batch)] += 1
+                    outcomes = self._execute(batch)
+            finally:
+                # Counters move and threads return before the futures resolve, so a caller that got its answer
+                # sees the counters updated, and the next batch can start while the answers go out.
+                with self._cond:
+                    self._free_threads += threads
+                    self._running -= 1
+                    self._running_jobs -= size
+                    if stream == 0:
+                        self._primary_busy = False
+                    if self._running == 0:
+                        self._busy_s += time.perf_counter() - self._busy_since
+                    self.jobs_done += len(outcomes)
+                    self._cond.notify_all()
+            for future, ok, value in outcomes:
+                future.set_result(value) if ok else future.set_exception(value)
 
-    def _execute(self, batch: list[Job]) -> None:
-        # Counters move before the futures resolve, so a caller that got its answer sees them updated.
+    def _execute(self, batch: list[Job]) -> list[tuple[Future, bool, Any]]:
+        """Run one batch: (future, succeeded, result or exception) per job. A failing batch of several jobs is
+        rerun one job at a time."""
         key = batch[0].key
-        self.batches_run += 1
-        start = time.perf_counter()
         try:
             results = list(self.run_batch(key, [j.item for j in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} jobs")
         except Exception as e:  # noqa: BLE001 - every failure must reach the waiting requests, not kill the worker
-            self.busy_s += time.perf_counter() - start
-            if len(batch) > 1:
-                for job in batch:
-                    self._execute([job])
-                return
-            self.jobs_done += 1
-            batch[0].future.set_exception(e)
-            return
-        self.busy_s += time.perf_counter() - start
-        self.jobs_done += len(batch)
-        for job, result in zip(batch, results):
-            job.future.set_result(result)
+            if len(batch) == 1:
+                return [(batch[0].future, False, e)]
+            outcomes = []
+            for job in batch:
+                with self._cond:
+                    self.batches_run += 1
+                    self.batch_sizes[1] += 1
+                outcomes += self._execute([job])
+            return outcomes
+        return [(job.future, True, result) for job, result in zip(batch, results)]

@@ -1,7 +1,7 @@
 """``groundscope serve``: the detector behind an HTTP API and a web page.
 
     groundscope serve --model nano [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20] [--max-batch 4]
-                      [--describer dam-nano] [--precision fp32|bf16]
+                      [--describer dam-nano] [--precision fp32|bf16] [--streams N]
 
 The model is loaded before the server binds its port, so a bad --model exits with 2 and one line like every
 other verb, and /healthz answers 200 from the first moment it answers at all. SIGTERM or Ctrl-C stop taking
@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
                                           help="How long a batch waits for requests already arriving."),
         describer: Optional[str] = typer.Option(None, "--describer", help="A Describe Anything model (e.g. dam-nano) "
                                                 "for POST /v1/describe; without it that route answers 501."),
+        streams: Optional[int] = typer.Option(None, "--streams", min=1, help="Forward passes that may run at once "
+                                              "on a share of the CPU threads (default: 2 on a CPU, 1 on a GPU)."),
         device: str = DeviceOpt,
         precision: str = PrecisionOpt,
     ) -> None:
@@ -62,7 +64,7 @@ def register(app: typer.Typer) -> None:
             except ModelLoadError as e:
                 raise fail(str(e))
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,
-                         max_wait_ms=max_wait_ms, describer=describe_model)
+                         max_wait_ms=max_wait_ms, describer=describe_model, streams=streams)
         console.print(f"[green]serving[/] {detector.name} on http://{host}:{port}  (web page /, API docs /docs)",
                       highlight=False)
         # Graceful shutdown: uvicorn waits up to 30 s for requests in flight before the batcher drains and stops.

@@ -18,6 +18,7 @@ are the ones the detector computes from the image itself.
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
@@ -95,14 +96,22 @@ def describe_items(describer, detector, items: list[Item], batch_size: int, **ge
 
 def make_runner(detector, batch_size: int, describer=None) -> Callable[[Hashable, list[Item]], list]:
     """``run(key, items) -> [Detections]`` (or, for describe, a list of `RegionDescription` per item): one model
-    call for a batch of same-key items. Both models run in the one thread that calls it."""
+    call for a batch of same-key items. It may be called from several threads at once (the batcher's streams):
+    detector calls share the model, whose forward pass keeps no state; describe calls take turns."""
     plain_detector = detector
     detector = _accepting_prepared(detector)
+    describe_lock = threading.Lock()  # the describer's generation is not known to be thread-safe: one at a time
+    tokenizer = getattr(detector, "tokenizer", None)
+    if callable(tokenizer):
+        # A fast tokenizer's first call may reset its padding / truncation settings (a write); afterwards calls
+        # with the same settings only read them, which concurrent model streams may do.
+        tokenizer("warm up")
 
     def run(key: tuple, items: list[Item]) -> list:
         task, options = key[0], dict(key[1])
         if task == "describe":
-            return describe_items(describer, plain_detector, items, batch_size, **options)
+            with describe_lock:
+                return describe_items(describer, plain_detector, items, batch_size, **options)
         images = [it.image for it in items]
         if task == "detect":
             return detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)

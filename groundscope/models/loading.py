@@ -133,7 +133,8 @@ def load_detector(
         fast: run the inference fast path (groundscope.models.fast.patch: sparse deformable attention, SDPA
             fusion attention; same outputs as transformers' modules to float rounding; with precision="bf16"
             the deformable sampler is a C++ kernel compiled on first use). Training and export run
-            transformers' modules either way.
+            transformers' modules either way. On the CPU it also tunes glibc's malloc to reuse freed memory
+            (`groundscope.models.fast.allocator`; GROUNDSCOPE_MALLOC=system opts out).
     Raises:
         ModelLoadError: unknown name, not cached while offline, unreachable hub, broken directory.
     """
@@ -176,6 +177,11 @@ def load_detector(
     model.to(device).eval()
     if fast:
         from groundscope.models.fast.patch import apply_fast_path
+
+        if str(device).startswith("cpu"):
+            from groundscope.models.fast.allocator import keep_freed_memory
+
+            keep_freed_memory()  # large tensors reuse freed memory instead of page-faulting fresh mmaps
 
         # bf16 is the "as fast as possible" setting: it also gets the compiled deformable sampler.
         apply_fast_path(model, kernel="cpp" if precision == "bf16" else "sparse")

@@ -15,6 +15,7 @@ reference's top-100 detections (of the first image) that the arm reproduces: sam
 |score difference| <= 0.02.
 
     python benchmarks/bench_detect.py [--images 2] [--vocab coco lvis] [--threads 2] [--precision fp32 bf16]
+                                      [--malloc-arm]   # + the reference with the fast path's malloc setting
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def _worker(mode: str, model_dir: str, classes: list[str], n_images: int, thread
     from groundscope.prompts import chunk_classes
 
     torch.set_num_threads(threads)
+    if mode == "reference+malloc":  # what the reference gains from the fast path's malloc setting alone
+        from groundscope.models.fast.allocator import keep_freed_memory
+
+        keep_freed_memory()
+        mode = "reference"
     # The reference runs transformers' own modules; groundscope its fast path in the arm's precision.
     det = gs.load_detector(model_dir, fast=False) if mode == "reference" else gs.load_detector(model_dir, precision=precision)
     rng = np.random.default_rng(0)
@@ -159,6 +165,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                     help="groundscope arms to run (the reference is always fp32)")
+    ap.add_argument("--malloc-arm", action="store_true", help="also run the reference with the fast path's "
+                    "malloc setting (groundscope.models.fast.allocator): how much of the speed-up is the allocator")
     args = ap.parse_args()
 
     vocabs = {}
@@ -183,6 +191,11 @@ def main() -> None:
             ref = measure("reference", tmp, classes, args.images, args.threads)
             print(f"{label:<14}{ref['chunks']:>7}  {'transformers fp32':<22}{ref['seconds']:>9.2f}{'1.00x':>10}"
                   f"{ref['peak_mb']:>9.0f}{'(reference)':>20}", flush=True)
+            if args.malloc_arm:
+                alt = measure("reference+malloc", tmp, classes, args.images, args.threads)
+                print(f"{label:<14}{alt['chunks']:>7}  {'transformers + malloc':<22}{alt['seconds']:>9.2f}"
+                      f"{ref['seconds'] / alt['seconds']:>9.2f}x{alt['peak_mb']:>9.0f}{reproduced(ref, alt):>19.0%}",
+                      flush=True)
             for precision in args.precision:
                 ours = measure("groundscope", tmp, classes, args.images, args.threads, precision)
                 arm = f"groundscope {precision}"

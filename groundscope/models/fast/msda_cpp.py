@@ -23,6 +23,7 @@ SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 template <typename scalar_t>
@@ -66,16 +67,39 @@ static void sample(const scalar_t* value, const float* loc, const float* attn, f
   });
 }
 
+static inline float to_float(float x) { return x; }
+static inline float to_float(at::BFloat16 x) {  // bf16 is the top half of an fp32: a shift the compiler vectorises
+  const uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+constexpr int64_t kMaxD = 256;  // channels per head; Grounding DINO has 32
+
+// acc[0:n] += w * v[0:n]. DC > 0 fixes n at compile time (the common D = 32), so the loop becomes a few vector
+// instructions instead of a loop with a runtime trip count.
+template <int64_t DC, typename scalar_t>
+static inline void axpy(float* __restrict acc, const scalar_t* __restrict v, float w, int64_t n) {
+  if (DC > 0) {
+    for (int64_t d = 0; d < DC; ++d) acc[d] += w * to_float(v[d]);
+  } else {
+    for (int64_t d = 0; d < n; ++d) acc[d] += w * to_float(v[d]);
+  }
+}
+
 // The whole sampling step of GroundingDinoMultiscaleDeformableAttention after its three projections: softmax of
 // the attention logits over L*P, sampling locations from the reference points and offsets, bilinear sampling.
 // ref: (B, Q, L, 2) points or (B, Q, L, 4) boxes (fp32); offsets: (B, Q, H, L, P, 2); logits: (B, Q, H, L*P).
-template <typename scalar_t, typename param_t>
+// out: (B, Q, H*D) written in out_t (the value's dtype), accumulated in fp32.
+template <int64_t DC, typename scalar_t, typename param_t, typename out_t>
 static void fused(const scalar_t* value, const float* ref, int64_t ref_dim, const param_t* offsets,
-                  const param_t* logits, float* out, const std::vector<int64_t>& hs,
+                  const param_t* logits, out_t* out, const std::vector<int64_t>& hs,
                   const std::vector<int64_t>& ws, const std::vector<int64_t>& starts, int64_t B, int64_t S,
                   int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P) {
   at::parallel_for(0, B * Q, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(D), attn(L * P);
+    alignas(64) float acc[kMaxD];
+    std::vector<float> attn(L * P);
     for (int64_t bq = begin; bq < end; ++bq) {
       const int64_t b = bq / Q;
       const float* r = ref + bq * L * ref_dim;
@@ -84,7 +108,7 @@ static void fused(const scalar_t* value, const float* ref, int64_t ref_dim, cons
         float mx = -INFINITY, sum = 0.f;
         for (int64_t i = 0; i < L * P; ++i) { attn[i] = static_cast<float>(logits[first + i]); mx = std::max(mx, attn[i]); }
         for (int64_t i = 0; i < L * P; ++i) { attn[i] = std::exp(attn[i] - mx); sum += attn[i]; }
-        std::fill(acc.begin(), acc.end(), 0.f);
+        std::fill(acc, acc + D, 0.f);
         for (int64_t l = 0; l < L; ++l) {
           const int64_t hl = hs[l], wl = ws[l];
           const scalar_t* level = value + ((b * S + starts[l]) * H + h) * D;
@@ -104,17 +128,24 @@ static void fused(const scalar_t* value, const float* ref, int64_t ref_dim, cons
             for (int c = 0; c < 4; ++c) {
               const int64_t xx = x0 + (c & 1), yy = y0 + (c >> 1);
               if (xx < 0 || yy < 0 || xx >= wl || yy >= hl) continue;
-              const scalar_t* v = level + (yy * wl + xx) * H * D;
-              const float wc = w[c];
-              for (int64_t d = 0; d < D; ++d) acc[d] += wc * static_cast<float>(v[d]);
+              axpy<DC>(acc, level + (yy * wl + xx) * H * D, w[c], D);
             }
           }
         }
-        float* o = out + (bq * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[d];
+        out_t* o = out + (bq * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<out_t>(acc[d]);
       }
     }
   });
+}
+
+template <typename scalar_t, typename param_t, typename out_t>
+static void fused_any_d(const scalar_t* value, const float* ref, int64_t ref_dim, const param_t* offsets,
+                        const param_t* logits, out_t* out, const std::vector<int64_t>& hs,
+                        const std::vector<int64_t>& ws, const std::vector<int64_t>& starts, int64_t B, int64_t S,
+                        int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P) {
+  if (D == 32) fused<32>(value, ref, ref_dim, offsets, logits, out, hs, ws, starts, B, S, H, D, Q, L, P);
+  else fused<0>(value, ref, ref_dim, offsets, logits, out, hs, ws, starts, B, S, H, D, Q, L, P);
 }
 
 // Offset of each level's first position in the flattened value, checked to cover exactly S positions.
@@ -139,18 +170,18 @@ torch::Tensor msda_fused_forward(torch::Tensor value, std::vector<int64_t> hs, s
   const int64_t B = value.size(0), S = value.size(1), H = value.size(2), D = value.size(3);
   const int64_t Q = offsets.size(1), L = offsets.size(3), P = offsets.size(4);
   const std::vector<int64_t> starts = level_starts(hs, ws, L, S);
-  auto out = torch::empty({B, Q, H * D}, value.options().dtype(torch::kFloat));
+  TORCH_CHECK(D <= kMaxD, "at most ", kMaxD, " channels per head, got ", D);
   const int64_t rd = ref.size(3);
   auto v = value.scalar_type() == torch::kBFloat16 ? value : value.to(torch::kFloat);
   auto par = offsets.scalar_type() == torch::kBFloat16 ? offsets : offsets.to(torch::kFloat);
   auto lg = logits.scalar_type() == torch::kBFloat16 ? logits : logits.to(torch::kFloat);
   const bool vb = v.scalar_type() == torch::kBFloat16, pb = par.scalar_type() == torch::kBFloat16;
-  float* o = out.data_ptr<float>();
+  auto out = torch::empty({B, Q, H * D}, v.options());  // the value's dtype (bf16 or fp32), as the reference returns
   const float* rp = ref.data_ptr<float>();
-  if (vb && pb) fused<at::BFloat16, at::BFloat16>(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
-  else if (vb) fused<at::BFloat16, float>(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
-  else if (pb) fused<float, at::BFloat16>(v.data_ptr<float>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
-  else fused<float, float>(v.data_ptr<float>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), o, hs, ws, starts, B, S, H, D, Q, L, P);
+  if (vb && pb) fused_any_d(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), hs, ws, starts, B, S, H, D, Q, L, P);
+  else if (vb) fused_any_d(v.data_ptr<at::BFloat16>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), out.data_ptr<at::BFloat16>(), hs, ws, starts, B, S, H, D, Q, L, P);
+  else if (pb) fused_any_d(v.data_ptr<float>(), rp, rd, par.data_ptr<at::BFloat16>(), lg.data_ptr<at::BFloat16>(), out.data_ptr<float>(), hs, ws, starts, B, S, H, D, Q, L, P);
+  else fused_any_d(v.data_ptr<float>(), rp, rd, par.data_ptr<float>(), lg.data_ptr<float>(), out.data_ptr<float>(), hs, ws, starts, B, S, H, D, Q, L, P);
   return out.to(value.scalar_type());
 }
 
@@ -193,8 +224,12 @@ def kernel():
             print("groundscope: loading the deformable-attention CPU kernel (compiled on first use, ~1 minute) ...",
                   file=sys.stderr, flush=True)
             module = load_inline(
-                name=f"groundscope_msda_{capability}", cpp_sources=[SOURCE], functions=["msda_forward", "msda_fused_forward"],
-                extra_cflags=["-O3", "-march=native"], verbose=False,
+                name=f"groundscope_msda_{capability}_omp", cpp_sources=[SOURCE],
+                functions=["msda_forward", "msda_fused_forward"],
+                # -fopenmp: at::parallel_for is a header template whose threads come from `#pragma omp parallel`;
+                # compiled without it, the kernel ran on one thread whatever torch.get_num_threads() said. The
+                # extension then resolves libgomp.so.1 to the copy torch has already loaded: one OpenMP runtime.
+                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
             )
         except Exception as e:  # no compiler, no ninja, no headers: the sparse-dense product does the same work
             warnings.warn(f"groundscope: the deformable-attention kernel could not be built ({type(e).__name__}: "

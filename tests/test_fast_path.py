@@ -122,6 +122,31 @@ def test_deformable_attention_bf16_values_and_shape_errors():
         multi_scale_deformable_attention(value, [(9, 11)], loc, weights)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_ffn_with_the_activation_fused_into_fc1_equals_the_unfused(activation):
+    """bf16 on the CPU: fc1 + activation in one oneDNN call (`_fused_fc1`) gives what fc1 then the activation
+    give; fp32 keeps the reference's kernels."""
+    from transformers.activations import ACT2FN
+
+    from groundscope.models.fast import attention
+
+    torch.manual_seed(0)
+    act = ACT2FN[activation]
+    fc1, fc2 = torch.nn.Linear(64, 256).bfloat16(), torch.nn.Linear(256, 64).bfloat16()
+    x = torch.randn(1, 300, 64).bfloat16()
+    with torch.inference_mode():
+        fused = attention._fused_fc1(x, fc1, act)
+        if fused is None:
+            pytest.skip("this torch build has no oneDNN linear with fused activations")
+        plain = act(fc1(x))
+        assert fused.dtype == torch.bfloat16 and fused.shape == plain.shape
+        # One bf16 rounding apart at most (the fused call rounds once, after the activation).
+        torch.testing.assert_close(fused.float(), plain.float(), rtol=1e-2, atol=2e-2)
+        out = attention.chunked_ffn(x, fc1, act, fc2)
+        torch.testing.assert_close(out.float(), fc2(plain).float(), rtol=2e-2, atol=2e-2)
+        assert attention._fused_fc1(x.float(), fc1.float(), act) is None
+
+
 def test_fusion_attention_sdpa_equals_reference_with_padding(tiny_model_dir):
     det = gs.load_detector(tiny_model_dir, fast=False)
     layer = det.model.model.encoder.layers[0].fusion_layer

@@ -67,8 +67,42 @@ def bi_attention_forward(
 FFN_CHUNK = 2048
 
 
+def _onednn_activation(activation: nn.Module) -> tuple[str, str] | None:
+    """oneDNN's (post-op, algorithm) for `activation`, or None when it has none (`_linear_pointwise`'s names)."""
+    if isinstance(activation, nn.ReLU):
+        return "relu", ""
+    if isinstance(activation, nn.GELU) and activation.approximate == "none":
+        return "gelu", "none"
+    if type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is nn.functional.gelu:
+        return "gelu", "none"  # transformers' ACT2FN["gelu"]: the exact (erf) GELU
+    return None
+
+
+_fused_fc1_works: dict[str, bool] = {}
+
+
+def _fused_fc1(x: torch.Tensor, fc1: nn.Module, activation: nn.Module) -> torch.Tensor | None:
+    """activation(fc1(x)) as one oneDNN matmul with the activation fused into it, for bf16 on the CPU; None where
+    that does not apply (other dtypes keep the reference's kernels) or the op is missing from this torch build.
+
+    The fused call skips a pass over the (chunk, 2048) hidden activation: at Grounding-DINO-T size the encoder
+    FFN takes 27 ms instead of 40 ms at 2 threads (`python benchmarks/bench_ffn.py`)."""
+    post = _onednn_activation(activation)
+    if (post is None or x.dtype != torch.bfloat16 or x.device.type != "cpu" or fc1.weight.dtype != torch.bfloat16
+            or _fused_fc1_works.get("ok") is False):
+        return None
+    try:
+        out = torch.ops.mkldnn._linear_pointwise(x, fc1.weight, fc1.bias, post[0], [], post[1])
+    except (AttributeError, RuntimeError):  # no oneDNN in this build, or it refuses these operands
+        _fused_fc1_works["ok"] = False
+        return None
+    _fused_fc1_works["ok"] = True
+    return out
+
+
 def chunked_ffn(x: torch.Tensor, fc1: nn.Module, activation: nn.Module, fc2: nn.Module) -> torch.Tensor:
-    """fc2(activation(fc1(x))) over (B, N, d) in chunks of FFN_CHUNK tokens; the same numbers as one call.
+    """fc2(activation(fc1(x))) over (B, N, d) in chunks of FFN_CHUNK tokens; the same numbers as one call
+    (in bf16, fc1 and the activation run as one fused oneDNN call: `_fused_fc1`).
 
     Measured at 22k tokens, d 256 -> 2048 -> 256, bf16, 1 thread: 0.060 s against 0.141 s unchunked.
     """
@@ -76,8 +110,11 @@ def chunked_ffn(x: torch.Tensor, fc1: nn.Module, activation: nn.Module, fc2: nn.
     out = x.new_empty((b, n, fc2.out_features))
     relu = isinstance(activation, nn.ReLU)
     for start in range(0, n, FFN_CHUNK):
-        hidden = fc1(x[:, start : start + FFN_CHUNK])
-        hidden = torch.relu_(hidden) if relu else activation(hidden)  # in place: no second (chunk, 2048) buffer
+        chunk = x[:, start : start + FFN_CHUNK]
+        hidden = _fused_fc1(chunk, fc1, activation)
+        if hidden is None:
+            hidden = fc1(chunk)
+            hidden = torch.relu_(hidden) if relu else activation(hidden)  # in place: no second (chunk, 2048) buffer
         out[:, start : start + FFN_CHUNK] = fc2(hidden)
     return out
 

@@ -161,7 +161,11 @@ def test_chunked_inference_equals_each_chunk_alone(short_text_model, example_pho
     assert 10 not in set(dets.class_ids.tolist())  # the duplicate "dog" maps to index 1
 
 
-def test_batches_equal_one_image_at_a_time(tiny_mm_dir, example_photo, coco_photo):
+def test_batches_equal_one_image_at_a_time(tiny_mm_dir, example_photo, coco_photo, monkeypatch):
+    from groundscope.models import detector as detector_module
+
+    # These photos resize to ~800x1200: one per pass on a CPU by default (next test); lift the cap to batch them.
+    monkeypatch.setattr(detector_module, "CPU_TOKENS_PER_PASS", 10**9)
     det = gs.load_detector(tiny_mm_dir)
     a = gs.load_image(example_photo)
     b = a.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # same size: fused in one padded-text batch
@@ -181,6 +185,26 @@ def test_batches_equal_one_image_at_a_time(tiny_mm_dir, example_photo, coco_phot
     r = det.refer([a, b], ["the cat", "the remote on the left of the bed"], top_k=3)
     for im, e, got in zip([a, b], ["the cat", "the remote on the left of the bed"], r):
         np.testing.assert_allclose(got.scores, det.refer(im, e, top_k=3).scores, atol=1e-4)
+
+
+def test_cpu_passes_hold_at_most_one_large_image(tiny_mm_dir, example_photo, monkeypatch):
+    """On a CPU, batch_size is capped by image tokens: 800x1333-size inputs go one per forward pass, small ones
+    still batch."""
+    from groundscope.models import detector as detector_module
+    from groundscope.models.detector import _image_tokens
+
+    assert _image_tokens(800, 1333) == 100 * 167 + 50 * 84 + 25 * 42 + 13 * 21 == 22223
+    det = gs.load_detector(tiny_mm_dir)
+    assert det._pairs_per_pass(4, 800, 1333) == 1 and det._pairs_per_pass(4, 256, 416) == 4
+    seen = []
+    real = staged.encode_images
+    monkeypatch.setattr(staged, "encode_images", lambda m, px, *a: seen.append(px.shape[0]) or real(m, px, *a))
+    det.detect([example_photo, example_photo], ["cat"], batch_size=4)
+    assert seen == [1, 1]
+    monkeypatch.setattr(detector_module, "CPU_TOKENS_PER_PASS", 10**9)
+    seen.clear()
+    det.detect([example_photo, example_photo], ["cat"], batch_size=4)
+    assert seen == [2]
 
 
 def test_text_encoding_is_cached_across_images(tiny_mm_dir, example_photo, monkeypatch):

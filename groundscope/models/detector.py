@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from groundscope.detections import Detections
 from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE, ImageInput, PreparedImage, load_image, preprocess
@@ -24,6 +23,12 @@ from groundscope.postprocess import Candidates, decoded_phrases, merge_candidate
 from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_classes, expression_prompt, phrase_prompt
 
 TEXT_CACHE_SIZE = 512
+# On a CPU a forward pass holds at most this many image tokens (an 800x1333 image has 22,223 over its four
+# levels), however large `batch_size`: batching large images buys little on a CPU and holds every pair's
+# activations at once. Grounding-DINO-T, bf16, the 1230 LVIS names (16 prompt chunks) at 2 threads: 4 chunks per
+# pass 25.6 s and 3.5 GB peak RSS, 2 per pass 25.6 s and 2.7 GB, 1 per pass 28.8 s and 2.2 GB. Small images
+# (nano's 256x416: ~2,200 tokens) still batch up to `batch_size`.
+CPU_TOKENS_PER_PASS = 24_576
 
 
 def _is_batch(images: Any) -> bool:
@@ -105,7 +110,8 @@ class GroundingDetector:
             max_detections: top-k (query, class) pairs per image (300 is the COCO/LVIS protocol).
             nms_iou: class-wise NMS at this IoU when given.
             score_rule: "mean" (published rule) or "max" over the class's tokens.
-            batch_size: (image, prompt chunk) pairs per forward pass.
+            batch_size: (image, prompt chunk) pairs per forward pass, at most; on a CPU fewer for large images
+                (CPU_TOKENS_PER_PASS: one 800x1333 image per pass).
         """
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
@@ -328,22 +334,31 @@ class GroundingDetector:
                                         rescore)
         return results
 
+    def _pairs_per_pass(self, batch_size: int, height: int, width: int) -> int:
+        """(image, prompt) pairs per forward pass for inputs of this size: `batch_size`, and on a CPU no more
+        than CPU_TOKENS_PER_PASS image tokens (at least one pair)."""
+        if torch.device(self.device).type != "cpu":
+            return batch_size
+        levels = getattr(self.model.config, "num_feature_levels", 4)
+        return max(1, min(batch_size, CPU_TOKENS_PER_PASS // max(1, _image_tokens(height, width, levels))))
+
     def _run_window(self, images, prompts, reduce, batch_size, rescore=None):
         prepared = self.prepare(images)
         out: list[list[Candidates]] = [[] for _ in prepared]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(prepared):
             groups.setdefault(tuple(p.pixel_values.shape[1:]), []).append(i)
-        for members in groups.values():
-            # Backbone: once per image, batch_size images at a time.
+        for (height, width), members in groups.items():
+            per_pass = self._pairs_per_pass(batch_size, height, width)
+            # Backbone: once per image, per_pass images at a time.
             feats = []
-            for s in range(0, len(members), batch_size):
-                px = torch.stack([prepared[i].pixel_values for i in members[s : s + batch_size]])
+            for s in range(0, len(members), per_pass):
+                px = torch.stack([prepared[i].pixel_values for i in members[s : s + per_pass]])
                 feats.append(staged.encode_images(self.model, px.to(self.device, self.dtype)))
             image_feats = _concat_features(feats)
             pairs = [(row, i, p) for row, i in enumerate(members) for p in prompts[i]]
-            for s in range(0, len(pairs), batch_size):
-                chunk = pairs[s : s + batch_size]
+            for s in range(0, len(pairs), per_pass):
+                chunk = pairs[s : s + per_pass]
                 texts = [self.text_features(p) for _, _, p in chunk]
                 raw = staged.fuse_and_decode(self.model, image_feats.select([r for r, _, _ in chunk]), texts)
                 for k, (_, i, p) in enumerate(chunk):
@@ -352,6 +367,12 @@ class GroundingDetector:
                         logits = self.rkd.rescore(logits, raw.query_features[k], p, rescore)
                     out[i].append(reduce(logits, raw.boxes[k], p))
         return [(c, p.orig_size) for c, p in zip(out, prepared)]
+
+
+def _image_tokens(height: int, width: int, levels: int = 4) -> int:
+    """Encoder tokens of a (height, width) input: the backbone's stride-8, 16 and 32 maps plus one more
+    stride-64 level (rounded up, as the convolutions do)."""
+    return sum(-(-height // 2 ** (3 + lv)) * -(-width // 2 ** (3 + lv)) for lv in range(levels))
 
 
 def _concat_features(items: list[staged.ImageFeatures]) -> staged.ImageFeatures:

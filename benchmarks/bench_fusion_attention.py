@@ -4,7 +4,7 @@ explicit matmul-softmax-matmul variants, in one run.
 Sizes: 1 image, 4 heads, 22,223 image tokens (800x1333), 195 text tokens (the 80 COCO names), head dim 256.
 Both directions: image->text (softmax over the text) and text->image (softmax over the image).
 
-    python benchmarks/bench_fusion_attention.py [--threads 2] [--repeats 5]
+    python benchmarks/bench_fusion_attention.py [--threads 2] [--repeats 5] [--system-malloc]
 
 Prints ms per call of both directions and the largest difference from SDPA's output.
 """
@@ -21,7 +21,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc as it is (the fast path "
+                    "tunes it: groundscope.models.fast.allocator)")
     args = ap.parse_args()
+    if not args.system_malloc:
+        from groundscope.models.fast.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     b, h, s, t, d = 1, 4, 22223, 195, 256
     g = torch.Generator().manual_seed(0)

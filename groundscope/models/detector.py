@@ -25,9 +25,10 @@ from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_class
 TEXT_CACHE_SIZE = 512
 # On a CPU a forward pass holds at most this many image tokens (an 800x1333 image has 22,223 over its four
 # levels), however large `batch_size`: batching large images buys little on a CPU and holds every pair's
-# activations at once. Grounding-DINO-T, bf16, the 1230 LVIS names (16 prompt chunks) at 2 threads: 4 chunks per
-# pass 25.6 s and 3.5 GB peak RSS, 2 per pass 25.6 s and 2.7 GB, 1 per pass 28.8 s and 2.2 GB. Small images
-# (nano's 256x416: ~2,200 tokens) still batch up to `batch_size`.
+# activations at once. Grounding-DINO-T, bf16, the 1230 LVIS names (16 prompt chunks), 2 threads
+# (`python benchmarks/bench_chunk_batch.py`): 1 chunk per pass 30.3 s and 2.07 GB peak RSS, 2 per pass 29.0 s and
+# 2.46 GB, 4 per pass 28.0 s and 3.43 GB. Small images (nano's 256x416: ~2,200 tokens) still batch up to
+# `batch_size`.
 CPU_TOKENS_PER_PASS = 24_576
 
 

@@ -3,16 +3,16 @@
 glibc serves every allocation over its mmap threshold (at most 32 MB) with a fresh mmap and unmaps it again on
 free. A Grounding-DINO-T forward pass allocates dozens of such tensors per image (the fusion layer's
 (22,223 x 1024) projections are 45 MB in bf16), and the kernel hands each one out a 4 KB page at a time on first
-touch: 477,000 page faults per image, ~0.6 s of a 3.3 s bf16 forward pass at 2 threads
-(`python benchmarks/bench_allocator.py`). A (22,223 x 256) -> 1024 bf16 linear takes 19.6 ms with faults and
-7.0 ms without.
+touch. `python benchmarks/bench_allocator.py`, 2 threads: a bf16 detect at Grounding-DINO-T size took 575,000
+page faults and 2.59 s per image, and takes 2 faults and 2.16 s with this setting; a (22,223 x 256) -> 1024 bf16
+linear layer takes 17.8 ms with faults and 5.2 ms without.
 
 `keep_freed_memory` turns mmap off (every block comes from the heap), never trims the heap back to the system,
 and puts all threads on one arena so a block freed by one thread is reused by the next. The same remedy as the
 jemalloc / tcmalloc settings Intel's PyTorch CPU tuning guides recommend, without preloading a library.
 
 The cost: the process keeps its peak heap. Freed memory is reused, not returned, so a long-running process sits
-at its high-water mark (GDINO-T bf16: 1.83 GB peak RSS against 1.68 GB without). `load_detector` calls it for
+at its high-water mark (GDINO-T bf16 in that benchmark: 1.43 GB peak RSS against 1.36 GB). `load_detector` calls it for
 models on the CPU with the fast path; GROUNDSCOPE_MALLOC=system leaves the allocator alone.
 """
 

@@ -130,9 +130,9 @@ def load_detector(
         precision: "fp32" (the reference's numbers) or "bf16" (the fast CPU path: bf16 weights and activations
             for backbone, text tower, encoder and decoder; box and score heads in fp32;
             groundscope.models.fast.precision). Leave `dtype` unset with it.
-        fast: run the inference fast path (groundscope.models.fast.patch: sparse deformable attention, SDPA
-            fusion attention; same outputs as transformers' modules to float rounding; with precision="bf16"
-            the deformable sampler is a C++ kernel compiled on first use). Training and export run
+        fast: run the inference fast path (groundscope.models.fast.patch: a C++ deformable-attention kernel
+            compiled on first use, or the sparse-dense product where it cannot be built; SDPA fusion attention;
+            same outputs as transformers' modules to float rounding). Training and export run
             transformers' modules either way. On the CPU it also tunes glibc's malloc to reuse freed memory
             (`groundscope.models.fast.allocator`; GROUNDSCOPE_MALLOC=system opts out).
     Raises:
@@ -183,8 +183,11 @@ def load_detector(
 
             keep_freed_memory()  # large tensors reuse freed memory instead of page-faulting fresh mmaps
 
-        # bf16 is the "as fast as possible" setting: it also gets the compiled deformable sampler.
-        apply_fast_path(model, kernel="cpp" if precision == "bf16" else "sparse")
+        # The compiled deformable sampler for both precisions (the sparse product where it cannot be built): in
+        # fp32 it computes what grid_sample does to float rounding, and the nano model's forward pass takes
+        # 59 ms with it against 80 ms with the sparse product (benchmarks/bench_omp_threads.py --streams, with
+        # GROUNDSCOPE_MSDA_KERNEL=sparse|cpp).
+        apply_fast_path(model, kernel="cpp")
     if precision == "bf16":
         from groundscope.models.fast.precision import to_bf16
 

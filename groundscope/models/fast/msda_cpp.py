@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention as a small C++ kernel, compiled on first use (the bf16 path's sampler).
+"""Multi-scale deformable attention as a small C++ kernel, compiled on first use (`load_detector`'s sampler).
 
 One pass per (image, query): for every head, level and point, the four bilinear corners are read straight from
 the value tensor in its own (B, S, heads, D) layout (fp32 or bf16) and accumulated in fp32, under grid_sample's

@@ -222,8 +222,10 @@ def test_bad_prompts_are_400_or_422_naming_the_field(nano, synth_bytes):
 
 
 # ---------------------------------------------------------------------------- concurrency and batching
-def test_24_concurrent_requests_on_a_real_server(nano, synth_bytes):
-    with serve_in_thread(create_app(nano, max_batch=4)) as url:
+@pytest.mark.parametrize("streams", [1, 2])
+def test_24_concurrent_requests_on_a_real_server(nano, synth_bytes, streams):
+    """Two streams run the one model from two threads at once: the answers must not change."""
+    with serve_in_thread(create_app(nano, max_batch=4, streams=streams)) as url:
         with httpx.Client(base_url=url, timeout=60) as client:
             single = post(client, "detect", {"classes": CLASSES}, synth_bytes).json()
 

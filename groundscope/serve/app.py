@@ -15,7 +15,8 @@ a describe answer is what `groundscope describe --json` prints.
 A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
 normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
 bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose model streams run compatible requests
-in one forward pass (two streams on a CPU, sharing its threads, when requests queue up). The event loop only parses, awaits and answers.
+in one forward pass (`streams` > 1: several passes at once, sharing the CPU threads). The event loop only parses,
+awaits and answers.
 """
 
 from __future__ import annotations
@@ -88,14 +89,6 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def default_streams(detector) -> int:
-    """Model streams for `detector`: 2 on a CPU with two or more threads (two forward passes on a share of the
-    threads each beat one on all of them when requests queue up: `DynamicBatcher`), 1 on a GPU, whose one
-    device runs batches best one at a time."""
-    device = str(getattr(detector, "device", "cpu"))
-    return 2 if device.startswith("cpu") and torch.get_num_threads() >= 2 else 1
-
-
 def create_app(
     detector_or_model_name,
     *,
@@ -107,7 +100,7 @@ def create_app(
     device: str = "cpu",
     precision: str = "fp32",
     describer=None,
-    streams: int | None = None,
+    streams: int = 1,
 ) -> FastAPI:
     """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
 
@@ -122,7 +115,8 @@ def create_app(
         describer: a `groundscope.describe.Describer`, or a describer name / folder (`load_describer`), for
             POST /v1/describe; without one that route answers 501. Its --expression form uses the detector.
         streams: forward passes that may run at once, sharing the CPU threads (`DynamicBatcher`); a lone request
-            still gets every thread. Default: 2 on a CPU with two or more threads, else 1.
+            still gets every thread. Default 1: with the nano model on 2 cores, 2 streams raised the 16-client rate
+            by 3-8% and lowered the 4-client rate by 10-12% (benchmarks/results/serve.md).
 
     A detector passed in loaded runs as fast as it can in the batcher's thread only if the calling thread has not
     run torch's parallel kernels (see `groundscope.serve.threads`): load it with `in_fresh_thread(load_detector,
@@ -143,8 +137,6 @@ def create_app(
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
     threads = torch.get_num_threads()
-    if streams is None:
-        streams = default_streams(detector)
     batcher = DynamicBatcher(make_runner(detector, max_batch, describer), max_batch=max_batch,
                              max_wait_s=max_wait_ms / 1000, queue_size=queue_size, streams=streams,
                              threads=threads, set_threads=torch.set_num_threads if streams > 1 else None)

@@ -9,17 +9,18 @@ A batch that is not full waits up to `max_wait_s` for more, but only while some 
 server `announce`s a request as soon as its headers arrive (`serve/announce.py`) and the submit consumes the
 announcement. A lone request therefore never pays the wait, and a burst of requests still meets in one batch.
 
-Streams. With `streams=2` (the server's default on a 2-thread CPU) two worker threads may run batches at the same
-time, sharing `threads` CPU threads:
+Streams. With `streams=2` (`serve --streams 2`) two worker threads may run batches at the same time, sharing
+`threads` CPU threads:
 - the primary stream (stream 0) takes work first and runs it on every free thread, so a lone request is as fast
   as with one stream;
 - while the primary is busy, helper streams take the queued work, on one thread each, and the primary leaves a
   thread for each helper that has work waiting. The work in sight is split between the idle streams (4 requests,
   2 idle streams: two batches of 2).
-Two forward passes on one thread each do more work per second than one on two threads: a small model's kernels
-stop scaling before two threads, and every OpenMP barrier costs both threads. On this machine the nano model does
-16.1 images/s as one 2-thread stream in batches of 4 and 19.9 as two 1-thread streams (1.24x; 1.07x in batches
-of 1 or 2: `python benchmarks/bench_omp_threads.py --streams`).
+Whether two one-thread passes do more per second than one two-thread pass depends on the model's kernels
+(`python benchmarks/bench_omp_threads.py --streams`, nano, 2 cores). With the sparse deformable sampler they did:
+19.9 against 16.1 images/s in batches of 4. With the C++ sampler the fast path now uses, they win in batches of 1
+or 2 (1.08-1.11x) and lose in batches of 4 (0.94x). In the server one stream then serves 4 clients faster, so
+`serve` defaults to one (benchmarks/results/serve.md).
 Why helpers never get more than one thread: GNU OpenMP keeps a pool of helper threads for each thread that ran a
 parallel region on several threads, and once its threads outnumber the CPUs it stops spin-waiting at barriers,
 which made every forward pass 1.6x slower (see `serve/threads.py`). The primary's pool is the only one: a

@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
                                           help="How long a batch waits for requests already arriving."),
         describer: Optional[str] = typer.Option(None, "--describer", help="A Describe Anything model (e.g. dam-nano) "
                                                 "for POST /v1/describe; without it that route answers 501."),
-        streams: Optional[int] = typer.Option(None, "--streams", min=1, help="Forward passes that may run at once "
-                                              "on a share of the CPU threads (default: 2 on a CPU, 1 on a GPU)."),
+        streams: int = typer.Option(1, "--streams", min=1, help="Forward passes that may run at once on a share of "
+                                    "the CPU threads; a lone request still gets them all."),
         device: str = DeviceOpt,
         precision: str = PrecisionOpt,
     ) -> None:

@@ -114,7 +114,6 @@ class DynamicBatcher:
         self.batches_run = 0  # run_batch calls made, for /healthz and the tests
         self.jobs_done = 0
         self._busy_s = 0.0  # closed periods of `busy_s`
-        self.thread_counts: list[int] = []  # threads each batch ran with, in start order (for the tests)
         self.batch_sizes: Counter[int] = Counter()  # batches run, by jobs per batch (for /healthz)
 
     # ------------------------------------------------------------------ lifecycle
@@ -252,7 +251,6 @@ class DynamicBatcher:
                     self._busy_since = time.perf_counter()
                 self._running += 1
                 self._running_jobs += len(batch)
-                self.thread_counts.append(threads)
                 return batch, threads
             finally:
                 self._gathering = False

@@ -26,6 +26,27 @@ SOURCE = r"""
 #include <cstring>
 #include <vector>
 
+static inline float to_float(float x) { return x; }
+static inline float to_float(at::BFloat16 x) {  // bf16 is the top half of an fp32: a shift the compiler vectorises
+  const uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+constexpr int64_t kMaxD = 256;  // channels per head; Grounding DINO has 32
+
+// acc[0:n] += w * v[0:n]. DC > 0 fixes n at compile time (the common D = 32), so the loop becomes a few vector
+// instructions instead of a loop with a runtime trip count.
+template <int64_t DC, typename scalar_t>
+static inline void axpy(float* __restrict acc, const scalar_t* __restrict v, float w, int64_t n) {
+  if (DC > 0) {
+    for (int64_t d = 0; d < DC; ++d) acc[d] += w * to_float(v[d]);
+  } else {
+    for (int64_t d = 0; d < n; ++d) acc[d] += w * to_float(v[d]);
+  }
+}
+
 template <typename scalar_t>
 static void sample(const scalar_t* value, const float* loc, const float* attn, float* out,
                    const std::vector<int64_t>& hs, const std::vector<int64_t>& ws,
@@ -54,9 +75,7 @@ static void sample(const scalar_t* value, const float* loc, const float* attn, f
             for (int c = 0; c < 4; ++c) {
               const int64_t xx = x0 + (c & 1), yy = y0 + (c >> 1);
               if (xx < 0 || yy < 0 || xx >= wl || yy >= hl) continue;  // zero padding
-              const scalar_t* v = level + (yy * wl + xx) * H * D;
-              const float wc = w[c];
-              for (int64_t d = 0; d < D; ++d) acc[d] += wc * static_cast<float>(v[d]);
+              axpy<0>(acc.data(), level + (yy * wl + xx) * H * D, w[c], D);
             }
           }
         }
@@ -65,27 +84,6 @@ static void sample(const scalar_t* value, const float* loc, const float* attn, f
       }
     }
   });
-}
-
-static inline float to_float(float x) { return x; }
-static inline float to_float(at::BFloat16 x) {  // bf16 is the top half of an fp32: a shift the compiler vectorises
-  const uint32_t bits = static_cast<uint32_t>(x.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-constexpr int64_t kMaxD = 256;  // channels per head; Grounding DINO has 32
-
-// acc[0:n] += w * v[0:n]. DC > 0 fixes n at compile time (the common D = 32), so the loop becomes a few vector
-// instructions instead of a loop with a runtime trip count.
-template <int64_t DC, typename scalar_t>
-static inline void axpy(float* __restrict acc, const scalar_t* __restrict v, float w, int64_t n) {
-  if (DC > 0) {
-    for (int64_t d = 0; d < DC; ++d) acc[d] += w * to_float(v[d]);
-  } else {
-    for (int64_t d = 0; d < n; ++d) acc[d] += w * to_float(v[d]);
-  }
 }
 
 // The whole sampling step of GroundingDinoMultiscaleDeformableAttention after its three projections: softmax of

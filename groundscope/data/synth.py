@@ -20,6 +20,8 @@ Directory layout (``file_name`` / ``filename`` entries are relative to ``DIR``):
                                       tokens_positive, attributes; image caption + grounding_caption
     DIR/odvg_det.jsonl                ODVG detection records, labels 0..55
     DIR/label_map.json                {"0": "red circle", ...}  (label = COCO id - 1)
+    DIR/paraphrases.json              {"red": ["scarlet", ...], ...}: training-only colour paraphrases
+                                      (`groundscope.data.vocab.TRAIN_PARAPHRASES`, for data.paraphrases)
     DIR/odvg_grounding.jsonl          ODVG grounding records (caption listing every object, phrase spans)
     DIR/groundingcap.jsonl            GroundingCap records (grounding + detailed caption in conversations)
     DIR/refexp.json                   MDETR-style referring expressions, one target each
@@ -66,6 +68,7 @@ from groundscope.data.vocab import (
     SIZE_NAMES,
     SIZES,
     TEXTURES,
+    TRAIN_PARAPHRASES,
     base_classes,
     base_combos,
     novel_classes,
@@ -263,6 +266,12 @@ def _subset(records: list[ImageRecord], keep: Callable[[Instance], bool], catego
 # ----------------------------------------------------------------------------------------------- the world
 
 
+def write_paraphrases(path: str | Path) -> Path:
+    """Write the training-only colour paraphrase table (`groundscope.data.paraphrase` reads it)."""
+    write_json(path, {colour: list(words) for colour, words in TRAIN_PARAPHRASES.items()})
+    return Path(path)
+
+
 def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
                    progress: Callable[[int, int], None] | None = None, regions: bool = False) -> dict:
     """Generate ``n`` images of ``split`` with every annotation file into ``out`` (layout in the module doc).
@@ -341,7 +350,8 @@ def _write_split(out: Path, split: str, records: list[ImageRecord], refs: list[R
     if split == "train":
         write_coco(out / "coco.json", full)
         write_odvg_detection(out / "odvg_det.jsonl", full, out / "label_map.json")
-        return files + ["coco.json", "odvg_det.jsonl", "label_map.json"]
+        write_paraphrases(out / "paraphrases.json")
+        return files + ["coco.json", "odvg_det.jsonl", "label_map.json", "paraphrases.json"]
     base, novel = base_classes(), novel_classes()
     is_novel = lambda inst: bool(inst.attributes["novel"])  # noqa: E731
     write_coco(out / "coco_all.json", full)

@@ -15,6 +15,12 @@ Open-vocabulary split (fixed, so every generated dataset agrees):
   (yellow), ``emerald`` (green), ``turquoise`` (cyan), ``azure`` (blue), ``violet`` (purple), ``magenta``
   (pink). Training text only ever uses the canonical colour names; the test split's
   ``coco_synonyms.json`` names the base classes with these words instead (``"crimson circle"``).
+* **Training paraphrases** (`TRAIN_PARAPHRASES`): eight other words per colour (``scarlet``, ``amber``,
+  ``lemon`` ...), disjoint from the test synonyms and from their word forms (no ``gold``, no ``fuchsia``).
+  The train split writes them to ``paraphrases.json``; `groundscope.data.paraphrase` swaps them in for the
+  canonical word at training time (``data.paraphrases``). A model that has seen eight names per colour learns to
+  read a colour word through MiniLM's pretrained meaning, not through one token's identity, which is what a
+  test-only synonym asks of it. They are chosen from colour vocabulary alone, never by a test score.
 
 Colours are far apart in hue and saturation so a small model can separate them at 320-640 px; the
 backgrounds drawn by `groundscope.data.render` are low-saturation so they never look like an object colour.
@@ -43,6 +49,16 @@ COLOURS: tuple[Colour, ...] = (
     Colour("pink", (246, 124, 192), "magenta"),
 )
 COLOUR_NAMES: tuple[str, ...] = tuple(c.name for c in COLOURS)
+TRAIN_PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "red": ("scarlet", "ruby", "cherry", "maroon", "burgundy", "brick", "blood", "tomato"),
+    "orange": ("amber", "apricot", "peach", "pumpkin", "copper", "rust", "carrot", "ginger"),
+    "yellow": ("lemon", "mustard", "canary", "banana", "butter", "sunflower", "honey", "blonde"),
+    "green": ("lime", "jade", "olive", "grass", "mint", "forest", "leaf", "sage"),
+    "cyan": ("teal", "aqua", "sky", "cerulean", "ocean", "ice", "lagoon", "pool"),
+    "blue": ("navy", "cobalt", "sapphire", "indigo", "denim", "ultramarine", "royal", "cornflower"),
+    "purple": ("lavender", "lilac", "plum", "mauve", "grape", "amethyst", "orchid", "eggplant"),
+    "pink": ("rose", "salmon", "blush", "coral", "bubblegum", "flamingo", "carnation", "peony"),
+}
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {c.name: c.rgb for c in COLOURS}
 TEST_SYNONYMS: dict[str, str] = {c.name: c.test_synonym for c in COLOURS}
 

@@ -3,6 +3,7 @@
     groundscope train CONFIG.yaml [--resume] [--checkpoint FILE] [--out DIR] [--set key.path=value ...] [--nproc N]
     torchrun --nproc-per-node N -m groundscope.cli train CONFIG.yaml ...      # joins torchrun's process group
     groundscope build-nano OUT_DIR [--text-layers 3] [--vocab-size 8192] [--dtype float16] [--seed 0]
+    groundscope build-nano OUT_DIR --extend MODEL_DIR    # a copy of MODEL_DIR whose vocabulary covers synth_words()
 
 Exit codes: 0 finished, 2 bad config / arguments / data / model (one line naming the problem), 1 training
 failed, 130 interrupted by Ctrl-C after saving a checkpoint (continue with ``--resume``).
@@ -98,10 +99,23 @@ def register(app: typer.Typer) -> None:
         longest: int = typer.Option(512, "--longest", min=32, help="Longest resize edge."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
         backbone: str = typer.Option("swin", "--backbone", help="Image backbone: swin or convnext."),
+        extend: Optional[Path] = typer.Option(
+            None, "--extend", help="Instead of a new model: copy this trained nano and add MiniLM's pieces of the "
+                                   "words its pruned vocabulary lacks (the training paraphrases); other options "
+                                   "are ignored."),
     ) -> None:
         """Create the nano MM-Grounding-DINO (random vision, pretrained MiniLM text) to train from scratch."""
-        from groundscope.train.nano import build_nano, weight_report
+        from groundscope.train.nano import build_nano, extend_vocabulary, weight_report
 
+        if extend is not None:
+            try:
+                added = extend_vocabulary(extend, out_dir)
+            except (ImportError, ValueError, OSError) as e:
+                raise _fail(f"--extend {extend}: {e}", 2)
+            report = weight_report(out_dir)
+            console.print(f"{out_dir}: {extend} with {len(added)} word pieces added, {report['megabytes']} MB",
+                          highlight=False, soft_wrap=True)
+            return
         if dtype not in ("float16", "float32", "bfloat16"):
             raise _fail(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}", 2)
         try:

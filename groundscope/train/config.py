@@ -29,8 +29,8 @@ loop, optimizer, schedule, checkpoints and logs: ``model.path`` is a DAM or base
 ``model.path`` may be a trained DAM (all its parts load) or a base VLM (no ``context_provider/``: the mask
 embedding and the adapters' gates start at zero).
 
-The detector-only keys (``data.scales``, ``max_size``, ``flip_prob``, negatives, ``loss``, ``caption``,
-``train.denoising``) do not apply there.
+The detector-only keys (``data.scales``, ``max_size``, ``flip_prob``, negatives, paraphrases, ``loss``,
+``caption``, ``train.denoising``) do not apply there.
 
 Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
 names its path and the valid keys (a typo must not silently fall back to a default); a bad value names the key,
@@ -97,6 +97,10 @@ class DataSection:
     num_negatives: int = _spec(85, min=0, doc="most negative classes per detection prompt")
     full_negative_prob: float = _spec(0.5, min=0.0, max=1.0, doc="probability of using all num_negatives")
     grounding_negatives: int = _spec(0, min=0, doc="phrases of other images appended to grounding captions")
+    paraphrases: str | None = _spec(None, doc="JSON {word: [alternatives]} swapped into class names and "
+                                              "referring expressions (groundscope.data.paraphrase)")
+    paraphrase_prob: float = _spec(0.5, min=0.0, max=1.0, doc="probability of swapping each word the "
+                                                              "paraphrase table knows")
     num_workers: int = _spec(0, min=0, doc="DataLoader worker processes (on a CPU-only machine they compete with "
                                             "torch's threads for the cores: keep 0 there)")
     shuffle: bool = _spec(True, doc="shuffle the records every epoch")

@@ -20,7 +20,8 @@ is used in one of two modes:
 
 Augmentation: a random shortest edge from `scales` (longest edge capped at `max_size`, the reference resize),
 and a horizontal flip with probability `flip_prob` for detection records only: flipping would make "the cup
-left of the plate" false.
+left of the plate" false. With a paraphrase table (`groundscope.data.paraphrase`), words of class names and
+referring expressions are swapped for alternatives with probability `paraphrase_prob`.
 
 Every random choice of sample ``i`` in epoch ``e`` comes from its own ``numpy`` generator seeded with
 ``(seed, e, i)``, so a sample is the same whichever worker loads it and a resumed run sees the same data.
@@ -39,6 +40,7 @@ from PIL import Image
 from groundscope.data import Dataset as RecordSet
 from groundscope.data import ImageRecord, read_any
 from groundscope.data.convert import dataset_from_refexps, infer_format
+from groundscope.data.paraphrase import paraphrase
 from groundscope.evaluate.run import prompt_name
 from groundscope.images import load_image, preprocess
 from groundscope.prompts import Prompt, PromptError, class_prompt, clean_class_name, expression_prompt, phrase_prompt
@@ -175,6 +177,9 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         source_format: the file format the records came from (it decides what "auto" means).
         seed: base of every per-sample generator.
         index_offset: added to the index in the generator seed (distinct streams for pooled datasets).
+        paraphrases: {word: alternatives} (`groundscope.data.paraphrase`) swapped into class names and
+            referring expressions (not into grounding captions, whose phrase spans are character offsets).
+        paraphrase_prob: probability of swapping each known word.
     """
 
     def __init__(
@@ -194,6 +199,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         source_format: str = "odvg",
         seed: int = 0,
         index_offset: int = 0,
+        paraphrases: dict[str, tuple[str, ...]] | None = None,
+        paraphrase_prob: float = 0.0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -211,6 +218,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         self.grounding_negatives = grounding_negatives
         self.seed = seed
         self.index_offset = int(index_offset)
+        self.paraphrases = paraphrases or {}
+        self.paraphrase_prob = float(paraphrase_prob)
         self.epoch = 0
         self._counts: dict[str, int] = {}
         # record -> class names to put in its detection prompt without boxes (set by the RKD trainer)
@@ -274,7 +283,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         if mode == "detection":
             prompt, keep, entity = self._detection_prompt(record, rng)
         elif mode == "expression":
-            prompt, keep, entity = self._expression_prompt(record)
+            prompt, keep, entity = self._expression_prompt(record, rng)
         else:
             prompt, keep, entity = self._grounding_prompt(record, rng)
         boxes = boxes[keep]
@@ -302,7 +311,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
             options = [p.strip() for p in name.split("/") if p.strip()]
             if options:
                 name = options[int(rng.integers(len(options)))]
-        return clean_class_name(prompt_name(name))
+        return paraphrase(clean_class_name(prompt_name(name)), self.paraphrases, rng, self.paraphrase_prob)
 
     def _detection_prompt(self, record: ImageRecord, rng: np.random.Generator) -> tuple[Prompt, list[int], list[int]]:
         """Class prompt with shuffled positives and sampled negatives -> (prompt, kept boxes, box entities)."""
@@ -371,12 +380,14 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         entity = [slot_of_position[label_slot[labels[k]]] for k in keep]
         return prompt, keep, entity
 
-    def _expression_prompt(self, record: ImageRecord) -> tuple[Prompt, list[int], list[int]]:
+    def _expression_prompt(self, record: ImageRecord,
+                           rng: np.random.Generator) -> tuple[Prompt, list[int], list[int]]:
         """The expression is the prompt and, whole, the entity of every box of the record (normally one)."""
         if not record.caption or not record.caption.strip():
             raise TrainDataError(f"'{record.filename}': a referring-expression record needs its expression")
+        text = paraphrase(record.caption, self.paraphrases, rng, self.paraphrase_prob)
         try:
-            prompt = expression_prompt(self.tokenizer, record.caption, self.max_text_len)
+            prompt = expression_prompt(self.tokenizer, text, self.max_text_len)
         except PromptError as e:
             raise TrainDataError(f"'{record.filename}': {e}") from e
         return prompt, list(range(len(record.instances))), [0] * len(record.instances)

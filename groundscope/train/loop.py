@@ -42,6 +42,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from groundscope.data.paraphrase import ParaphraseError, load_paraphrases
 from groundscope.train import checkpoint as ckpt_io
 from groundscope.train import distributed as dist_
 from groundscope.train.config import ConfigError, TrainConfig
@@ -344,6 +345,10 @@ class Trainer:
         """The training dataset (items in a fixed order; `set_epoch` reseeds any randomness)."""
         config, t, d, detector = self.cfg, self.cfg.train, self.cfg.data, self.detector
         shortest, longest = detector.image_size
+        try:
+            table = load_paraphrases(d.paraphrases) if d.paraphrases else None
+        except ParaphraseError as e:
+            raise ConfigError(f"data.paraphrases: {e}") from e
         parts = []
         for source in d.train:
             records, fmt = load_records(source.path, source.format, source.label_map)
@@ -364,6 +369,8 @@ class Trainer:
                 source_format=fmt,
                 seed=t.seed,
                 index_offset=sum(len(p) for p in parts),
+                paraphrases=table,
+                paraphrase_prob=d.paraphrase_prob,
             ))
         dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
         if self.head is not None and config.caption.default_prompt == "auto":

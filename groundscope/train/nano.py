@@ -44,6 +44,7 @@ def synth_words() -> list[str]:
     from groundscope.data import vocab
 
     words = set(vocab.COLOUR_NAMES) | set(vocab.TEST_SYNONYMS.values()) | set(vocab.SHAPES)
+    words |= {w for alts in vocab.TRAIN_PARAPHRASES.values() for w in alts}
     words |= set(vocab.SIZE_NAMES) | set(vocab.TEXTURES)
     words |= {"largest", "smallest", "leftmost", "rightmost", "topmost", "bottommost", "left", "right", "above",
               "below", "object", "checkered", "mottled", "background", "hidden", "behind", "partly"}
@@ -85,6 +86,63 @@ def pruned_tokenizer(vocab_size: int | None, keep_words: Sequence[str] = ()):
                 kept.append(tid)
     tok = BertTokenizerFast(vocab={vocab[i]: k for k, i in enumerate(kept)}, do_lower_case=True, model_max_length=512)
     return tok, kept
+
+
+def extend_vocabulary(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                      words: Sequence[str] | None = None) -> list[str]:
+    """Copy a nano model to `out_dir` with MiniLM's word pieces of `words` added to its pruned vocabulary.
+
+    For a model built before `synth_words()` grew (the training paraphrases): a word outside the pruned
+    vocabulary tokenises into short pieces whose pretrained embeddings say little about it. Existing ids keep
+    their place and rows; each new piece is appended with its row of MiniLM's embedding matrix (the text
+    backbone's embeddings are MiniLM's, frozen in training). Everything else is copied as it is.
+
+    Args:
+        model_dir: a nano model folder (config.json, model.safetensors, tokenizer files).
+        out_dir: where the extended copy goes (must differ from `model_dir`).
+        words: words to cover (default `synth_words()`).
+    Returns:
+        the pieces added, in their new id order (empty: the vocabulary already covered `words`).
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    src, out = Path(model_dir), Path(out_dir)
+    if src.resolve() == out.resolve():
+        raise ValueError(f"extend_vocabulary writes a copy: out_dir must differ from '{src}'")
+    full = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    tok = AutoTokenizer.from_pretrained(str(src))
+    vocab = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    have = set(vocab)
+    added: list[str] = []
+    for word in synth_words() if words is None else words:
+        for piece in full.tokenize(word):
+            if piece not in have:
+                have.add(piece)
+                added.append(piece)
+    key = "model.text_backbone.embeddings.word_embeddings.weight"
+    state = load_file(str(src / "model.safetensors"))
+    if key not in state or state[key].shape[0] != len(vocab):
+        raise ValueError(f"'{src}' is not a nano model whose text embeddings match its tokenizer "
+                         f"({key} missing or not {len(vocab)} rows)")
+    full_rows = _minilm_state(1)["embeddings.word_embeddings.weight"]
+    full_ids = full.convert_tokens_to_ids(added)
+    new_rows = full_rows[full_ids].to(state[key].dtype)
+    state[key] = torch.cat([state[key], new_rows]) if added else state[key]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "config.json") and not f.name.startswith("tokenizer"):
+            shutil.copy2(f, out / f.name)
+    config = json.loads((src / "config.json").read_text())
+    config["text_config"]["vocab_size"] = len(vocab) + len(added)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    new_tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab + added)}, do_lower_case=True,
+                                model_max_length=tok.model_max_length)
+    new_tok.save_pretrained(out)
+    return added
 
 
 def nano_config(

@@ -95,7 +95,8 @@ def main() -> None:
         rows.append(f"| `{key}` | {results[key]:.3f} | {verdict} | {meaning} |")
     missed = [k for k, t in TARGETS.items() if results[k] < t]
     curve = ", ".join(f"step {s}: {v:.3f}" for s, v in results["val_AP50_by_step"].items())
-    recipes = args.recipes.read_text().split("\n\n", 2)[-1].strip() if args.recipes.exists() else "(not measured)"
+    # the variant table only: the paragraphs after it are about other runs, said in the card's own words
+    recipes = (args.recipes.read_text().split("\n\n")[2].strip() if args.recipes.exists() else "(not measured)")
     card = CARD.format(
         params=f"{report['parameters'] / 1e6:.1f}", mb=f"{report['megabytes']:.1f}", params_exact=f"{report['parameters']:,}",
         steps=results["train_steps"], batch=batch, images=f"{results['train_images']:,}", minutes=f"{minutes:.0f}",
@@ -151,7 +152,9 @@ def _overrides(stage1: Path, run: Path) -> str:
 
 def _stage2_table() -> str:
     path = REPO / "benchmarks" / "results" / "nano_stage2.md"
-    return path.read_text().split("\n\n", 2)[-1].strip() if path.exists() else "(not measured)"
+    body = path.read_text().split("\n\n", 2)[-1].strip() if path.exists() else "(not measured)"
+    return ("\n### The second stage\n\nThe arms of `python benchmarks/bench_nano_stage2.py` "
+            "(`benchmarks/results/nano_stage2.md`), each 900 steps from the same stage-1 model:\n\n" + body + "\n")
 
 
 def _read_log(run: Path) -> list[dict]:
@@ -207,7 +210,7 @@ weights load with plain transformers (`MMGroundingDinoForObjectDetection.from_pr
   **contrastive denoising queries** (DINO's CDN: 100 queries in positive/negative groups, label noise 0.5, box
   noise 1.0; the label embedding of a query is its entity's fused text features). AdamW lr 8e-4, weight decay
   1e-4, gradient clipping 0.1, 100 warm-up steps then cosine to 5%, batch {batch}, shortest edge {scales} (longest
-  {max_size}), horizontal flips on detection records. Text backbone frozen.
+  {max_size}), horizontal flips on detection records. Text backbone frozen.{stage2}
 - Run: {steps} steps, {images} samples, {minutes} minutes on 2 CPU cores (no GPU{resumes}).{rss}
   Validation AP50 (100 images of the seed-1 world, base classes) along the way: {curve}.
 
@@ -220,7 +223,7 @@ untrained model and scored on the validation world (seed 1) by `python benchmark
 is `benchmarks/results/nano_recipes.md`. Denoising queries more than doubled base AP50 at equal steps and cost
 about 2 % more time per step (17.3 vs 16.9 minutes), so the recipe uses them. The input size was chosen by throughput
 (`python benchmarks/bench_train.py --settings`): 224-288 px ran 1.23x the steps per second of 288-352 px (1.49 vs 1.83 s per step of 4 images); bf16 autocast was no faster (0.98x), a data-loading worker slower (0.93x, it competes for the 2 cores), denoising queries cost 5 % (1.57 s).
-The rows after `cdn` were measured after this model was trained, so it does not use them yet: at equal steps a
+The rows after `cdn` were measured after this model's first stage was trained, so it does not use them: at equal steps a
 ConvNeXt backbone of the same widths (`build-nano --backbone convnext`) beat the Swin on every number. Trained
 to the end since (3300 steps, 94 minutes; `benchmarks/results/nano_recipes.md`, "Full-length runs"), it scored
 base AP 0.585 / AP50 0.799 / novel 0.682 / synonyms 0.103 / REC 0.697 on the held-out world, and got 6 of the 7
@@ -269,7 +272,7 @@ STAGE2 = """
   first stage's validation AP50 was still rising at its last step, so its model continues with the same recipe,
   a fresh 50-step warm-up to lr 3e-4 and cosine decay (`{run}`, from `{stage1}`; the vocabulary first gains
   MiniLM's pieces of the training paraphrases with `groundscope build-nano --extend`, which changes no score).
-  Of the second-stage arms in the table below, plain continuation was best on the validation world."""
+  Of the second-stage arms (below), plain continuation scored best on the validation world."""
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ word embeddings: no choice of layers brings the full vocabulary under 25 MB. The
 layers (the first layers carry most of what short class names need) and the 8,192 most frequent word pieces
 (every lowercase word still tokenises, into more pieces when rare), plus whole-word entries for `keep_words`
 (`synth_words()`: the synthetic world's vocabulary, including its test-only colour synonyms, whose pretrained
-embeddings are what the open-vocabulary test relies on), and the weights are stored in float16: 12.3 M parameters, 24.7 MB. `weight_report` measures a saved model;
+embeddings are what the open-vocabulary test relies on, and the training paraphrases), and the weights are stored
+in float16: 12.4 M parameters, 24.8 MB. `weight_report` measures a saved model;
 ``python benchmarks/bench_train.py --sizes`` tabulates the other choices (e.g. all 6 layers and the full
 vocabulary: 41.9 MB in float16, 105 MB in float32; 2 layers: 21.2 MB).
 

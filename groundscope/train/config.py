@@ -93,7 +93,10 @@ class DataSection:
     val: DataSource | None = _spec(None, doc="COCO/ODVG-detection annotations for periodic evaluation")
     scales: list[int] | None = _spec(None, min=32, doc="shortest-edge choices (default: the model's shortest edge)")
     max_size: int | None = _spec(None, min=32, doc="longest-edge cap (default: the model's longest edge)")
-    flip_prob: float = _spec(0.5, min=0.0, max=1.0, doc="horizontal flip probability (detection records only)")
+    flip_prob: float = _spec(0.5, min=0.0, max=1.0, doc="horizontal flip probability (detection records; "
+                                                        "expressions too with flip_expressions)")
+    flip_expressions: bool = _spec(False, doc="also flip referring-expression records, swapping their left/right "
+                                              "words (MDETR's rule for captions)")
     num_negatives: int = _spec(85, min=0, doc="most negative classes per detection prompt")
     full_negative_prob: float = _spec(0.5, min=0.0, max=1.0, doc="probability of using all num_negatives")
     grounding_negatives: int = _spec(0, min=0, doc="phrases of other images appended to grounding captions")

@@ -20,7 +20,8 @@ is used in one of two modes:
 
 Augmentation: a random shortest edge from `scales` (longest edge capped at `max_size`, the reference resize),
 and a horizontal flip with probability `flip_prob` for detection records only: flipping would make "the cup
-left of the plate" false. With a paraphrase table (`groundscope.data.paraphrase`), words of class names and
+left of the plate" false. With `flip_expressions`, referring expressions are flipped too and their
+left/right words swapped ("leftmost" <-> "rightmost"), as MDETR flips its captions. With a paraphrase table (`groundscope.data.paraphrase`), words of class names and
 referring expressions are swapped for alternatives with probability `paraphrase_prob`.
 
 Every random choice of sample ``i`` in epoch ``e`` comes from its own ``numpy`` generator seeded with
@@ -29,6 +30,7 @@ Every random choice of sample ``i`` in epoch ``e`` comes from its own ``numpy`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -110,6 +112,21 @@ class Batch:
         return len(self.prompts)
 
 
+_MIRROR = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+_MIRROR_WORD = re.compile(r"\b(" + "|".join(_MIRROR) + r")\b", re.IGNORECASE)
+
+
+def mirror_words(text: str) -> str:
+    """`text` as it reads for the horizontally flipped image: "left" <-> "right", "leftmost" <-> "rightmost"
+    (whole words, any case; a capitalised word stays capitalised)."""
+
+    def swap(m: re.Match) -> str:
+        word = _MIRROR[m.group(0).lower()]
+        return word.capitalize() if m.group(0)[0].isupper() else word
+
+    return _MIRROR_WORD.sub(swap, text)
+
+
 def entity_text(prompt: Prompt, entity: int) -> str:
     """The words of the prompt that name `entity` (its character spans joined); the label when it has none."""
     spans = prompt.entity_spans[entity] if entity < len(prompt.entity_spans) else []
@@ -180,6 +197,8 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         paraphrases: {word: alternatives} (`groundscope.data.paraphrase`) swapped into class names and
             referring expressions (not into grounding captions, whose phrase spans are character offsets).
         paraphrase_prob: probability of swapping each known word.
+        flip_expressions: flip referring-expression records too (with probability `flip_prob`), swapping the
+            expression's left/right words (`mirror_words`).
     """
 
     def __init__(
@@ -201,6 +220,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         index_offset: int = 0,
         paraphrases: dict[str, tuple[str, ...]] | None = None,
         paraphrase_prob: float = 0.0,
+        flip_expressions: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -220,6 +240,7 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         self.index_offset = int(index_offset)
         self.paraphrases = paraphrases or {}
         self.paraphrase_prob = float(paraphrase_prob)
+        self.flip_expressions = bool(flip_expressions)
         self.epoch = 0
         self._counts: dict[str, int] = {}
         # record -> class names to put in its detection prompt without boxes (set by the RKD trainer)
@@ -276,14 +297,15 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
             )
         mode = self.modes[index]
         boxes = np.asarray([i.bbox for i in record.instances], dtype=np.float64).reshape(-1, 4)
-        flipped = mode == "detection" and rng.random() < self.flip_prob
+        flippable = mode == "detection" or (mode == "expression" and self.flip_expressions)
+        flipped = flippable and rng.random() < self.flip_prob
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
         if mode == "detection":
             prompt, keep, entity = self._detection_prompt(record, rng)
         elif mode == "expression":
-            prompt, keep, entity = self._expression_prompt(record, rng)
+            prompt, keep, entity = self._expression_prompt(record, rng, flipped)
         else:
             prompt, keep, entity = self._grounding_prompt(record, rng)
         boxes = boxes[keep]
@@ -380,12 +402,13 @@ class GroundingTrainDataset(torch.utils.data.Dataset):
         entity = [slot_of_position[label_slot[labels[k]]] for k in keep]
         return prompt, keep, entity
 
-    def _expression_prompt(self, record: ImageRecord,
-                           rng: np.random.Generator) -> tuple[Prompt, list[int], list[int]]:
+    def _expression_prompt(self, record: ImageRecord, rng: np.random.Generator,
+                           flipped: bool = False) -> tuple[Prompt, list[int], list[int]]:
         """The expression is the prompt and, whole, the entity of every box of the record (normally one)."""
         if not record.caption or not record.caption.strip():
             raise TrainDataError(f"'{record.filename}': a referring-expression record needs its expression")
-        text = paraphrase(record.caption, self.paraphrases, rng, self.paraphrase_prob)
+        text = mirror_words(record.caption) if flipped else record.caption
+        text = paraphrase(text, self.paraphrases, rng, self.paraphrase_prob)
         try:
             prompt = expression_prompt(self.tokenizer, text, self.max_text_len)
         except PromptError as e:

@@ -371,6 +371,7 @@ class Trainer:
                 index_offset=sum(len(p) for p in parts),
                 paraphrases=table,
                 paraphrase_prob=d.paraphrase_prob,
+                flip_expressions=d.flip_expressions,
             ))
         dataset = parts[0] if len(parts) == 1 else PooledDataset(parts)
         if self.head is not None and config.caption.default_prompt == "auto":

@@ -272,7 +272,8 @@ STAGE2 = """
   first stage's validation AP50 was still rising at its last step, so its model continues with the same recipe,
   a fresh 50-step warm-up to lr 3e-4 and cosine decay (`{run}`, from `{stage1}`; the vocabulary first gains
   MiniLM's pieces of the training paraphrases with `groundscope build-nano --extend`, which changes no score).
-  Of the second-stage arms (below), plain continuation scored best on the validation world."""
+  Of the second-stage arms (below), plain continuation scored best on the validation world among those that
+  pass the `make demo` gate."""
 
 
 if __name__ == "__main__":

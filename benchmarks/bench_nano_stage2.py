@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench_recipes import REPO, run
+from bench_recipes import REPO, pick, run
 
 D = "data/synth_train"
 _DET = f"{{path: {D}/odvg_det.jsonl, label_map: {D}/label_map.json}}"
@@ -62,10 +62,7 @@ def main() -> None:
                                                 "also lists arms trained before")
     ap.add_argument("--out", type=Path, default=Path("runs/stage2"))
     args = ap.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(ARMS)
-    unknown = [n for n in names if n not in ARMS]
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
+    names = pick(args.only, ARMS, "arm")
     exe = str(Path(sys.executable).parent / "groundscope")
     ext = args.out / "extended"
     if not (ext / "model.safetensors").exists():

@@ -53,6 +53,15 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def pick(only: str, known, what: str) -> list[str]:
+    """The names of a comma-separated ``--only`` (all of `known` when empty); an unknown one exits naming the rest."""
+    names = [n for n in only.split(",") if n] or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}(s) {unknown}; known: {', '.join(known)}")
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/nano_synth.yaml")
@@ -64,10 +73,7 @@ def main() -> None:
     ap.add_argument("--set", dest="common", action="append", default=[], help="extra override for every variant")
     ap.add_argument("--out", type=Path, default=Path("runs/recipes"))
     args = ap.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    names = pick(args.only, VARIANTS, "variant")
     exe = str(Path(sys.executable).parent / "groundscope")
     results = args.out / "results.jsonl"
     done = {}

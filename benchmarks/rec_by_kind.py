@@ -16,11 +16,10 @@ import collections
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.progress import track
 
 from groundscope.data.expressions import parse
-from groundscope.detections import box_iou
+from groundscope.evaluate.refexp import hits_at_k, load_refexp_ground_truth
 from groundscope.models.loading import load_detector
 
 
@@ -42,14 +41,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write {kind: [hits, total]} here")
     args = ap.parse_args()
     det = load_detector(args.model)
-    data = json.loads((args.world / "refexp.json").read_text())
-    target = {a["image_id"]: a["bbox"] for a in data["annotations"]}
+    expressions, _ = load_refexp_ground_truth(args.world / "refexp.json")
     stats: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    for im in track(data["images"], description="refer"):
-        x, y, w, h = target[im["id"]]
-        dets = det.refer(args.world / im["file_name"], im["caption"])
-        hit = len(dets) > 0 and box_iou(np.asarray([[x, y, x + w, y + h]], np.float32), dets.xyxy[:1])[0, 0] >= 0.5
-        row = stats[kind_of(im["caption"])]
+    for e in track(expressions, description="refer"):
+        dets = det.refer(args.world / e.image["file_name"], e.expression)
+        hit = hits_at_k(dets.xyxy[:1].tolist(), [e.box], (1,), 0.5)[1]  # eval refexp's rule
+        row = stats[kind_of(e.expression)]
         row[0] += bool(hit)
         row[1] += 1
     hits, total = sum(v[0] for v in stats.values()), sum(v[1] for v in stats.values())

@@ -22,10 +22,12 @@ import sys
 from pathlib import Path
 
 from bench_recipes import REPO, pick, run
+from rec_by_kind import kind_of
 
 D = "data/synth_train"
 _DET = f"{{path: {D}/odvg_det.jsonl, label_map: {D}/label_map.json}}"
 _REF = f"{{path: {D}/refexp.json, format: refexp}}"
+_HARD = f"{{path: {{hard}}, format: refexp, image_root: {D}}}"
 ARMS: dict[str, tuple[str, list[str]]] = {
     "continue": ("the same recipe, continued", []),
     "paraphrases": ("+ training-only colour paraphrases in class names and expressions (p 0.5)",
@@ -35,8 +37,25 @@ ARMS: dict[str, tuple[str, list[str]]] = {
                  f"{_REF}, {_REF}]"]),
     "flipexpr": ("+ referring expressions flipped too, left/right words swapped (p 0.5)",
                  ["data.flip_expressions=true"]),
+    # {hard} is written by `write_hard_expressions` before the arm trains
+    "hardexp": ("+ the relation and superlative expressions listed twice more in the data mix",
+                [f"data.train=[{_DET}, {_DET}, {_DET}, {{path: {D}/odvg_grounding.jsonl, mode: grounding}}, "
+                 f"{_REF}, {_HARD}, {_HARD}]"]),
 }
 KEYS = ["base_AP", "base_AP50", "novel_AP50", "synonyms_AP50", "rec_P@1"]
+
+
+def write_hard_expressions(src: Path, dst: Path) -> int:
+    """Copy of the refexp file ``src`` with only its relation and superlative expressions (the kinds REC misses
+    most, `rec_by_kind.py`); returns how many it kept."""
+    data = json.loads(src.read_text())
+    keep = {im["id"] for im in data["images"]
+            if kind_of(im["caption"]) == "relation" or kind_of(im["caption"]).startswith("superlative")}
+    data["images"] = [im for im in data["images"] if im["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(data))
+    return len(keep)
 
 
 def score(exe_python: str, model: Path, seed: int, out: Path) -> dict:
@@ -77,6 +96,10 @@ def main() -> None:
         what, overrides = ARMS[name]
         out = args.out / name
         if not (out / "model" / "model.safetensors").exists():
+            hard = args.out / "refexp_hard.json"
+            if any("{hard}" in o for o in overrides) and not hard.exists():
+                print(f"{hard}: {write_hard_expressions(Path(D) / 'refexp.json', hard)} expressions", flush=True)
+            overrides = [o.replace("{hard}", str(hard)) for o in overrides]
             sets = [x for o in common + overrides + [f"train.out_dir={out}"] for x in ("--set", o)]
             run([exe, "train", args.config, *sets], out.with_suffix(".log"))
         rows.append({"name": name, "what": what, "steps": args.steps, "minutes": train_minutes(out),

@@ -405,8 +405,8 @@ def test_dam_config_and_cli(base_vlm, world, tmp_path):
 
 
 def test_vision_pretraining_learns_a_fixed_batch_and_feeds_the_base_vlm(world, lm_dir, tmp_path):
-    """Stage 0 (`--vision-steps`): the tower alone is trained on the regions' class names; on a batch that holds
-    the whole (tiny) world its accuracy rises, and pretrain-vlm records the stage in its log."""
+    """Stage 0 (`--vision-steps`): the tower alone is trained on the regions' colour and shape; on a batch that
+    holds the whole (tiny) world its accuracy rises, and pretrain-vlm records the stage in its log."""
     from groundscope.train.base_vlm import build_base_vlm, pretrain_base_vlm, pretrain_vision, vlm_samples
 
     samples = vlm_samples(world / "groundingcap.jsonl")
@@ -415,14 +415,50 @@ def test_vision_pretraining_learns_a_fixed_batch_and_feeds_the_base_vlm(world, l
     model, _ = build_base_vlm(lm_dir, [s.text for s in samples], **TINY_VLM)
     before = {k: v.clone() for k, v in model.backbone.vision.state_dict().items()}
     llm_before = {k: v.clone() for k, v in model.llm.state_dict().items()}
-    log = pretrain_vision(model, samples, 30, batch_size=len(regions), lr=3e-3)
-    assert log[-1]["accuracy"] > log[0]["accuracy"] and log[-1]["loss"] < log[0]["loss"]
+    log = pretrain_vision(model, samples, 30, batch_size=len(regions), lr=3e-3, val_samples=samples, eval_every=30)
+    train = [r for r in log if r["type"] == "vision"]
+    assert sum(train[-1]["accuracy"]) > sum(train[0]["accuracy"]) and train[-1]["loss"] < train[0]["loss"]
+    # the validation row scores the same regions unjittered: one accuracy per slot (colour, shape)
+    assert log[-1]["type"] == "vision_val" and len(log[-1]["accuracy"]) == 2
     after = model.backbone.vision.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(llm_before[k], v) for k, v in model.llm.state_dict().items())  # the LM is untouched
 
     out = tmp_path / "vlm"
     summary = pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out, steps=1, batch_size=4, progress=False,
-                                vision_steps=2, vision_batch_size=4, **TINY_VLM)
+                                vision_steps=2, vision_batch_size=4, vision_jitter=0.3, **TINY_VLM)
     rows = json.loads((out / "train_log.json").read_text())["log"]
     assert [r["type"] for r in rows[:2]] == ["vision", "vision"] and summary["vision_steps"] == 2
+    assert len(summary["vision_last_accuracy"]) == 2 and summary["vision_val_accuracy"] is None
+
+    # --vision-lr-mult 0: the LLaVA stage leaves the tower as it was built (same seed, same vocabulary)
+    from groundscope.describe.model import load_dam
+
+    out0 = tmp_path / "vlm0"
+    pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out0, steps=2, batch_size=4, progress=False,
+                      vision_lr_mult=0.0, **TINY_VLM)
+    fresh, _ = build_base_vlm(lm_dir, [s.text for s in samples], **TINY_VLM)
+    saved = load_dam(out0, from_base_vlm=True)
+    tower = saved.backbone.vision.state_dict()
+    assert all(torch.equal(v, tower[k]) for k, v in fresh.backbone.vision.state_dict().items())
+    assert not all(torch.equal(v, saved.projector.state_dict()[k])
+                   for k, v in fresh.projector.state_dict().items())  # the projector did train
+
+
+def test_category_factors_and_box_jitter():
+    """Vision pretraining's labels: one slot per category word when all names have as many words, else one;
+    a jittered box stays inside the image, at least 2 px, and moves by at most the stated share."""
+    import numpy as np
+
+    from groundscope.train.base_vlm import _slot_labels, category_factors, jitter_box
+
+    slots = category_factors(["red circle", "blue star", "red star"])
+    assert slots == [["blue", "red"], ["circle", "star"]]
+    assert _slot_labels(["blue circle", "green star", "dark red star"], slots).tolist() == [
+        [0, 0], [-100, 1], [-100, -100]]
+    assert category_factors(["red circle", "dark red star"]) == [["dark red star", "red circle"]]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x1, y1, x2, y2 = jitter_box((10, 20, 50, 40), (100, 60), 0.2, rng)
+        assert 0 <= x1 < x2 <= 60 and 0 <= y1 < y2 <= 100 and x2 - x1 >= 2 and y2 - y1 >= 2
+        assert abs((x1 + x2) / 2 - 30) <= 0.1 * 40 * 1.0001 + 1e-9 or x1 == 0 or x2 == 60

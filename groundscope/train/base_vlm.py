@@ -75,11 +75,13 @@ def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, 
     return out
 
 
-def sample_pixels(sample: VlmSample, config: DamConfig) -> torch.Tensor:
-    """(3, S, S): the region's focal crop (or the whole image) through the model's input processing."""
+def sample_pixels(sample: VlmSample, config: DamConfig, rgb: np.ndarray | None = None) -> torch.Tensor:
+    """(3, S, S): the region's focal crop (or the whole image) through the model's input processing; `rgb` is the
+    decoded image when the caller has it."""
     from groundscope.images import load_image
 
-    rgb = np.asarray(load_image(sample.image))
+    if rgb is None:
+        rgb = np.asarray(load_image(sample.image))
     if sample.box is not None:
         mask = region_to_mask(rgb.shape[:2], box=sample.box, name=f"{sample.image} box {list(sample.box)}")
         rgb = focal_prompt(rgb, mask, config.min_crop).crop_image
@@ -129,32 +131,119 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
     return DamModel.from_parts(config, vision, llm, tokenizer), added
 
 
+def category_factors(categories: Sequence[str]) -> list[list[str]]:
+    """The label slots vision pretraining predicts: one per word of the category when every category has the
+    same number of words (the synthetic world's "red circle" -> colour, shape), else one slot (the whole name).
+
+    Returns one sorted vocabulary per slot. Separate slots let the tower name a colour-shape combination it never
+    saw (a third of a test world's objects are such novel combinations), which one class per name cannot.
+    """
+    words = [c.split() for c in categories]
+    n = len(words[0])
+    if n > 1 and all(len(w) == n for w in words):
+        return [sorted({w[k] for w in words}) for k in range(n)]
+    return [sorted(set(categories))]
+
+
+def _slot_labels(categories: Sequence[str], slots: list[list[str]]) -> torch.Tensor:
+    """(N, n_slots) long: each category's index in every slot's vocabulary (-100 = not in it: ignored)."""
+    rows = []
+    for c in categories:
+        parts = c.split() if len(slots) > 1 else [c]
+        if len(parts) != len(slots):
+            parts = [""] * len(slots)
+        rows.append([slots[k].index(p) if p in slots[k] else -100 for k, p in enumerate(parts)])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def jitter_box(box: Sequence[float], hw: tuple[int, int], amount: float, rng: np.random.Generator
+               ) -> tuple[float, float, float, float]:
+    """The box moved by up to ``amount / 2`` of its size and each side scaled by up to ``exp(+-amount)``, clipped to
+    the image (at least 2 px wide and high). The focal crop of a jittered box shows the object off-centre and at
+    another scale, so the tower cannot memorise one framing of each of the world's crops."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    cx = (x1 + x2) / 2 + rng.uniform(-amount, amount) * w / 2
+    cy = (y1 + y2) / 2 + rng.uniform(-amount, amount) * h / 2
+    w, h = w * math.exp(rng.uniform(-amount, amount)), h * math.exp(rng.uniform(-amount, amount))
+    H, W = hw
+    nx1, ny1 = min(max(cx - w / 2, 0.0), W - 2.0), min(max(cy - h / 2, 0.0), H - 2.0)
+    nx2, ny2 = max(min(cx + w / 2, float(W)), nx1 + 2.0), max(min(cy + h / 2, float(H)), ny1 + 2.0)
+    return nx1, ny1, nx2, ny2
+
+
+def _centre_pool(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) tokens of a square grid (T = g * g) -> (B, C): the mean of the grid's centre third, where the
+    focal crop puts the region (the rest of the crop shows its neighbours)."""
+    g = math.isqrt(tokens.shape[1])
+    grid = tokens[:, -g * g:].reshape(tokens.shape[0], g, g, -1)
+    return grid[:, g // 3: g - g // 3, g // 3: g - g // 3].mean((1, 2))
+
+
 def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *, batch_size: int = 64,
-                    lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, bar=None) -> list[dict]:
-    """Stage 0: supervised pretraining of the from-scratch vision tower on the world's class names.
+                    lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, bar=None, jitter: float = 0.0,
+                    val_samples: Sequence[VlmSample] = (), eval_every: int = 250) -> list[dict]:
+    """Stage 0: supervised pretraining of the from-scratch vision tower on the world's region categories.
 
     DAM-3B's tower is SigLIP, pretrained on billions of image-text pairs before VILA ever trains it; a random
     tower trained only through the LM's loss learns colours (one patch shows them) but, in this budget, not
     shapes (benchmarks/results/dam_synth.md). This stage stands in for that pretraining: each region's focal crop
-    is classified into its category ("red circle") by a linear head on the mean of the centre third of the
-    token grid, where the focal crop puts the region (the rest of the crop shows neighbours). The head is
-    dropped afterwards; the tower keeps what it learnt.
+    is classified by linear heads on the centre third of the token grid (`_centre_pool`), one head per slot of
+    `category_factors` (colour and shape on the synthetic world). The heads are dropped afterwards; the tower
+    keeps what it learnt.
 
-    `bar`, when given, is called ``bar(step, info)`` after each step (`groundscope.train.progress.step_progress`).
-    Returns the log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (accuracy on the batch).
+    Args:
+        jitter: > 0 draws every crop from a jittered box (`jitter_box`) instead of the region's own; the decoded
+            images are then kept in memory (about 0.7 MB each), else the crops are (fp16).
+        val_samples: regions of another world, scored (unjittered) every `eval_every` steps and at the end.
+        bar: called ``bar(step, info)`` after each step (`groundscope.train.progress.step_progress`).
+    Returns:
+        log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (per slot, on the batch) and
+        ``{"type": "vision_val", "step", "accuracy"}`` (per slot, on `val_samples`).
     """
+    from groundscope.images import load_image
+
     regions = [s for s in samples if s.box is not None and s.category]
     if not regions:
         raise ValueError("vision pretraining needs region samples with a category (a synthetic world's file)")
-    classes = sorted({s.category for s in regions})
-    labels = torch.tensor([classes.index(s.category) for s in regions])
+    slots = category_factors([s.category for s in regions])
+    labels = _slot_labels([s.category for s in regions], slots)
+    val = [s for s in val_samples if s.box is not None and s.category]
     vision = model.backbone.vision
-    head = torch.nn.Linear(vision.config.hidden_size, len(classes))
-    params = list(vision.parameters()) + list(head.parameters())
+    heads = torch.nn.ModuleList(torch.nn.Linear(vision.config.hidden_size, len(v)) for v in slots)
+    params = list(vision.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = min(100, max(1, steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
-    cache: dict[int, torch.Tensor] = {}  # crops in float16: decoding and cropping cost more than the step
+    crops: dict[int, torch.Tensor] = {}  # without jitter: crops in float16 (decoding and cropping cost more than the step)
+    images: dict[Path, np.ndarray] = {}  # with jitter: decoded images
+    rng = np.random.default_rng(seed + 2)
+
+    def crop(i: int) -> torch.Tensor:
+        s = regions[i]
+        if not jitter:
+            if i not in crops:
+                crops[i] = sample_pixels(s, model.config).half()
+            return crops[i].float()
+        if s.image not in images:
+            images[s.image] = np.asarray(load_image(s.image))
+        rgb = images[s.image]
+        box = jitter_box(s.box, rgb.shape[:2], jitter, rng)
+        return sample_pixels(VlmSample(s.image, box, s.text, s.category), model.config, rgb=rgb)
+
+    if val:
+        val_pixels = torch.stack([sample_pixels(s, model.config).half() for s in val])
+        val_labels = _slot_labels([s.category for s in val], slots)
+
+    def evaluate(step: int) -> dict:
+        hits = torch.zeros(len(slots))
+        with torch.inference_mode():
+            for k in range(0, len(val_pixels), 128):
+                pooled = _centre_pool(vision(pixel_values=val_pixels[k:k + 128].float()).last_hidden_state)
+                hits += torch.stack([(h(pooled).argmax(1) == val_labels[k:k + 128, j]).sum()
+                                     for j, h in enumerate(heads)])
+        return {"type": "vision_val", "step": step, "accuracy": [round(float(x), 4) for x in hits / len(val_pixels)]}
+
     generator = torch.Generator().manual_seed(seed + 1)
     order: list[int] = []
     log = []
@@ -163,26 +252,32 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
         while len(order) < batch_size:
             order += torch.randperm(len(regions), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
-        for i in idx:
-            if i not in cache:
-                cache[i] = sample_pixels(regions[i], model.config).half()
-        pixels = torch.stack([cache[i] for i in idx]).float()
-        tokens = vision(pixel_values=pixels).last_hidden_state  # (B, T, C), T = g * g
-        g = math.isqrt(tokens.shape[1])
-        grid = tokens[:, -g * g:].reshape(tokens.shape[0], g, g, -1)
-        centre = grid[:, g // 3: g - g // 3, g // 3: g - g // 3].mean((1, 2))
-        logits = head(centre)
-        loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+        pixels = torch.stack([crop(i) for i in idx])
+        pooled = _centre_pool(vision(pixel_values=pixels).last_hidden_state)  # (B, C)
+        logits = [h(pooled) for h in heads]
+        y = labels[idx]
+        loss = sum(torch.nn.functional.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        acc = float((logits.argmax(1) == labels[idx]).float().mean())
-        log.append({"type": "vision", "step": step, "loss": round(float(loss.detach()), 5), "accuracy": round(acc, 4)})
+        acc = [round(float((lg.argmax(1) == y[:, j]).float().mean()), 4) for j, lg in enumerate(logits)]
+        log.append({"type": "vision", "step": step, "loss": round(float(loss.detach()), 5), "accuracy": acc})
+        info = f"vision loss {log[-1]['loss']:.3f}  acc {acc}"
+        if val and (step % eval_every == 0 or step == steps):
+            log.append(evaluate(step))
+            info += f"  val {log[-1]['accuracy']}"
         if bar is not None:
-            bar(step, f"vision loss {log[-1]['loss']:.3f}  acc {acc:.2f}")
+            bar(step, info)
     return log
+
+
+def _mean_accuracy(rows: list[dict]) -> list[float] | None:
+    """Per-slot mean of the rows' ``accuracy`` lists (None for no rows)."""
+    if not rows:
+        return None
+    return [round(sum(r["accuracy"][k] for r in rows) / len(rows), 4) for k in range(len(rows[0]["accuracy"]))]
 
 
 def _lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
@@ -216,6 +311,9 @@ def pretrain_base_vlm(
     console=None,
     vision_steps: int = 0,
     vision_batch_size: int = 64,
+    vision_jitter: float = 0.0,
+    vision_val: str | Path | None = None,
+    vision_lr_mult: float = 1.0,
 ) -> dict[str, Any]:
     """Build a base VLM (`build_base_vlm`) and train it `steps` steps on `data` (a GroundingCap file of the
     synthetic world); save it to `out_dir` in the VILA layout. Returns a summary
@@ -241,20 +339,24 @@ def pretrain_base_vlm(
     vision_log: list[dict] = []
     if vision_steps:
         with step_progress("pretrain-vlm vision", vision_steps, console, progress, prefix="vision ") as update:
+            val = vlm_samples(vision_val, captions=False) if vision_val else ()
             vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
-                                         weight_decay=weight_decay, seed=seed, bar=update)
+                                         weight_decay=weight_decay, seed=seed, bar=update, jitter=vision_jitter,
+                                         val_samples=val)
     model.train()
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
     # The DAM parts are not used by the base VLM: leave them out of the optimizer.
     params = [(n, p) for n, p in model.named_parameters()
               if not n.startswith(("backbone.mask_embed.", "backbone.adapters."))]
-    groups: dict[tuple[bool, bool], list] = {}
+    groups: dict[tuple[str, bool], list] = {}
     for n, p in params:
-        groups.setdefault((n.startswith("llm."), p.ndim >= 2), []).append(p)
+        part = "llm" if n.startswith("llm.") else "vision" if n.startswith("backbone.vision.") else "other"
+        groups.setdefault((part, p.ndim >= 2), []).append(p)
+    mults = {"llm": llm_lr_mult, "vision": vision_lr_mult, "other": 1.0}
     optimizer = torch.optim.AdamW(
-        [{"params": ps, "lr": lr * (llm_lr_mult if is_llm else 1.0), "weight_decay": weight_decay if decay else 0.0}
-         for (is_llm, decay), ps in groups.items()], lr=lr, betas=(0.9, 0.98))
+        [{"params": ps, "lr": lr * mults[part], "weight_decay": weight_decay if decay else 0.0}
+         for (part, decay), ps in groups.items()], lr=lr, betas=(0.9, 0.98))
     warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps, warmup))
     # Batches hold one kind of sample: a detailed caption is ~4x as long as a region description, and one
@@ -300,14 +402,15 @@ def pretrain_base_vlm(
         "seconds": time.perf_counter() - start, "seconds_per_step": train_seconds / steps, "samples": len(samples),
         "params": n_params, "megabytes_fp16": round(n_params * 2 / 2**20, 2), "vocab_added": len(added),
         "out_dir": str(out_dir), "vision_steps": vision_steps,
-        "vision_last_accuracy": (sum(r["accuracy"] for r in vision_log[-20:]) / len(vision_log[-20:])
-                                 if vision_log else None),
+        "vision_last_accuracy": _mean_accuracy([r for r in vision_log if r["type"] == "vision"][-20:]),
+        "vision_val_accuracy": _mean_accuracy([r for r in vision_log if r["type"] == "vision_val"][-1:]),
     }
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
                 "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
                 "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
-                "vision_steps": vision_steps, "vision_batch_size": vision_batch_size}
+                "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
+                "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult}
     (out_dir / "train_log.json").write_text(
         json.dumps({"summary": summary, "config": settings, "log": vision_log + log}, indent=1) + "\n", encoding="utf-8")
     try:

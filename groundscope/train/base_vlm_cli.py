@@ -44,8 +44,18 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sample order."),
         vision_steps: int = typer.Option(0, "--vision-steps", min=0,
                                          help="First pretrain the vision tower this many steps on the regions' "
-                                              "class names (stands in for SigLIP's own pretraining)."),
+                                              "categories (stands in for SigLIP's own pretraining): one head per "
+                                              "word of the category (colour, shape)."),
         vision_batch_size: int = typer.Option(64, "--vision-batch-size", min=1, help="Crops per vision step."),
+        vision_jitter: float = typer.Option(0.0, "--vision-jitter", min=0.0, max=1.0,
+                                            help="Jitter each region's box by up to this share of its size "
+                                                 "before cropping (vision stage; 0 = the exact crops)."),
+        vision_val: Optional[Path] = typer.Option(None, "--vision-val",
+                                                  help="Another world's groundingcap.jsonl: its regions are scored "
+                                                       "by the vision stage's heads every 250 steps."),
+        vision_lr_mult: float = typer.Option(1.0, "--vision-lr-mult", min=0.0,
+                                             help="Vision tower learning rate in the LLaVA stage = this x --lr "
+                                                  "(low keeps what the vision stage taught)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     ) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""
@@ -62,7 +72,8 @@ def register(app: typer.Typer) -> None:
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
                 projector=projector, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
-                vision_steps=vision_steps, vision_batch_size=vision_batch_size)
+                vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
+                vision_val=vision_val, vision_lr_mult=vision_lr_mult)
         except (DataFormatError, DamError, ValueError) as e:
             raise _fail(str(e), 2)
         except KeyboardInterrupt:

@@ -23,6 +23,13 @@ def main() -> None:
     ap.add_argument("--model", default="runs/dam_bench/full/model")
     ap.add_argument("--results", default="benchmarks/results/dam_synth.json")
     a = ap.parse_args()
+    import yaml
+
+    run_cfg = yaml.safe_load((ROOT / a.model).parent.joinpath("config.yaml").read_text())
+    base_vlm = run_cfg["model"]["path"]
+    dam_steps = run_cfg["train"]["max_steps"]
+    vlm_log = json.loads((ROOT / base_vlm / "train_log.json").read_text())
+    vlm = vlm_log["config"]
     results = json.loads((ROOT / a.results).read_text())
     shutil.rmtree(DEST, ignore_errors=True)
     shutil.copytree(ROOT / a.model, DEST)
@@ -49,6 +56,24 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
 
+    vision_stage, vision_cmd = "", ""
+    if vlm.get("vision_steps"):
+        val = vlm_log["summary"].get("vision_val_accuracy")
+        vision_stage = (
+            f"  First the tower alone ({vlm['vision_steps']} steps of {vlm['vision_batch_size']} focal crops"
+            + (f", boxes jittered by up to {vlm['vision_jitter']:.0%}" if vlm.get("vision_jitter") else "")
+            + ") learns each region's colour and shape from the centre of its crop (a stand-in for SigLIP's own"
+            " pretraining"
+            + (f"; on the validation world's regions: colour {val[0]:.2f}, shape {val[1]:.2f}" if val else "")
+            + f"), then the LLaVA stage trains at the tower's learning rate x {vlm.get('vision_lr_mult', 1.0)}.\n")
+        vision_cmd = (f" --vision-steps {vlm['vision_steps']}"
+                      + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
+                      + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
+                      + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else ""))
+    llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
+                  else "focal crops -> region descriptions")
+    vlm_cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {base_vlm} --steps {vlm['steps']}"
+               + ("" if vlm["captions"] else " --no-captions") + vision_cmd)
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -58,12 +83,13 @@ It knows the synthetic world only (coloured shapes with a fill pattern on a plai
 ## What it is
 
 - Base VLM (the stand-in for DAM-3B's VILA-1.5), `groundscope pretrain-vlm`: a SigLIP vision tower trained from
-  scratch (128 px, patch 16, width 192, 4 layers), DAM-3B's `mlp_downsample` projector (2x2 token merge + MLP),
-  and the world LM (`groundscope pretrain-lm`: a 4-layer word-level Llama, 128 wide), trained LLaVA-style on
-  focal crops -> region descriptions and whole images -> detailed captions of 4000 training images.
+  scratch ({vlm['image_size']} px, patch {vlm['patch_size']}, width {vlm['hidden']}, {vlm['layers']} layers), DAM-3B's
+  `mlp_downsample` projector (2x2 token merge + MLP), and the world LM (`groundscope pretrain-lm`: a 4-layer
+  word-level Llama, 128 wide), trained LLaVA-style ({vlm['steps']} steps) on {llava_data} of 4000 training images.
+{vision_stage}
 - DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated context adapters
   (zero-initialised: step 0 is the base VLM), the projector and LoRA (r 16) on the LM trained on the 17,936
-  region descriptions of the same images; the vision tower frozen.
+  region descriptions of the same images ({dam_steps} steps); the vision tower frozen.
 
 ## Numbers
 
@@ -83,21 +109,22 @@ Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-ima
 ## The demo image, described (greedy)
 
 Of its {n} objects, the description's subject names the right colour for {colours} and the right shape for
-{shapes}. Where the shapes go wrong, `benchmarks/results/dam_synth_diagnostics.md` says why (the from-scratch vision tower's
-features barely separate shapes).
+{shapes}. `benchmarks/results/dam_synth_diagnostics.md` follows the vision tower's shape recognition from run to
+run (the first towers barely separated shapes).
 
 | object | box | description |
 |---|---|---|
-""" + "\n".join(lines) + """
+""" + "\n".join(lines) + f"""
 
 ## Reproduce
 
 ```bash
 groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regions
+groundscope synth --out data/synth_test --n 200 --seed 1 --split test --regions
 groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
-groundscope pretrain-vlm --data data/synth_train/groundingcap.jsonl --lm runs/world_lm --out runs/base_vlm --steps 3000
-python benchmarks/bench_dam.py --write        # trains configs/dam_nano.yaml (and the ablations), measures
-python benchmarks/bundle_dam_nano.py
+{vlm_cmd}
+python benchmarks/bench_dam.py --base-vlm {base_vlm} --out {Path(a.model).parent.parent} --steps {dam_steps} --write
+python benchmarks/bundle_dam_nano.py --model {a.model}
 ```
 """
     (DEST / "README.md").write_text(card, encoding="utf-8")

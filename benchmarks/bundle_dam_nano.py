@@ -59,17 +59,24 @@ def main() -> None:
     vision_stage, vision_cmd = "", ""
     if vlm.get("vision_steps"):
         val = vlm_log["summary"].get("vision_val_accuracy")
+        heads = ["colour", "shape"] + list(vlm.get("vision_attributes") or [])
+        init = vlm.get("vision_init")
         vision_stage = (
             f"  First the tower alone ({vlm['vision_steps']} steps of {vlm['vision_batch_size']} focal crops"
             + (f", boxes jittered by up to {vlm['vision_jitter']:.0%}" if vlm.get("vision_jitter") else "")
-            + ") learns each region's colour and shape from the centre of its crop (a stand-in for SigLIP's own"
-            " pretraining"
-            + (f"; on the validation world's regions: colour {val[0]:.2f}, shape {val[1]:.2f}" if val else "")
+            + (f", starting from the tower of `{init}`" if init else "")
+            + f") learns each region's {', '.join(heads[:-1])} and {heads[-1]} from the centre of its crop (a"
+            " stand-in for SigLIP's own pretraining"
+            + ("; on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
+               if val else "")
             + f"), then the LLaVA stage trains at the tower's learning rate x {vlm.get('vision_lr_mult', 1.0)}.\n")
         vision_cmd = (f" --vision-steps {vlm['vision_steps']}"
                       + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
                       + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
-                      + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else ""))
+                      + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else "")
+                      + (f" --vision-attributes {','.join(vlm['vision_attributes'])}"
+                         if vlm.get("vision_attributes") else "")
+                      + (f" --vision-init {init}" if init else ""))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
     vlm_cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {base_vlm} --steps {vlm['steps']}"

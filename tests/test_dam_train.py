@@ -462,3 +462,48 @@ def test_category_factors_and_box_jitter():
         x1, y1, x2, y2 = jitter_box((10, 20, 50, 40), (100, 60), 0.2, rng)
         assert 0 <= x1 < x2 <= 60 and 0 <= y1 < y2 <= 100 and x2 - x1 >= 2 and y2 - y1 >= 2
         assert abs((x1 + x2) / 2 - 30) <= 0.1 * 40 * 1.0001 + 1e-9 or x1 == 0 or x2 == 60
+
+
+def test_attribute_heads_and_a_tower_started_from_another_base_vlm(world, lm_dir, tmp_path):
+    """`--vision-attributes texture`: the synthetic world's GroundingCap regions carry their attributes, the vision
+    stage gets one head more (labels from the attribute, -100 where a region lacks it), an unknown attribute is an
+    error naming the ones there; `--vision-init` starts the tower from another base VLM's tower, exactly."""
+    from groundscope.describe.model import load_dam
+    from groundscope.train.base_vlm import (
+        VlmSample,
+        _attribute_labels,
+        attribute_slots,
+        pretrain_base_vlm,
+        vlm_samples,
+    )
+
+    samples = [s for s in vlm_samples(world / "groundingcap.jsonl") if s.box is not None]
+    assert all(s.attributes["texture"] in ("plain", "striped", "dotted", "checkered") for s in samples)
+    assert all(s.attributes["colour"] == s.category.split()[0] for s in samples)
+    by_hand = [VlmSample(Path("a.png"), (0, 0, 4, 4), "x", "red circle", {"texture": "dotted"}),
+               VlmSample(Path("a.png"), (0, 0, 4, 4), "x", "red circle", {}),
+               VlmSample(Path("a.png"), (0, 0, 4, 4), "x", "red circle", {"texture": "plain"})]
+    slots = attribute_slots(by_hand, ["texture"])
+    assert slots == [["dotted", "plain"]]
+    assert _attribute_labels(by_hand, ["texture"], slots).tolist() == [[0], [-100], [1]]
+    with pytest.raises(ValueError, match="no region carries the attribute 'shine'.*colour.*texture"):
+        attribute_slots(samples, ["shine"])
+
+    out = tmp_path / "vlm_tex"
+    summary = pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out, steps=1, batch_size=4, progress=False,
+                                vision_steps=2, vision_batch_size=4, vision_attributes=["texture"],
+                                vision_val=world / "groundingcap.jsonl", vision_lr_mult=0.0, **TINY_VLM)
+    assert len(summary["vision_last_accuracy"]) == 3 and len(summary["vision_val_accuracy"]) == 3
+    settings = json.loads((out / "train_log.json").read_text())["config"]
+    assert settings["vision_attributes"] == ["texture"] and settings["vision_init"] is None
+
+    # --vision-init with no vision steps and a frozen tower in the LLaVA stage: the tower is the source's, exactly
+    out2 = tmp_path / "vlm_init"
+    pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out2, steps=1, batch_size=4, progress=False,
+                      vision_init=out, vision_lr_mult=0.0, seed=5, **TINY_VLM)
+    source = load_dam(out, from_base_vlm=True).backbone.vision.state_dict()
+    copied = load_dam(out2, from_base_vlm=True).backbone.vision.state_dict()
+    assert all(torch.equal(v, copied[k]) for k, v in source.items())
+    with pytest.raises(ValueError, match="does not fit this model.*--hidden"):
+        pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, tmp_path / "vlm_bad", steps=1, batch_size=4,
+                          progress=False, vision_init=out, **{**TINY_VLM, "hidden": TINY_VLM["hidden"] * 2})

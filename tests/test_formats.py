@@ -114,6 +114,24 @@ def test_odvg_grounding_to_groundingcap_keeps_regions(world, tmp_path):
         assert ib.long_caption == ia.caption  # no long caption in ODVG: the grounding caption stands in
 
 
+def test_region_attributes_survive_coco_odvg_and_groundingcap(world, tmp_path):
+    """The synthetic world's per-object facts (colour, texture ...) ride along as region ``attributes`` through
+    every grounding format; a non-object value is an error naming the field."""
+    coco = read_coco(world / "coco.json")
+    want = [[i.attributes for i in im.instances] for im in coco.images]
+    assert want[0] and all(a["texture"] for row in want for a in row)
+    for fmt, name in (("odvg", "g.jsonl"), ("groundingcap", "gc.jsonl")):
+        convert(world / "coco.json", tmp_path / name, "coco", fmt, odvg_mode="grounding")
+        read = read_odvg if fmt == "odvg" else read_groundingcap
+        assert [[i.attributes for i in im.instances] for im in read(tmp_path / name).images] == want
+    assert [[i.attributes for i in im.instances] for im in read_groundingcap(world / "groundingcap.jsonl").images] \
+        == want
+    bad = _grounding([0, 0, 4, 4])
+    bad["grounding"]["regions"][0]["attributes"] = ["red"]
+    with pytest.raises(DataFormatError, match="attributes must be an object"):
+        read_odvg(_jsonl(tmp_path / "bad.jsonl", [bad]))
+
+
 def test_detection_without_captions_gets_a_glip_caption(tmp_path):
     ds = Dataset(images=[ImageRecord("a.png", 50, 60, [Instance((1, 2, 11, 12), label=0),
                                                         Instance((5, 5, 30, 40), label=1)])],

@@ -12,9 +12,12 @@ Grounding records::
      "grounding": {"caption": "a small red circle and a blue star.",
                    "regions": [{"bbox": [x1, y1, x2, y2], "phrase": "small red circle",
                                 "tokens_positive": [[2, 18]],
-                                "category": "red circle", "description": "..."}]}}   # last two optional
+                                "category": "red circle", "description": "...",
+                                "attributes": {"colour": "red", "texture": "plain"}}]}}   # last three optional
 
-A region's ``phrase`` defaults to the caption text under its spans when absent.
+A region's ``phrase`` defaults to the caption text under its spans when absent. ``attributes`` (an object of
+free-form facts, as COCO annotations carry them) is kept as the instance's ``attributes``: the synthetic world
+writes its objects' colour, shape, size and texture there, which `groundscope pretrain-vlm` can learn from.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def _opt_str(region: dict, key: str) -> str | None:
     return None if region.get(key) is None else check_str(region[key], key)
 
 
+def _opt_attributes(region: dict) -> dict:
+    attributes = region.get("attributes")
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, dict):
+        raise DataFormatError(f"region attributes must be an object, got {attributes!r}")
+    return dict(attributes)
+
+
 def parse_grounding(raw: Any) -> ImageRecord:
     """One grounding record -> `ImageRecord` (instances without labels)."""
     filename, h, w = _image_header(raw)
@@ -98,7 +110,8 @@ def parse_grounding(raw: Any) -> ImageRecord:
         if phrase is None:
             phrase = " ".join(caption[a:b] for a, b in spans)
         instances.append(Instance(bbox=check_xyxy(r["bbox"]), category=_opt_str(r, "category"), phrase=phrase,
-                                  tokens_positive=spans, description=_opt_str(r, "description")))
+                                  tokens_positive=spans, description=_opt_str(r, "description"),
+                                  attributes=_opt_attributes(r)))
     return ImageRecord(filename=filename, height=h, width=w, instances=instances, caption=caption)
 
 
@@ -224,6 +237,8 @@ def grounding_entry(image: ImageRecord, categories: list[str] = ()) -> dict:
             region["category"] = category
         if inst.description is not None:
             region["description"] = inst.description
+        if inst.attributes:
+            region["attributes"] = inst.attributes
         regions.append(region)
     return {"filename": image.filename, "height": image.height, "width": image.width,
             "grounding": {"caption": caption, "regions": regions}}

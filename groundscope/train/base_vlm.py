@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,12 +45,14 @@ IMAGE_PROMPT = "<image>\nDescribe the image in detail."
 
 @dataclass
 class VlmSample:
-    """One training pair: the image, the region's box (x1, y1, x2, y2) or None for the whole image, the text."""
+    """One training pair: the image, the region's box (x1, y1, x2, y2) or None for the whole image, the text;
+    the region's category and attributes (the synthetic world's colour, texture ...) when the file has them."""
 
     image: Path
     box: tuple[float, float, float, float] | None
     text: str
     category: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, captions: bool = True
@@ -69,7 +71,8 @@ def vlm_samples(groundingcap: str | Path, image_root: str | Path | None = None, 
         image = root / rec.filename
         for inst in rec.instances:
             if inst.description and inst.description.strip():
-                out.append(VlmSample(image, tuple(inst.bbox), inst.description.strip(), inst.category))
+                out.append(VlmSample(image, tuple(inst.bbox), inst.description.strip(), inst.category,
+                                     dict(inst.attributes)))
         if captions and rec.long_caption and rec.long_caption.strip():
             out.append(VlmSample(image, None, rec.long_caption.strip()))
     return out
@@ -145,6 +148,34 @@ def category_factors(categories: Sequence[str]) -> list[list[str]]:
     return [sorted(set(categories))]
 
 
+def attribute_slots(samples: Sequence[VlmSample], names: Sequence[str]) -> list[list[str]]:
+    """One sorted vocabulary per attribute in `names`: the string values the samples carry.
+
+    Raises:
+        ValueError: no sample carries one of the attributes (naming it and the attributes that are there).
+    """
+    out = []
+    for name in names:
+        values = sorted({str(s.attributes[name]) for s in samples if s.attributes.get(name) is not None})
+        if not values:
+            present = sorted({k for s in samples for k in s.attributes})
+            raise ValueError(f"no region carries the attribute {name!r} (attributes in the file: "
+                             f"{', '.join(present) or 'none'}); regenerate the world with `groundscope synth` "
+                             "or drop it from --vision-attributes")
+        out.append(values)
+    return out
+
+
+def _attribute_labels(samples: Sequence[VlmSample], names: Sequence[str], slots: list[list[str]]) -> torch.Tensor:
+    """(N, len(names)) long: each sample's attribute value index in its slot (-100 = absent or unknown: ignored)."""
+    rows = []
+    for s in samples:
+        values = [s.attributes.get(n) for n in names]
+        rows.append([slots[k].index(str(v)) if v is not None and str(v) in slots[k] else -100
+                     for k, v in enumerate(values)])
+    return torch.tensor(rows, dtype=torch.long).reshape(len(samples), len(names))
+
+
 def _slot_labels(categories: Sequence[str], slots: list[list[str]]) -> torch.Tensor:
     """(N, n_slots) long: each category's index in every slot's vocabulary (-100 = not in it: ignored)."""
     rows = []
@@ -182,32 +213,41 @@ def _centre_pool(tokens: torch.Tensor) -> torch.Tensor:
 
 def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *, batch_size: int = 64,
                     lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, bar=None, jitter: float = 0.0,
-                    val_samples: Sequence[VlmSample] = (), eval_every: int = 250) -> list[dict]:
+                    val_samples: Sequence[VlmSample] = (), eval_every: int = 250,
+                    attributes: Sequence[str] = ()) -> list[dict]:
     """Stage 0: supervised pretraining of the from-scratch vision tower on the world's region categories.
 
     DAM-3B's tower is SigLIP, pretrained on billions of image-text pairs before VILA ever trains it; a random
     tower trained only through the LM's loss learns colours (one patch shows them) but, in this budget, not
     shapes (benchmarks/results/dam_synth.md). This stage stands in for that pretraining: each region's focal crop
     is classified by linear heads on the centre third of the token grid (`_centre_pool`), one head per slot of
-    `category_factors` (colour and shape on the synthetic world). The heads are dropped afterwards; the tower
-    keeps what it learnt.
+    `category_factors` (colour and shape on the synthetic world) and one per name in `attributes` (e.g. the
+    synthetic world's ``texture``: a description states it, and neither colour nor shape teaches it). The heads
+    are dropped afterwards; the tower keeps what it learnt.
 
     Args:
         jitter: > 0 draws every crop from a jittered box (`jitter_box`) instead of the region's own; the decoded
             images are then kept in memory (about 0.7 MB each), else the crops are (fp16).
         val_samples: regions of another world, scored (unjittered) every `eval_every` steps and at the end.
         bar: called ``bar(step, info)`` after each step (`groundscope.train.progress.step_progress`).
+        attributes: region attributes (`VlmSample.attributes`) to classify as well, one head each; regions
+            without the attribute do not count for its head.
     Returns:
-        log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (per slot, on the batch) and
-        ``{"type": "vision_val", "step", "accuracy"}`` (per slot, on `val_samples`).
+        log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (per slot, on the batch; the category's
+        slots first, then the attributes in order) and ``{"type": "vision_val", "step", "accuracy"}`` (per slot,
+        on `val_samples`).
     """
     from groundscope.images import load_image
 
     regions = [s for s in samples if s.box is not None and s.category]
     if not regions:
         raise ValueError("vision pretraining needs region samples with a category (a synthetic world's file)")
+    attributes = list(attributes)
+    extra = attribute_slots(regions, attributes)
     slots = category_factors([s.category for s in regions])
-    labels = _slot_labels([s.category for s in regions], slots)
+    labels = torch.cat([_slot_labels([s.category for s in regions], slots),
+                        _attribute_labels(regions, attributes, extra)], 1)
+    slots = slots + extra
     val = [s for s in val_samples if s.box is not None and s.category]
     vision = model.backbone.vision
     heads = torch.nn.ModuleList(torch.nn.Linear(vision.config.hidden_size, len(v)) for v in slots)
@@ -233,7 +273,9 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
 
     if val:
         val_pixels = torch.stack([sample_pixels(s, model.config).half() for s in val])
-        val_labels = _slot_labels([s.category for s in val], slots)
+        n_cat = len(slots) - len(extra)
+        val_labels = torch.cat([_slot_labels([s.category for s in val], slots[:n_cat]),
+                                _attribute_labels(val, attributes, extra)], 1)
 
     def evaluate(step: int) -> dict:
         hits = torch.zeros(len(slots))
@@ -242,7 +284,8 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
                 pooled = _centre_pool(vision(pixel_values=val_pixels[k:k + 128].float()).last_hidden_state)
                 hits += torch.stack([(h(pooled).argmax(1) == val_labels[k:k + 128, j]).sum()
                                      for j, h in enumerate(heads)])
-        return {"type": "vision_val", "step": step, "accuracy": [round(float(x), 4) for x in hits / len(val_pixels)]}
+        counted = (val_labels >= 0).sum(0).clamp(min=1)
+        return {"type": "vision_val", "step": step, "accuracy": [round(float(x), 4) for x in hits / counted]}
 
     generator = torch.Generator().manual_seed(seed + 1)
     order: list[int] = []
@@ -256,13 +299,15 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
         pooled = _centre_pool(vision(pixel_values=pixels).last_hidden_state)  # (B, C)
         logits = [h(pooled) for h in heads]
         y = labels[idx]
-        loss = sum(torch.nn.functional.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits))
+        # A slot no region of the batch has a label for adds nothing (cross-entropy over no rows is NaN).
+        loss = sum(torch.nn.functional.cross_entropy(lg, y[:, j]) for j, lg in enumerate(logits)
+                   if (y[:, j] >= 0).any())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        acc = [round(float((lg.argmax(1) == y[:, j]).float().mean()), 4) for j, lg in enumerate(logits)]
+        acc = [round(_accuracy(lg, y[:, j]), 4) for j, lg in enumerate(logits)]
         log.append({"type": "vision", "step": step, "loss": round(float(loss.detach()), 5), "accuracy": acc})
         info = f"vision loss {log[-1]['loss']:.3f}  acc {acc}"
         if val and (step % eval_every == 0 or step == steps):
@@ -271,6 +316,12 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
         if bar is not None:
             bar(step, info)
     return log
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of the labelled rows (label >= 0) whose arg-max is the label; 0 when none is labelled."""
+    keep = labels >= 0
+    return float((logits[keep].argmax(1) == labels[keep]).float().mean()) if keep.any() else 0.0
 
 
 def _mean_accuracy(rows: list[dict]) -> list[float] | None:
@@ -284,6 +335,20 @@ def _lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     from groundscope.train.world_lm import _lr_factor as factor
 
     return factor(step, steps, warmup, floor)
+
+
+def _init_vision(model: DamModel, source: str | Path) -> None:
+    """Copy the vision tower of the base VLM in `source` into `model` (same tower settings required)."""
+    from groundscope.describe.model import load_dam
+
+    src = load_dam(source, from_base_vlm=True).backbone.vision.state_dict()
+    dst = model.backbone.vision.state_dict()
+    wrong = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
+    if wrong:
+        raise ValueError(f"the vision tower of '{source}' does not fit this model ({len(wrong)} tensors differ, e.g. "
+                         f"{wrong[0]}); pass the same --image-size, --patch, --hidden, --layers and --heads it was "
+                         "built with")
+    model.backbone.vision.load_state_dict({k: src[k] for k in dst})
 
 
 def pretrain_base_vlm(
@@ -314,9 +379,15 @@ def pretrain_base_vlm(
     vision_jitter: float = 0.0,
     vision_val: str | Path | None = None,
     vision_lr_mult: float = 1.0,
+    vision_attributes: Sequence[str] = (),
+    vision_init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build a base VLM (`build_base_vlm`) and train it `steps` steps on `data` (a GroundingCap file of the
-    synthetic world); save it to `out_dir` in the VILA layout. Returns a summary
+    synthetic world); save it to `out_dir` in the VILA layout.
+
+    `vision_steps` > 0 first runs `pretrain_vision` (heads for the category's words and `vision_attributes`);
+    `vision_init`, a base VLM folder, starts the tower from that model's tower instead of at random (to go on
+    teaching a trained tower, e.g. one more attribute). Returns a summary
     ``{"steps", "first_loss", "last_loss_mean", "seconds", "seconds_per_step", "samples", "params",
     "megabytes_fp16", "vocab_added", "out_dir"}``."""
     from rich.console import Console
@@ -336,13 +407,15 @@ def pretrain_base_vlm(
         raise ValueError(f"'{data}' holds no region descriptions or captions to train on")
     model, added = build_base_vlm(lm_dir, [s.text for s in samples], image_size=image_size, patch_size=patch_size,
                                   hidden=hidden, layers=layers, heads=heads, projector=projector, seed=seed)
+    if vision_init is not None:
+        _init_vision(model, vision_init)
     vision_log: list[dict] = []
     if vision_steps:
         with step_progress("pretrain-vlm vision", vision_steps, console, progress, prefix="vision ") as update:
             val = vlm_samples(vision_val, captions=False) if vision_val else ()
             vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
                                          weight_decay=weight_decay, seed=seed, bar=update, jitter=vision_jitter,
-                                         val_samples=val)
+                                         val_samples=val, attributes=vision_attributes)
     model.train()
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
@@ -410,7 +483,8 @@ def pretrain_base_vlm(
                 "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
                 "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
-                "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult}
+                "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult,
+                "vision_attributes": list(vision_attributes), "vision_init": str(vision_init) if vision_init else None}
     (out_dir / "train_log.json").write_text(
         json.dumps({"summary": summary, "config": settings, "log": vision_log + log}, indent=1) + "\n", encoding="utf-8")
     try:

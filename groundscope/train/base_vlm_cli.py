@@ -56,6 +56,14 @@ def register(app: typer.Typer) -> None:
         vision_lr_mult: float = typer.Option(1.0, "--vision-lr-mult", min=0.0,
                                              help="Vision tower learning rate in the LLaVA stage = this x --lr "
                                                   "(low keeps what the vision stage taught)."),
+        vision_attributes: str = typer.Option("", "--vision-attributes",
+                                              help="Comma-separated region attributes the vision stage also "
+                                                   "learns, one head each (the synthetic world's 'texture': "
+                                                   "descriptions state the fill pattern)."),
+        vision_init: Optional[Path] = typer.Option(None, "--vision-init",
+                                                   help="A base VLM folder whose vision tower this one starts "
+                                                        "from (same tower settings), e.g. to teach it one more "
+                                                        "attribute."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     ) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""
@@ -73,7 +81,9 @@ def register(app: typer.Typer) -> None:
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
                 projector=projector, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
                 vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
-                vision_val=vision_val, vision_lr_mult=vision_lr_mult)
+                vision_val=vision_val, vision_lr_mult=vision_lr_mult,
+                vision_attributes=[a.strip() for a in vision_attributes.split(",") if a.strip()],
+                vision_init=vision_init)
         except (DataFormatError, DamError, ValueError) as e:
             raise _fail(str(e), 2)
         except KeyboardInterrupt:

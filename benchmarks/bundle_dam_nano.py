@@ -18,6 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEST = ROOT / "groundscope" / "models" / "bundled" / "dam-nano"
 
 
+def vlm_command(vlm: dict, out: str) -> str:
+    """The `groundscope pretrain-vlm` command line that trained a base VLM, from its saved settings."""
+    cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {out} --steps {vlm['steps']}"
+           + ("" if vlm["captions"] else " --no-captions"))
+    if vlm.get("vision_steps"):
+        cmd += (f" --vision-steps {vlm['vision_steps']}"
+                + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
+                + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
+                + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else "")
+                + (f" --vision-attributes {','.join(vlm['vision_attributes'])}"
+                   if vlm.get("vision_attributes") else ""))
+    return cmd + (f" --vision-init {vlm['vision_init']}" if vlm.get("vision_init") else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/dam_bench/full/model")
@@ -56,7 +70,7 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
 
-    vision_stage, vision_cmd = "", ""
+    vision_stage = ""
     if vlm.get("vision_steps"):
         val = vlm_log["summary"].get("vision_val_accuracy")
         heads = ["colour", "shape"] + list(vlm.get("vision_attributes") or [])
@@ -70,17 +84,15 @@ def main() -> None:
             + ("; on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
                if val else "")
             + f"), then the LLaVA stage trains at the tower's learning rate x {vlm.get('vision_lr_mult', 1.0)}.\n")
-        vision_cmd = (f" --vision-steps {vlm['vision_steps']}"
-                      + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
-                      + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
-                      + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else "")
-                      + (f" --vision-attributes {','.join(vlm['vision_attributes'])}"
-                         if vlm.get("vision_attributes") else "")
-                      + (f" --vision-init {init}" if init else ""))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
-    vlm_cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {base_vlm} --steps {vlm['steps']}"
-               + ("" if vlm["captions"] else " --no-captions") + vision_cmd)
+    # A tower started from another base VLM's (--vision-init): that model's command comes first.
+    chain, source = [vlm_command(vlm, base_vlm)], vlm.get("vision_init")
+    while source:
+        earlier = json.loads((ROOT / source / "train_log.json").read_text())["config"]
+        chain.insert(0, vlm_command(earlier, source))
+        source = earlier.get("vision_init")
+    vlm_cmd = "\n".join(chain)
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -130,7 +142,7 @@ groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regio
 groundscope synth --out data/synth_test --n 200 --seed 1 --split test --regions
 groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
 {vlm_cmd}
-python benchmarks/bench_dam.py --base-vlm {base_vlm} --out {Path(a.model).parent.parent} --steps {dam_steps} --write
+python benchmarks/bench_dam.py --arms {','.join(results)} --base-vlm {base_vlm} --out {Path(a.model).parent.parent} --steps {dam_steps} --write
 python benchmarks/bundle_dam_nano.py --model {a.model}
 ```
 """

@@ -1,0 +1,55 @@
+"""Synthetic DLC scores of DAM models broken down by question: which attribute costs the points.
+
+    python benchmarks/dam_breakdown.py runs/dam_bench4/full/model runs/base_vlm4:base
+    (a folder with the suffix :base is a base VLM, described on the focal crop as bench_dam.py's `base` arm)
+
+Same test world, descriptions and rule judge as benchmarks/bench_dam.py. For each model it prints Pos / Neg / Avg,
+the share of regions whose description names the right shape (the recognition question; a miss caps the
+region's positive scores at 0), and the mean score of each positive question (colour, shape, pattern, size,
+relation: +1 right, -1 a wrong word stated, 0 not stated), after the cap.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dam import ROOT, SMALL, describe_world  # noqa: E402
+
+KINDS = ("colour", "shape", "pattern", "size", "relation")  # the order of `region_questions`' positives
+
+
+def main() -> None:
+    from groundscope.data.coco import read_coco
+    from groundscope.data.regions import read_regions
+    from groundscope.describe.model import load_dam
+    from groundscope.evaluate.dlc import RuleJudge, evaluate_dlc, synthetic_bench
+
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    world = ROOT / "data" / "synth_seed4"
+    if not (world / "regions.json").exists():
+        raise SystemExit(f"{world} is missing: run benchmarks/bench_dam.py first (it generates the test world)")
+    regions = read_regions(world / "regions.json", world).records
+    bench = synthetic_bench(read_coco(world / "coco_all.json").images, source=str(world / "coco_all.json"))
+    print("| model | Pos | Neg | Avg | recognised | " + " | ".join(KINDS) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(KINDS))
+    for arg in sys.argv[1:]:
+        path, _, kind = arg.partition(":")
+        model = load_dam(ROOT / path, from_base_vlm=kind == "base")
+        model.eval()
+        res = evaluate_dlc(describe_world(model, regions), bench.qa, RuleJudge(), class_names=bench.class_names,
+                           areas=bench.areas, small_area=SMALL)
+        per = {k: [] for k in KINDS}
+        for r in res.per_region.values():
+            for k, v in zip(KINDS, r.positives):
+                per[k].append(v)
+        recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
+        print(f"| {arg} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
+              + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -243,11 +243,15 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
     if not regions:
         raise ValueError("vision pretraining needs region samples with a category (a synthetic world's file)")
     attributes = list(attributes)
-    extra = attribute_slots(regions, attributes)
-    slots = category_factors([s.category for s in regions])
-    labels = torch.cat([_slot_labels([s.category for s in regions], slots),
-                        _attribute_labels(regions, attributes, extra)], 1)
-    slots = slots + extra
+    category_slots = category_factors([s.category for s in regions])
+    attribute_vocab = attribute_slots(regions, attributes)
+    slots = category_slots + attribute_vocab
+
+    def slot_labels(rows: Sequence[VlmSample]) -> torch.Tensor:
+        return torch.cat([_slot_labels([s.category for s in rows], category_slots),
+                          _attribute_labels(rows, attributes, attribute_vocab)], 1)
+
+    labels = slot_labels(regions)
     val = [s for s in val_samples if s.box is not None and s.category]
     vision = model.backbone.vision
     heads = torch.nn.ModuleList(torch.nn.Linear(vision.config.hidden_size, len(v)) for v in slots)
@@ -273,9 +277,7 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
 
     if val:
         val_pixels = torch.stack([sample_pixels(s, model.config).half() for s in val])
-        n_cat = len(slots) - len(extra)
-        val_labels = torch.cat([_slot_labels([s.category for s in val], slots[:n_cat]),
-                                _attribute_labels(val, attributes, extra)], 1)
+        val_labels = slot_labels(val)
 
     def evaluate(step: int) -> dict:
         hits = torch.zeros(len(slots))

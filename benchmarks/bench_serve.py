@@ -10,7 +10,7 @@ For each level the server's /healthz counters give the requests per forward call
 wall time ("busy": the rest is the worker waiting for requests to arrive and be decoded).
 
     python benchmarks/bench_serve.py [--requests 48] [--concurrency 1 4 16] [--max-batch 4] [--model nano]
-                                     [--threads N]
+                                     [--threads N] [--precision fp32|bf16]
 
 --threads sets torch's intra-op threads in both the server and the direct baseline (default: torch's, one per
 core). On a machine where other processes hold cores, fewer threads than cores avoids OpenMP workers spinning
@@ -77,14 +77,14 @@ def upload_costs(det, n: int = 20) -> tuple[float, float]:
 
 
 def start_server(model: str, max_batch: int, threads: int | None, max_wait_ms: float | None = None,
-                 streams: int | None = None) -> tuple[subprocess.Popen, str]:
+                 streams: int | None = None, precision: str = "fp32") -> tuple[subprocess.Popen, str]:
     """`groundscope serve` on a free loopback port; returns the process and its URL once it answers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op pool reads it at start-up
     proc = subprocess.Popen(
         [sys.executable, "-c", "from groundscope.cli import main; main()", "serve", "--model", model,
-         "--port", "0", "--max-batch", str(max_batch)]
+         "--port", "0", "--max-batch", str(max_batch), "--precision", precision]
         + (["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else [])
         + (["--streams", str(streams)] if streams is not None else []),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=None, help="The server's --max-wait-ms (default: its own).")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (server and direct API).")
     ap.add_argument("--streams", type=int, default=None, help="The server's --streams (default: its own).")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="The model's precision in the server and the direct baseline (serve --precision).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:  # before torch starts, so every thread's OpenMP pool gets it, as in the server process
@@ -152,14 +154,15 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how busy it was
     import groundscope as gs
 
-    det = gs.load_detector(args.model)
+    det = gs.load_detector(args.model, precision=args.precision)
     decode_ms, prepare_ms = upload_costs(det)
     rows = [("Python API, direct, 1 at a time", *direct_api(det, args.requests), None)]
     # What batching alone can buy: the same images in calls of --max-batch (the latency column is per call).
     batched = direct_api(det, args.requests, args.max_batch)
     del det
     image = IMAGE.read_bytes()
-    proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms, args.streams)
+    proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms, args.streams,
+                               args.precision)
     try:
         for c in args.concurrency:
             rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", *load(url, image, c, args.requests)))
@@ -167,7 +170,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
 
-    print(f"model {args.model}, image {IMAGE.name} ({len(image) / 1024:.0f} KB, 601x429), {args.requests} requests "
+    print(f"model {args.model} ({args.precision}), image {IMAGE.name} ({len(image) / 1024:.0f} KB, 601x429), {args.requests} requests "
           f"per row, --max-batch {args.max_batch}; {os.cpu_count()} CPUs, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, load average before the run {load_before:.1f}, "
           f"after {os.getloadavg()[0]:.1f}")

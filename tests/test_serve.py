@@ -367,6 +367,26 @@ def test_batcher_waits_only_for_announced_requests():
         b.close(timeout=10)
 
 
+def test_batcher_wait_restarts_when_a_request_joins():
+    """A burst whose requests arrive one after another (images decoding in turn on a busy CPU) meets in one batch
+    even when the burst lasts longer than max_wait_s, as long as each gap is shorter; a longer gap cuts it."""
+    seen: list[list] = []
+    b = DynamicBatcher(lambda key, items: seen.append(items) or items, max_batch=4, max_wait_s=0.5).start()
+    try:
+        for _ in range(4):
+            b.announce()
+        futures = [b.submit("a", 0, announced=True)]
+        for i in (1, 2):  # at +0.3 s and +0.6 s: past a fixed 0.5 s window, each within 0.5 s of the previous
+            time.sleep(0.3)
+            futures.append(b.submit("a", i, announced=True))
+        time.sleep(1.2)  # the fourth announced request comes too late: the batch of three has left
+        futures.append(b.submit("a", 3, announced=True))
+        assert [f.result(timeout=5) for f in futures] == [0, 1, 2, 3]
+        assert seen == [[0, 1, 2], [3]]
+    finally:
+        b.close(timeout=10)
+
+
 def test_batcher_streams_share_the_threads_and_split_queued_work():
     """Two streams on 2 threads: a lone batch gets both threads and a second batch waits for them (never more
     threads in flight than the CPU has); 4 requests arriving together run as two concurrent batches of 2 on one

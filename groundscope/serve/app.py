@@ -108,8 +108,8 @@ def create_app(
         max_upload_mb: largest accepted image upload (413 beyond it).
         max_batch: most requests in one forward pass (also the detector's batch_size).
         queue_size: most requests waiting for the model (503 beyond it).
-        max_wait_ms: how long a batch that is not full waits for requests already on their way (announced when
-            their headers arrive; a lone request never waits).
+        max_wait_ms: how long a batch that is not full waits for the next request already on its way (announced
+            when its headers arrive; a lone request never waits); the wait restarts each time one joins.
         decode_workers: threads decoding, resizing and normalising uploads (default: one per CPU, at most 4).
         device, precision: for a model given by name (`load_detector`'s arguments).
         describer: a `groundscope.describe.Describer`, or a describer name / folder (`load_describer`), for

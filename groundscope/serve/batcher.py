@@ -5,9 +5,12 @@ the oldest pending job, gathers the pending jobs *with the same key* up to `max_
 `run_batch` in a single call, so several HTTP requests share one forward pass. Jobs with another key keep their
 place in the queue and head the next batch, so no job waits behind more than the batches in flight.
 
-A batch that is not full waits up to `max_wait_s` for more, but only while some request is on its way: the
-server `announce`s a request as soon as its headers arrive (`serve/announce.py`) and the submit consumes the
-announcement. A lone request therefore never pays the wait, and a burst of requests still meets in one batch.
+A batch that is not full waits for more, but only while some request is on its way: the server `announce`s a
+request as soon as its headers arrive (`serve/announce.py`) and the submit consumes the announcement. A lone
+request therefore never pays the wait, and a burst of requests still meets in one batch. The wait is
+`max_wait_s` *since the last job joined* the batch, so a burst whose images decode one after another on a busy
+CPU keeps joining (four 10 ms decodes on two cores arrive over ~20-30 ms, which a fixed 20 ms from the first job
+cut into 2 + 2 or 3 + 1 batches), while the whole wait stays below `max_batch * max_wait_s`.
 
 Streams. With `streams=2` (`serve --streams 2`) two worker threads may run batches at the same time, sharing
 `threads` CPU threads:
@@ -65,8 +68,8 @@ class DynamicBatcher:
             (say, a prompt over the model's token limit) fails only itself. With several streams it is called
             from several threads at once.
         max_batch: most jobs per `run_batch` call.
-        max_wait_s: how long a worker waits for a batch to fill once it holds a job, while requests are
-            announced. A few milliseconds lets concurrent requests meet.
+        max_wait_s: how long a worker holding a batch that is not full waits for the next announced request to
+            join it (the wait restarts when one joins). A few milliseconds lets concurrent requests meet.
         queue_size: most pending (not yet running) jobs; `submit` raises `QueueFull` beyond it.
         streams: worker threads that may run batches at the same time (see the module docstring).
         threads: CPU threads shared by the streams (the primary stream runs on every free one, helpers on one).
@@ -215,7 +218,7 @@ class DynamicBatcher:
 
     def _next_batch(self, stream: int) -> tuple[list[Job], int] | None:
         """Block until `stream` may form a batch, then take the oldest job and gather same-key jobs until the
-        batch reaches its target size, max_wait_s passed or no request is on its way. Returns the batch and the
+        batch reaches its target size, max_wait_s passed since the last job joined, or no request is on its way. Returns the batch and the
         threads it runs with (claimed), or None when closing and nothing is left to drain."""
         with self._cond:
             while not self._may_gather(stream):
@@ -229,9 +232,12 @@ class DynamicBatcher:
                 deadline = time.monotonic() + self.max_wait_s
                 while True:
                     room = self._target_size(batch) - len(batch)
-                    for job in [j for j in self._pending if j.key == first.key][: max(0, room)]:
+                    joining = [j for j in self._pending if j.key == first.key][: max(0, room)]
+                    for job in joining:
                         self._pending.remove(job)
                         batch.append(job)
+                    if joining:  # progress: the rest of the burst gets another max_wait_s to arrive
+                        deadline = time.monotonic() + self.max_wait_s
                     remaining = deadline - time.monotonic()
                     # Nothing announced: nobody to wait for. Draining for shutdown: nothing new can arrive.
                     if (len(batch) >= self._target_size(batch) or remaining <= 0 or self._incoming == 0

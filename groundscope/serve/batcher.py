@@ -218,8 +218,9 @@ class DynamicBatcher:
 
     def _next_batch(self, stream: int) -> tuple[list[Job], int] | None:
         """Block until `stream` may form a batch, then take the oldest job and gather same-key jobs until the
-        batch reaches its target size, max_wait_s passed since the last job joined, or no request is on its way. Returns the batch and the
-        threads it runs with (claimed), or None when closing and nothing is left to drain."""
+        batch reaches its target size, max_wait_s passed since the last job joined, or no request is on its way.
+        Returns the batch and the threads it runs with (claimed), or None when closing and nothing is left to
+        drain."""
         with self._cond:
             while not self._may_gather(stream):
                 if self._closing and not self._pending:

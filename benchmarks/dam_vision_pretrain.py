@@ -1,6 +1,10 @@
 """Can the base VLM's from-scratch vision tower learn shapes? `pretrain_vision` arms scored on another world.
 
     python benchmarks/dam_vision_pretrain.py [--arms p16,p16-jitter,p8-jitter] [--steps 1500]
+                                             [--train data/synth_train/groundingcap.jsonl [MORE ...]]
+
+With several --train files every arm runs on each (e.g. a 4,000- and a 12,000-image world: does more data
+generalise better at the same steps?).
 
 Each arm builds the base VLM of `groundscope pretrain-vlm` (SigLIP tower, 128 px input, width 192, 4 layers; only
 the patch size varies) and runs its vision stage (`groundscope.train.base_vlm.pretrain_vision`: colour and shape
@@ -32,16 +36,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--train", type=Path, default=Path("data/synth_train/groundingcap.jsonl"))
+    ap.add_argument("--train", type=Path, nargs="+", default=[Path("data/synth_train/groundingcap.jsonl")],
+                    help="training worlds' groundingcap.jsonl (each arm runs on each)")
     ap.add_argument("--val", type=Path, default=Path("data/synth_test/groundingcap.jsonl"))
     ap.add_argument("--lm", type=Path, default=Path("runs/world_lm"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    samples = vlm_samples(args.train, captions=False)
     val = vlm_samples(args.val, captions=False)
     rows = []
-    for name in pick(args.arms, ARMS, "arm"):
-        what, patch, jitter = ARMS[name]
+    runs = [(train, name) for train in args.train for name in pick(args.arms, ARMS, "arm")]
+    for train, arm in runs:
+        samples = vlm_samples(train, captions=False)
+        what, patch, jitter = ARMS[arm]
+        n_images = len({s.image for s in samples})
+        name = f"{arm}, {n_images} images" if len(args.train) > 1 else arm
+        what = f"{what}; {len(samples)} crops of {n_images} images (`{train}`)"
         model, _ = build_base_vlm(args.lm, [s.text for s in samples], patch_size=patch)
         t0 = time.perf_counter()
         log = pretrain_vision(model, samples, args.steps, jitter=jitter, val_samples=val,
@@ -49,8 +58,8 @@ def main() -> None:
                               if step % 50 == 0 else None)
         minutes = (time.perf_counter() - t0) / 60
         curve = [r for r in log if r["type"] == "vision_val"]
-        train = [r["accuracy"] for r in log if r["type"] == "vision"][-20:]
-        rows.append((name, what, minutes, [sum(a[k] for a in train) / len(train) for k in range(2)], curve))
+        last = [r["accuracy"] for r in log if r["type"] == "vision"][-20:]
+        rows.append((name, what, minutes, [sum(a[k] for a in last) / len(last) for k in range(2)], curve))
     lines = ["| arm | what | minutes | train batch colour / shape (last 20 steps) | validation colour / shape by step |",
              "|---|---|---|---|---|"]
     for name, what, minutes, train, curve in rows:
@@ -60,8 +69,9 @@ def main() -> None:
     print(table)
     out = REPO / "benchmarks" / "results" / "dam_vision.md"
     out.write_text("# DAM base VLM: vision pretraining arms\n\n`python benchmarks/dam_vision_pretrain.py "
-                   f"--arms {','.join(r[0] for r in rows)} --steps {args.steps}` ({len(samples)} training crops from "
-                   f"`{args.train}`, validation: the {len([s for s in val if s.box])} regions of `{args.val}`).\n\n"
+                   f"--arms {','.join(pick(args.arms, ARMS, 'arm'))} --steps {args.steps} --train "
+                   f"{' '.join(map(str, args.train))}` (validation: the {len([s for s in val if s.box])} regions of "
+                   f"`{args.val}`).\n\n"
                    + table + "\n")
 
 

@@ -162,7 +162,7 @@ def main() -> None:
     del det
     image = IMAGE.read_bytes()
     proc, url = start_server(args.model, args.max_batch, args.threads, args.max_wait_ms, args.streams,
-                               args.precision)
+                             args.precision)
     try:
         for c in args.concurrency:
             rows.append((f"HTTP, {c} concurrent client{'s' if c > 1 else ''}", *load(url, image, c, args.requests)))
@@ -170,7 +170,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
 
-    print(f"model {args.model} ({args.precision}), image {IMAGE.name} ({len(image) / 1024:.0f} KB, 601x429), {args.requests} requests "
+    print(f"model {args.model} ({args.precision}), image {IMAGE.name} ({len(image) / 1024:.0f} KB, 601x429), "
+          f"{args.requests} requests "
           f"per row, --max-batch {args.max_batch}; {os.cpu_count()} CPUs, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, load average before the run {load_before:.1f}, "
           f"after {os.getloadavg()[0]:.1f}")

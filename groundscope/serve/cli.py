@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         queue_size: int = typer.Option(64, "--queue-size", min=1,
                                        help="Most requests waiting for the model (503 beyond)."),
         max_wait_ms: float = typer.Option(20.0, "--max-wait-ms", min=0.0,
-                                          help="How long a batch waits for the next request already arriving (restarts when one joins)."),
+                                          help="How long a batch waits for the next request already arriving "
+                                          "(restarts when one joins)."),
         describer: Optional[str] = typer.Option(None, "--describer", help="A Describe Anything model (e.g. dam-nano) "
                                                 "for POST /v1/describe; without it that route answers 501."),
         streams: int = typer.Option(1, "--streams", min=1, help="Forward passes that may run at once on a share of "

@@ -181,6 +181,10 @@ def preprocess(image: Image.Image, shortest: int = SHORTEST_EDGE, longest: int =
     oh, ow = resized_size(h, w, shortest, longest)
     if (oh, ow) != (h, w):
         image = image.resize((ow, oh), resample=Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
-    arr = (arr - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    # In place: the reference's three float32 operations in its order (so the same bits), without a new array
+    # for each. np.array copies, so the caller's image is never written.
+    arr = np.array(image, dtype=np.float32)
+    arr *= np.float32(1 / 255)
+    arr -= np.asarray(IMAGENET_MEAN, np.float32)
+    arr /= np.asarray(IMAGENET_STD, np.float32)
     return PreparedImage(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), (h, w))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -44,9 +45,9 @@ def main() -> None:
     torch.set_num_threads(2)
     val = vlm_samples(args.val, captions=False)
     rows = []
-    runs = [(train, name) for train in args.train for name in pick(args.arms, ARMS, "arm")]
-    for train, arm in runs:
-        samples = vlm_samples(train, captions=False)
+    arms = pick(args.arms, ARMS, "arm")
+    worlds = {train: vlm_samples(train, captions=False) for train in args.train}  # each file parsed once
+    for (train, samples), arm in product(worlds.items(), arms):
         what, patch, jitter = ARMS[arm]
         n_images = len({s.image for s in samples})
         name = f"{arm}, {n_images} images" if len(args.train) > 1 else arm
@@ -69,7 +70,7 @@ def main() -> None:
     print(table)
     out = REPO / "benchmarks" / "results" / "dam_vision.md"
     out.write_text("# DAM base VLM: vision pretraining arms\n\n`python benchmarks/dam_vision_pretrain.py "
-                   f"--arms {','.join(pick(args.arms, ARMS, 'arm'))} --steps {args.steps} --train "
+                   f"--arms {','.join(arms)} --steps {args.steps} --train "
                    f"{' '.join(map(str, args.train))}` (validation: the {len([s for s in val if s.box])} regions of "
                    f"`{args.val}`).\n\n"
                    + table + "\n")

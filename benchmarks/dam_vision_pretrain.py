@@ -24,10 +24,12 @@ import torch
 
 from bench_recipes import REPO, pick
 
-ARMS = {  # name: (what, patch size, jitter)
-    "p16": ("patch 16 (8x8 tokens), the exact crops", 16, 0.0),
-    "p16-jitter": ("patch 16, boxes jittered by up to 25 %", 16, 0.25),
-    "p8-jitter": ("patch 8 (16x16 tokens), boxes jittered by up to 25 %", 8, 0.25),
+ARMS = {  # name: (what, patch size, jitter, position init)
+    "p16": ("patch 16 (8x8 tokens), the exact crops", 16, 0.0, "random"),
+    "p16-jitter": ("patch 16, boxes jittered by up to 25 %", 16, 0.25, "random"),
+    "p8-jitter": ("patch 8 (16x16 tokens), boxes jittered by up to 25 %", 8, 0.25, "random"),
+    "p16-jitter-sincos": ("patch 16, jittered boxes, position embedding initialised 2-D sine-cosine", 16, 0.25,
+                          "sincos"),
 }
 
 
@@ -48,11 +50,12 @@ def main() -> None:
     arms = pick(args.arms, ARMS, "arm")
     worlds = {train: vlm_samples(train, captions=False) for train in args.train}  # each file parsed once
     for (train, samples), arm in product(worlds.items(), arms):
-        what, patch, jitter = ARMS[arm]
+        what, patch, jitter, position_init = ARMS[arm]
         n_images = len({s.image for s in samples})
         name = f"{arm}, {n_images} images" if len(args.train) > 1 else arm
         what = f"{what}; {len(samples)} crops of {n_images} images (`{train}`)"
-        model, _ = build_base_vlm(args.lm, [s.text for s in samples], patch_size=patch)
+        model, _ = build_base_vlm(args.lm, [s.text for s in samples], patch_size=patch,
+                                  position_init=position_init)
         t0 = time.perf_counter()
         log = pretrain_vision(model, samples, args.steps, jitter=jitter, val_samples=val,
                               bar=lambda step, info: print(f"{name} {step} {info}", flush=True)

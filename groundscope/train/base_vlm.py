@@ -95,10 +95,16 @@ def sample_pixels(sample: VlmSample, config: DamConfig, rgb: np.ndarray | None =
 def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int = 128, patch_size: int = 16,
                    hidden: int = 192, layers: int = 4, heads: int = 4, intermediate: int | None = None,
                    projector: str = "mlp_downsample", feature_layer: int = -1, image_prompt: str = IMAGE_PROMPT,
-                   seed: int = 0) -> tuple[DamModel, list[str]]:
+                   position_init: str = "random", seed: int = 0) -> tuple[DamModel, list[str]]:
     """A fresh base VLM on the world LM in `lm_dir`: random SigLIP vision model and projector, the LM's
     vocabulary extended with every word of `texts` and of the prompts. Returns (model, added tokens); the
-    model's DAM parts (mask embedding, adapters) are there but zero and unused until DAM training."""
+    model's DAM parts (mask embedding, adapters) are there but zero and unused until DAM training.
+
+    Args:
+        position_init: "random" (SigLIP's own init: normal, std 1/sqrt(hidden)) or "sincos" (the grid's 2-D
+            sine-cosine embedding, `sincos_2d`; still learnt). SigLIP's random position embedding is a seventh
+            of the patch embedding's scale, so a from-scratch tower starts almost blind to where a patch is.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionConfig, SiglipVisionModel
 
     from groundscope.train.world_lm import extend_world_tokenizer
@@ -131,7 +137,28 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
     vision = SiglipVisionModel(SiglipVisionConfig(
         image_size=image_size, patch_size=patch_size, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, vision_use_head=False))
+    if position_init == "sincos":
+        with torch.no_grad():
+            vision.embeddings.position_embedding.weight.copy_(sincos_2d(image_size // patch_size, hidden))
+    elif position_init != "random":
+        raise ValueError(f"position_init is 'random' or 'sincos', got {position_init!r}")
     return DamModel.from_parts(config, vision, llm, tokenizer), added
+
+
+def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """(grid * grid, dim) fixed 2-D sine-cosine position embedding of a row-major token grid: the first half of
+    the channels encodes the column, the second the row, each as sin / cos pairs at geometric frequencies (MAE's
+    layout). Values lie in [-1, 1]."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    out = []
+    for coord in (cols.flatten(), rows.flatten()):
+        angle = coord[:, None] * omega[None]  # (T, dim/4)
+        out += [angle.sin(), angle.cos()]
+    return torch.cat(out, 1).float()
 
 
 def category_factors(categories: Sequence[str]) -> list[list[str]]:
@@ -369,6 +396,7 @@ def pretrain_base_vlm(
     layers: int = 4,
     heads: int = 4,
     projector: str = "mlp_downsample",
+    position_init: str = "random",
     max_text_tokens: int = 320,
     warmup: int | None = None,
     weight_decay: float = 0.05,
@@ -408,7 +436,8 @@ def pretrain_base_vlm(
     if not samples:
         raise ValueError(f"'{data}' holds no region descriptions or captions to train on")
     model, added = build_base_vlm(lm_dir, [s.text for s in samples], image_size=image_size, patch_size=patch_size,
-                                  hidden=hidden, layers=layers, heads=heads, projector=projector, seed=seed)
+                                  hidden=hidden, layers=layers, heads=heads, projector=projector,
+                                  position_init=position_init, seed=seed)
     if vision_init is not None:
         _init_vision(model, vision_init)
     vision_log: list[dict] = []
@@ -482,7 +511,7 @@ def pretrain_base_vlm(
     }
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
-                "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
+                "hidden": hidden, "layers": layers, "heads": heads, "projector": projector, "position_init": position_init,
                 "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
                 "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult,

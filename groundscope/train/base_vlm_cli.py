@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         hidden: int = typer.Option(192, "--hidden", min=8, help="ViT width."),
         layers: int = typer.Option(4, "--layers", min=1, help="ViT layers."),
         heads: int = typer.Option(4, "--heads", min=1, help="ViT attention heads (must divide --hidden)."),
+        position_init: str = typer.Option("random", "--position-init",
+                                          help="random (SigLIP's init) or sincos (2-D sine-cosine init of the "
+                                               "position embedding: a from-scratch tower learns shapes faster)."),
         projector: str = typer.Option("mlp_downsample", "--projector",
                                       help="mlp_downsample (2x2 token merge, DAM-3B's) or mlp2x_gelu."),
         max_text_tokens: int = typer.Option(320, "--max-text-tokens", min=16, help="Text tokens kept per sample."),
@@ -75,11 +78,13 @@ def register(app: typer.Typer) -> None:
             raise _fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
         if projector not in ("mlp_downsample", "mlp2x_gelu"):
             raise _fail(f"--projector must be mlp_downsample or mlp2x_gelu, not {projector!r}", 2)
+        if position_init not in ("random", "sincos"):
+            raise _fail(f"--position-init must be random or sincos, not {position_init!r}", 2)
         try:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
-                projector=projector, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
+                projector=projector, position_init=position_init, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
                 vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
                 vision_val=vision_val, vision_lr_mult=vision_lr_mult,
                 vision_attributes=[a.strip() for a in vision_attributes.split(",") if a.strip()],

@@ -1,6 +1,6 @@
 """Can the base VLM's from-scratch vision tower learn shapes? `pretrain_vision` arms scored on another world.
 
-    python benchmarks/dam_vision_pretrain.py [--arms p16,p16-jitter,p8-jitter] [--steps 1500]
+    python benchmarks/dam_vision_pretrain.py [--arms p16,p16-jitter,p8-jitter,p16-jitter-sincos] [--steps 1500]
                                              [--train data/synth_train/groundingcap.jsonl [MORE ...]]
 
 With several --train files every arm runs on each (e.g. a 4,000- and a 12,000-image world: does more data
@@ -10,7 +10,8 @@ Each arm builds the base VLM of `groundscope pretrain-vlm` (SigLIP tower, 128 px
 the patch size varies) and runs its vision stage (`groundscope.train.base_vlm.pretrain_vision`: colour and shape
 heads on the centre of the focal crop's token grid, batch 64, AdamW lr 1e-3, cosine) on the training world's
 regions. Every 250 steps the heads score the regions of the validation world (seed 1; the DAM test world, seed 4,
-is left for bench_dam.py). Chance is 1/8 for shape. Table: stdout and ``benchmarks/results/dam_vision.md``.
+is left for bench_dam.py). Chance is 1/8 for shape. Table: stdout, and appended to
+``benchmarks/results/dam_vision.md``.
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     out = REPO / "benchmarks" / "results" / "dam_vision.md"
-    out.write_text("# DAM base VLM: vision pretraining arms\n\n`python benchmarks/dam_vision_pretrain.py "
-                   f"--arms {','.join(arms)} --steps {args.steps} --train "
-                   f"{' '.join(map(str, args.train))}` (validation: the {len([s for s in val if s.box])} regions of "
-                   f"`{args.val}`).\n\n"
-                   + table + "\n")
+    # Each run adds its section: earlier arms stay beside it (a run takes tens of minutes per arm).
+    head = "" if out.exists() else "# DAM base VLM: vision pretraining arms\n"
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(head + "\n`python benchmarks/dam_vision_pretrain.py "
+                f"--arms {','.join(arms)} --steps {args.steps} --train "
+                f"{' '.join(map(str, args.train))}` (validation: the {len([s for s in val if s.box])} regions of "
+                f"`{args.val}`).\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

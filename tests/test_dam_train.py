@@ -445,6 +445,33 @@ def test_vision_pretraining_learns_a_fixed_batch_and_feeds_the_base_vlm(world, l
                    for k, v in fresh.projector.state_dict().items())  # the projector did train
 
 
+def test_sincos_position_init_by_hand(lm_dir, world):
+    """`--position-init sincos`: the tower's position embedding starts as the token grid's 2-D sine-cosine
+    embedding (columns in the first half of the channels, rows in the second), checked on a 2x2 grid by hand."""
+    import math
+
+    from groundscope.train.base_vlm import build_base_vlm, sincos_2d, vlm_samples
+
+    s1, c1 = math.sin(1.0), math.cos(1.0)
+    # width 4 -> one frequency (1.0); tokens row-major: (row, col) = (0, 0), (0, 1), (1, 0), (1, 1)
+    expected = torch.tensor([[0, 1, 0, 1], [s1, c1, 0, 1], [0, 1, s1, c1], [s1, c1, s1, c1]])
+    assert torch.allclose(sincos_2d(2, 4), expected, atol=1e-7)
+    table = sincos_2d(4, 32)
+    assert table.shape == (16, 32) and float(table.abs().max()) <= 1.0
+    assert len({tuple(row.tolist()) for row in table}) == 16  # every position distinct
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(2, 6)
+
+    texts = [s.text for s in vlm_samples(world / "groundingcap.jsonl")]
+    model, _ = build_base_vlm(lm_dir, texts, position_init="sincos", **TINY_VLM)
+    grid = TINY_VLM["image_size"] // TINY_VLM["patch_size"]
+    weight = model.backbone.vision.embeddings.position_embedding.weight
+    assert torch.equal(weight.detach(), sincos_2d(grid, TINY_VLM["hidden"]))
+    assert weight.requires_grad  # an initialisation, still learnt
+    with pytest.raises(ValueError, match="'random' or 'sincos'"):
+        build_base_vlm(lm_dir, texts, position_init="learned", **TINY_VLM)
+
+
 def test_category_factors_and_box_jitter():
     """Vision pretraining's labels: one slot per category word when all names have as many words, else one;
     a jittered box stays inside the image, at least 2 px, and moves by at most the stated share."""

@@ -21,7 +21,8 @@ DEST = ROOT / "groundscope" / "models" / "bundled" / "dam-nano"
 def vlm_command(vlm: dict, out: str) -> str:
     """The `groundscope pretrain-vlm` command line that trained a base VLM, from its saved settings."""
     cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {out} --steps {vlm['steps']}"
-           + ("" if vlm["captions"] else " --no-captions"))
+           + ("" if vlm["captions"] else " --no-captions")
+           + (f" --position-init {vlm['position_init']}" if vlm.get("position_init", "random") != "random" else ""))
     if vlm.get("vision_steps"):
         cmd += (f" --vision-steps {vlm['vision_steps']}"
                 + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")

@@ -27,10 +27,54 @@ def vlm_command(vlm: dict, out: str) -> str:
         cmd += (f" --vision-steps {vlm['vision_steps']}"
                 + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
                 + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
-                + (f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else "")
                 + (f" --vision-attributes {','.join(vlm['vision_attributes'])}"
                    if vlm.get("vision_attributes") else ""))
+    # the tower's learning rate in the LLaVA stage: a setting of every run, vision stage or not
+    cmd += f" --vision-lr-mult {vlm['vision_lr_mult']}" if vlm.get("vision_lr_mult", 1.0) != 1.0 else ""
     return cmd + (f" --vision-init {vlm['vision_init']}" if vlm.get("vision_init") else "")
+
+
+def vlm_chain(base_vlm: str) -> list[tuple[str, dict, dict]]:
+    """(folder, settings, summary) of the base VLM and of every run its tower came from (``--vision-init``),
+    the earliest first."""
+    chain, source = [], base_vlm
+    while source:
+        log = json.loads((ROOT / source / "train_log.json").read_text())
+        chain.insert(0, (source, log["config"], log["summary"]))
+        source = log["config"].get("vision_init")
+    return chain
+
+
+def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> str:
+    """The card's sentence on the tower's vision stages (empty when no run of the chain had one)."""
+    stages = [(cfg, summary) for _, cfg, summary in chain if cfg.get("vision_steps")]
+    if not stages:
+        return ""
+    cfg, summary = stages[-1]
+    heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
+    runs = ", then ".join(f"{c['vision_steps']} steps of {c['vision_batch_size']} crops of `{c['data']}`"
+                          for c, _ in stages)
+    val = summary.get("vision_val_accuracy")
+    return (f"  First the tower alone ({runs}"
+            + (f"; boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else "")
+            + ("; position embedding initialised as a 2-D sine-cosine grid"
+               if any(c.get("position_init") == "sincos" for c, _ in stages) else "")
+            + f") learns each region's {', '.join(heads[:-1])} and {heads[-1]} from the centre of its focal crop (a"
+            " stand-in for SigLIP's own pretraining"
+            + ("; on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
+               if val else "")
+            + f"), then the LLaVA stage trains at the tower's learning rate x {lr_mult}.\n")
+
+
+def synth_command(data: str) -> str | None:
+    """The `groundscope synth` line of a training world other than data/synth_train (None for that one), from
+    the world's meta.json."""
+    world = Path(data).parent
+    if world.name == "synth_train":
+        return None
+    meta = json.loads((ROOT / world / "meta.json").read_text())
+    return (f"groundscope synth --out {world} --n {meta['images']} --seed {meta['seed']} --split {meta['split']} "
+            "--regions")
 
 
 def main() -> None:
@@ -71,29 +115,13 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
 
-    vision_stage = ""
-    if vlm.get("vision_steps"):
-        val = vlm_log["summary"].get("vision_val_accuracy")
-        heads = ["colour", "shape"] + list(vlm.get("vision_attributes") or [])
-        init = vlm.get("vision_init")
-        vision_stage = (
-            f"  First the tower alone ({vlm['vision_steps']} steps of {vlm['vision_batch_size']} focal crops"
-            + (f", boxes jittered by up to {vlm['vision_jitter']:.0%}" if vlm.get("vision_jitter") else "")
-            + (f", starting from the tower of `{init}`" if init else "")
-            + f") learns each region's {', '.join(heads[:-1])} and {heads[-1]} from the centre of its crop (a"
-            " stand-in for SigLIP's own pretraining"
-            + ("; on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
-               if val else "")
-            + f"), then the LLaVA stage trains at the tower's learning rate x {vlm.get('vision_lr_mult', 1.0)}.\n")
+    chain = vlm_chain(base_vlm)
+    vision_stage = vision_stage_text(chain, vlm.get("vision_lr_mult", 1.0))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
-    # A tower started from another base VLM's (--vision-init): that model's command comes first.
-    chain, source = [vlm_command(vlm, base_vlm)], vlm.get("vision_init")
-    while source:
-        earlier = json.loads((ROOT / source / "train_log.json").read_text())["config"]
-        chain.insert(0, vlm_command(earlier, source))
-        source = earlier.get("vision_init")
-    vlm_cmd = "\n".join(chain)
+    vlm_cmd = "\n".join(vlm_command(cfg, source) for source, cfg, _ in chain)
+    extra_worlds = "".join(f"{line}\n" for line in dict.fromkeys(synth_command(cfg["data"]) for _, cfg, _ in chain)
+                           if line)
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -141,12 +169,16 @@ run (the first towers barely separated shapes).
 ```bash
 groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regions
 groundscope synth --out data/synth_test --n 200 --seed 1 --split test --regions
-groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
+{extra_worlds}groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
 {vlm_cmd}
 python benchmarks/bench_dam.py --arms {','.join(results)} --base-vlm {base_vlm} --out {Path(a.model).parent.parent} --steps {dam_steps} --write
 python benchmarks/bundle_dam_nano.py --model {a.model}
 ```
-"""
+""" + ("""
+A vision-stage run that names another LM than `runs/world_lm` uses it only for its vocabulary: the vision stage never
+reads the LM, but the number of words the build adds to it decides how many random draws come before the tower's
+initialisation, so the same vocabulary gives the same tower.
+""" if any(cfg.get("vision_steps") and cfg["lm"] != "runs/world_lm" for _, cfg, _ in chain) else "")
     (DEST / "README.md").write_text(card, encoding="utf-8")
     print(card)
 

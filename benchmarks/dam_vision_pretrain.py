@@ -9,9 +9,9 @@ generalise better at the same steps?).
 Each arm builds the base VLM of `groundscope pretrain-vlm` (SigLIP tower, 128 px input, width 192, 4 layers; the
 arms vary the patch size, the jitter and the position embedding's init) and runs its vision stage
 (`groundscope.train.base_vlm.pretrain_vision`: colour and shape heads on the centre of the focal crop's token grid,
-batch 64, AdamW lr 1e-3, cosine) on the training world's regions. Every 250 steps the heads score the regions of the validation world (seed 1; the DAM test world, seed 4,
-is left for bench_dam.py). Chance is 1/8 for shape. Table: stdout, and appended to
-``benchmarks/results/dam_vision.md``.
+batch 64, AdamW lr 1e-3, cosine) on the training world's regions. Every 250 steps the heads score the regions
+of the validation world (seed 1; the DAM test world, seed 4, is left for bench_dam.py). Chance is 1/8 for shape.
+Table: stdout, and appended to ``benchmarks/results/dam_vision.md``.
 """
 
 from __future__ import annotations

@@ -511,8 +511,8 @@ def pretrain_base_vlm(
     }
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
-                "hidden": hidden, "layers": layers, "heads": heads, "projector": projector, "position_init": position_init,
-                "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
+                "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
+                "position_init": position_init, "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
                 "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult,
                 "vision_attributes": list(vision_attributes), "vision_init": str(vision_init) if vision_init else None}

@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
-                projector=projector, position_init=position_init, max_text_tokens=max_text_tokens, warmup=warmup, seed=seed, console=console,
+                projector=projector, position_init=position_init, max_text_tokens=max_text_tokens, warmup=warmup,
+                seed=seed, console=console,
                 vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
                 vision_val=vision_val, vision_lr_mult=vision_lr_mult,
                 vision_attributes=[a.strip() for a in vision_attributes.split(",") if a.strip()],

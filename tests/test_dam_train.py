@@ -274,6 +274,11 @@ def test_pretrain_vlm_output_loads_as_an_untrained_dam(base_vlm, world, lm_dir, 
     assert runner.invoke(app, args).exit_code == 2  # would overwrite
     res = runner.invoke(app, args[:-1] + ["--overwrite", "--lm", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "pretrain-lm" in res.output
+    res = runner.invoke(app, args + ["--overwrite", "--position-init", "learned"])
+    assert res.exit_code == 2 and "--position-init must be random or sincos" in res.output
+    res = runner.invoke(app, args + ["--overwrite", "--position-init", "sincos"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "train_log.json").read_text())["config"]["position_init"] == "sincos"
 
 
 # ---------------------------------------------------------------------------------------------- DAM training

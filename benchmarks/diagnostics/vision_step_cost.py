@@ -74,7 +74,7 @@ def main() -> None:
         with torch.no_grad():
             patches = emb.patch_embedding(pixels)  # (B, C, g, g)
         print(f"{init:>6} init: patch embedding output std {float(patches.std()):.3f}, "
-              f"position embedding std {float(emb.position_embedding.weight.std()):.3f}")
+              f"position embedding std {float(emb.position_embedding.weight.detach().std()):.3f}")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def main() -> None:
     run_cfg = yaml.safe_load((ROOT / a.model).parent.joinpath("config.yaml").read_text())
     base_vlm = run_cfg["model"]["path"]
     dam_steps = run_cfg["train"]["max_steps"]
-    vlm_log = json.loads((ROOT / base_vlm / "train_log.json").read_text())
-    vlm = vlm_log["config"]
+    chain = vlm_chain(base_vlm)  # the base VLM last
+    vlm = chain[-1][1]
     results = json.loads((ROOT / a.results).read_text())
     shutil.rmtree(DEST, ignore_errors=True)
     shutil.copytree(ROOT / a.model, DEST)
@@ -115,7 +115,6 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
 
-    chain = vlm_chain(base_vlm)
     vision_stage = vision_stage_text(chain, vlm.get("vision_lr_mult", 1.0))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")

@@ -92,6 +92,9 @@ def sample_pixels(sample: VlmSample, config: DamConfig, rgb: np.ndarray | None =
     return image_pixels(rgb, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
 
 
+POSITION_INITS = ("random", "sincos")  # build_base_vlm's position_init values
+
+
 def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int = 128, patch_size: int = 16,
                    hidden: int = 192, layers: int = 4, heads: int = 4, intermediate: int | None = None,
                    projector: str = "mlp_downsample", feature_layer: int = -1, image_prompt: str = IMAGE_PROMPT,
@@ -140,8 +143,8 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
     if position_init == "sincos":
         with torch.no_grad():
             vision.embeddings.position_embedding.weight.copy_(sincos_2d(image_size // patch_size, hidden))
-    elif position_init != "random":
-        raise ValueError(f"position_init is 'random' or 'sincos', got {position_init!r}")
+    elif position_init not in POSITION_INITS:
+        raise ValueError(f"position_init is {' or '.join(map(repr, POSITION_INITS))}, got {position_init!r}")
     return DamModel.from_parts(config, vision, llm, tokenizer), added
 
 
@@ -512,7 +515,8 @@ def pretrain_base_vlm(
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
                 "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
-                "position_init": position_init, "max_text_tokens": max_text_tokens, "warmup": warmup, "weight_decay": weight_decay, "seed": seed,
+                "position_init": position_init, "max_text_tokens": max_text_tokens, "warmup": warmup,
+                "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
                 "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult,
                 "vision_attributes": list(vision_attributes), "vision_init": str(vision_init) if vision_init else None}

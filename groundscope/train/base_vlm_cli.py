@@ -72,14 +72,14 @@ def register(app: typer.Typer) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""
         from groundscope.data import DataFormatError
         from groundscope.describe import DamError
-        from groundscope.train.base_vlm import pretrain_base_vlm
+        from groundscope.train.base_vlm import POSITION_INITS, pretrain_base_vlm
 
         if (out / "config.json").exists() and not overwrite:
             raise _fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
         if projector not in ("mlp_downsample", "mlp2x_gelu"):
             raise _fail(f"--projector must be mlp_downsample or mlp2x_gelu, not {projector!r}", 2)
-        if position_init not in ("random", "sincos"):
-            raise _fail(f"--position-init must be random or sincos, not {position_init!r}", 2)
+        if position_init not in POSITION_INITS:  # before any data is read
+            raise _fail(f"--position-init must be {' or '.join(POSITION_INITS)}, not {position_init!r}", 2)
         try:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,

@@ -36,8 +36,7 @@ ARMS = {
     "base": ("the base VLM on the focal crop (DAM's starting point)", None),
     "full": ("DAM: focal crop + mask embedding + context adapters", []),
     "nocrop": ("without the focal crop (full image + mask only)", ["dam.focal_crop=false"]),
-    "noadapt": ("without the context adapters (gates kept at 0)",
-                ["model.freeze=[backbone.vision, backbone.adapters]"]),
+    "noadapt": ("without the context adapters (gates kept at 0)", ["+freeze=backbone.adapters"]),
 }
 
 
@@ -48,15 +47,33 @@ def sh(cmd: list[str], log: Path) -> float:
     return time.time() - t
 
 
-def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None) -> float | None:
-    """Train one arm unless its model exists; minutes spent (None when reused)."""
+def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data: str | None = None,
+              vision_lr_mult: float | None = None, extra: list[str] = ()) -> float | None:
+    """Train one arm unless its model exists; minutes spent (None when reused).
+
+    `vision_lr_mult` unfreezes the ViT (`backbone.vision`, frozen in configs/dam_nano.yaml) at that multiple of
+    the learning rate, in every arm; an arm's "+freeze=" entries add to the frozen prefixes either way.
+    `extra`: more `--set KEY=VALUE` settings for every arm (not model.freeze: use `vision_lr_mult`).
+    """
     if (out / "model" / "config.json").exists():
         return None
     cmd = CLI + ["train", "configs/dam_nano.yaml", "--set", f"train.out_dir={out}",
            "--set", f"model.path={base_vlm}", "--set", "eval.every=0"]
     if steps:
         cmd += ["--set", f"train.max_steps={steps}"]
+    if train_data:
+        cmd += ["--set", f"data.train.path={train_data}"]
+    freeze = ["backbone.vision"]
+    if vision_lr_mult is not None:
+        freeze = []
+        cmd += ["--set", f"optim.backbone_lr_mult={vision_lr_mult}"]
     for s in ARMS[arm][1]:
+        if s.startswith("+freeze="):
+            freeze.append(s.removeprefix("+freeze="))
+        else:
+            cmd += ["--set", s]
+    cmd += ["--set", f"model.freeze=[{', '.join(freeze)}]"]
+    for s in extra:
         cmd += ["--set", s]
     print(f"[{arm}] training: groundscope {' '.join(cmd[1:])}", flush=True)
     return sh(cmd, out.with_suffix(".log")) / 60
@@ -81,8 +98,16 @@ def main() -> None:
     ap.add_argument("--base-vlm", default="runs/base_vlm")
     ap.add_argument("--out", default="runs/dam_bench")
     ap.add_argument("--steps", type=int, default=None, help="override train.max_steps of every trained arm")
+    ap.add_argument("--train-data", default=None,
+                    help="regions.json to train every arm on (default: the config's, data/synth_train's)")
+    ap.add_argument("--vision-lr-mult", type=float, default=None,
+                    help="train the ViT too, at this multiple of the learning rate (default: frozen, as the config)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a configs/dam_nano.yaml setting for every trained arm (repeatable), e.g. dam.lora=null")
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/dam_synth.md")
     a = ap.parse_args()
+    if any(s.startswith("model.freeze") for s in a.set):
+        ap.error("--set model.freeze: the arms set it themselves; use --vision-lr-mult to train the ViT")
 
     from groundscope.data.coco import read_coco
     from groundscope.data.regions import read_regions
@@ -107,7 +132,7 @@ def main() -> None:
         if arm == "base":
             model = load_dam(ROOT / a.base_vlm, from_base_vlm=True)
         else:
-            minutes[arm] = train_arm(arm, out / arm, a.base_vlm, a.steps)
+            minutes[arm] = train_arm(arm, out / arm, a.base_vlm, a.steps, a.train_data, a.vision_lr_mult, a.set)
             model = load_dam(out / arm / "model")
         model.eval()
         descriptions = describe_world(model, regions)

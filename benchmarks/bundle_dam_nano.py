@@ -77,6 +77,31 @@ def synth_command(data: str) -> str | None:
             "--regions")
 
 
+def dam_stage(run_cfg: dict) -> tuple[str, list[str], str]:
+    """The card's words on the DAM stage's trained parts and data, the bench_dam.py options that reproduce its
+    settings (beyond --steps) and its training regions.json, from the run's config.yaml."""
+    sources = run_cfg["data"]["train"]
+    sources = sources if isinstance(sources, list) else [sources]  # the saved config lists them
+    if len(sources) != 1:
+        raise SystemExit(f"the card describes a DAM trained on one world; this run read {len(sources)} sources")
+    train_data = sources[0]["path"]
+    frozen = run_cfg["model"].get("freeze") or []
+    lora = run_cfg.get("dam", {}).get("lora")
+    n_regions = len(json.loads((ROOT / train_data).read_text())["annotations"])
+    n_images = json.loads((ROOT / Path(train_data).parent / "meta.json").read_text())["images"]
+    vision_mult = run_cfg["optim"].get("backbone_lr_mult", 1.0)
+    parts = ["the projector", f"LoRA (r {lora['r']}) on the LM" if lora else "the whole LM"]
+    if "backbone.vision" not in frozen:
+        parts.append(f"the vision tower (learning rate x {vision_mult})")
+    text = (f"{', '.join(parts[:-1])} and {parts[-1]} trained on the {n_regions:,} region descriptions of "
+            f"{n_images:,} training images ({run_cfg['train']['max_steps']} steps)"
+            + ("; the vision tower frozen" if "backbone.vision" in frozen else ""))
+    opts = [] if Path(train_data) == Path("data/synth_train/regions.json") else [f"--train-data {train_data}"]
+    opts += [] if "backbone.vision" in frozen else [f"--vision-lr-mult {vision_mult}"]
+    opts += [] if lora else ["--set dam.lora=null"]
+    return text, opts, train_data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/dam_bench/full/model")
@@ -115,12 +140,13 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
 
+    dam_text, dam_opts, dam_data = dam_stage(run_cfg)
     vision_stage = vision_stage_text(chain, vlm.get("vision_lr_mult", 1.0))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
     vlm_cmd = "\n".join(vlm_command(cfg, source) for source, cfg, _ in chain)
-    extra_worlds = "".join(f"{line}\n" for line in dict.fromkeys(synth_command(cfg["data"]) for _, cfg, _ in chain)
-                           if line)
+    worlds = [cfg["data"] for _, cfg, _ in chain] + [dam_data]
+    extra_worlds = "".join(f"{line}\n" for line in dict.fromkeys(synth_command(w) for w in worlds) if line)
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -135,8 +161,7 @@ It knows the synthetic world only (coloured shapes with a fill pattern on a plai
   word-level Llama, 128 wide), trained LLaVA-style ({vlm['steps']} steps) on {llava_data} of 4000 training images.
 {vision_stage}
 - DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated context adapters
-  (zero-initialised: step 0 is the base VLM), the projector and LoRA (r 16) on the LM trained on the 17,936
-  region descriptions of the same images ({dam_steps} steps); the vision tower frozen.
+  (zero-initialised: step 0 is the base VLM), {dam_text}.
 
 ## Numbers
 
@@ -170,7 +195,7 @@ groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regio
 groundscope synth --out data/synth_test --n 200 --seed 1 --split test --regions
 {extra_worlds}groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
 {vlm_cmd}
-python benchmarks/bench_dam.py --arms {','.join(results)} --base-vlm {base_vlm} --out {Path(a.model).parent.parent} --steps {dam_steps} --write
+python benchmarks/bench_dam.py --arms {','.join(results)} --base-vlm {base_vlm} --out {Path(a.model).parent.parent} {' '.join([f'--steps {dam_steps}', *dam_opts])} --write
 python benchmarks/bundle_dam_nano.py --model {a.model}
 ```
 """ + ("""

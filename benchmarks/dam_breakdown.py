@@ -5,12 +5,14 @@
 
 Same test world, descriptions and rule judge as benchmarks/bench_dam.py. For each model it prints Pos / Neg / Avg,
 the share of regions whose description names the right shape (the recognition question; a miss caps the
-region's positive scores at 0), and the mean score of each positive question (colour, shape, pattern, size,
-relation: +1 right, -1 a wrong word stated, 0 not stated), after the cap.
+region's positive scores at 0), that share by the object's size word (small / medium / large), and the mean score
+of each positive question (colour, shape, pattern, size, relation: +1 right, -1 a wrong word stated, 0 not
+stated), after the cap.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dam import ROOT, SMALL, describe_world  # noqa: E402
 
 KINDS = ("colour", "shape", "pattern", "size", "relation")  # the order of `region_questions`' positives
+SIZES = ("small", "medium", "large")
 
 
 def main() -> None:
@@ -34,8 +37,11 @@ def main() -> None:
         raise SystemExit(f"{world} is missing: run benchmarks/bench_dam.py first (it generates the test world)")
     regions = read_regions(world / "regions.json", world).records
     bench = synthetic_bench(read_coco(world / "coco_all.json").images, source=str(world / "coco_all.json"))
-    print("| model | Pos | Neg | Avg | recognised | " + " | ".join(KINDS) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(KINDS))
+    size_of = {str(a["id"]): a["attributes"]["size"]
+               for a in json.loads((world / "coco_all.json").read_text())["annotations"]}
+    print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
+          + " | ".join(KINDS) + " |")
+    print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
     for arg in sys.argv[1:]:
         path, _, kind = arg.partition(":")
         model = load_dam(ROOT / path, from_base_vlm=kind == "base")
@@ -47,7 +53,9 @@ def main() -> None:
             for k, v in zip(KINDS, r.positives):
                 per[k].append(v)
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
+        by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
         print(f"| {arg} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
+              + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
 
 

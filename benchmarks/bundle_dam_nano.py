@@ -19,7 +19,10 @@ DEST = ROOT / "groundscope" / "models" / "bundled" / "dam-nano"
 
 
 def vlm_command(vlm: dict, out: str) -> str:
-    """The `groundscope pretrain-vlm` command line that trained a base VLM, from its saved settings."""
+    """The `groundscope pretrain-vlm` command line that trained a base VLM, from its saved settings (for a
+    dam-nano taken from git, the command that writes it)."""
+    if "commit" in vlm:
+        return f"python benchmarks/dam_nano_from_git.py {vlm['commit']} {out}"
     cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {out} --steps {vlm['steps']}"
            + ("" if vlm["captions"] else " --no-captions")
            + (f" --position-init {vlm['position_init']}" if vlm.get("position_init", "random") != "random" else ""))
@@ -36,9 +39,13 @@ def vlm_command(vlm: dict, out: str) -> str:
 
 def vlm_chain(base_vlm: str) -> list[tuple[str, dict, dict]]:
     """(folder, settings, summary) of the base VLM and of every run its tower came from (``--vision-init``),
-    the earliest first."""
+    the earliest first. A tower from a dam-nano taken from git (dam_nano_from_git.py) ends the chain with its
+    source.json as settings: that model's own card holds the runs before."""
     chain, source = [], base_vlm
     while source:
+        if (ROOT / source / "source.json").exists():
+            chain.insert(0, (source, json.loads((ROOT / source / "source.json").read_text()), {}))
+            break
         log = json.loads((ROOT / source / "train_log.json").read_text())
         chain.insert(0, (source, log["config"], log["summary"]))
         source = log["config"].get("vision_init")
@@ -47,6 +54,20 @@ def vlm_chain(base_vlm: str) -> list[tuple[str, dict, dict]]:
 
 def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> str:
     """The card's sentence on the tower's vision stages (empty when no run of the chain had one)."""
+    here = ("Here the LLaVA stage keeps it frozen.\n" if lr_mult == 0
+            else f"Here the LLaVA stage trains it at the learning rate x {lr_mult}.\n")
+    source, first, _ = chain[0]
+    if "commit" in first:  # the tower of an earlier dam-nano: quote that card's words on how it was trained
+        card = (ROOT / source / "README.md").read_text(encoding="utf-8")
+        # that card's line on its tower (a card made this way quotes its own source in the same line)
+        trained = next((line.strip() for line in card.splitlines() if "First the tower" in line), None)
+        if trained is None:
+            raise SystemExit(f"{source}/README.md does not say how its tower was trained ('First the tower ...')")
+        frozen = "the vision tower frozen" in card
+        return (f"  The tower is the one dam-nano shipped at commit {first['commit']}"
+                + (" (its DAM stage kept it frozen: it is that base VLM's tower, in float16)" if frozen else
+                   " (after that model's DAM stage)")
+                + f". That card: \"{trained}\" {here}")
     stages = [(cfg, summary) for _, cfg, summary in chain if cfg.get("vision_steps")]
     if not stages:
         return ""
@@ -145,7 +166,7 @@ def main() -> None:
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
     vlm_cmd = "\n".join(vlm_command(cfg, source) for source, cfg, _ in chain)
-    worlds = [cfg["data"] for _, cfg, _ in chain] + [dam_data]
+    worlds = [cfg["data"] for _, cfg, _ in chain if "data" in cfg] + [dam_data]
     extra_worlds = "".join(f"{line}\n" for line in dict.fromkeys(synth_command(w) for w in worlds) if line)
     card = f"""# dam-nano
 

@@ -58,3 +58,52 @@ def test_describe_cli_with_the_bundled_model(tmp_path, example):
     record = json.loads(res.stdout)
     assert record["regions"][0]["text"].lower().startswith("a ") and "yellow" in record["regions"][0]["text"]
     assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dam_nano_from_git_writes_the_committed_bundle_and_the_card_quotes_its_chain(tmp_path):
+    """dam_nano_from_git.py writes the bundle of a commit byte for byte (git's own blob hashes) with source.json;
+    bundle_dam_nano.py's chain stops there and the card quotes that model's card on how its tower was trained."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    if subprocess.run(git + ["rev-parse", "HEAD:groundscope/models/bundled/dam-nano/README.md"],
+                      capture_output=True).returncode:
+        pytest.skip("not a git checkout with a committed dam-nano")
+    from_git = _bench_module("dam_nano_from_git")
+    out = tmp_path / "prev"
+    commit = from_git.extract("HEAD", out)
+    listed = subprocess.run(git + ["ls-tree", "-r", "HEAD", from_git.BUNDLE], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    assert listed
+    for line in listed:
+        blob, name = line.split()[2], line.split("\t")[1]
+        written = out / Path(name).relative_to(from_git.BUNDLE)
+        assert subprocess.run(["git", "hash-object", str(written)], capture_output=True, text=True,
+                              check=True).stdout.strip() == blob, name
+    assert json.loads((out / "source.json").read_text())["commit"] == commit
+    with pytest.raises(SystemExit, match="'no-such-rev' is not a commit"):
+        from_git.extract("no-such-rev", tmp_path / "bad")
+
+    bundle = _bench_module("bundle_dam_nano")
+    bundle.ROOT = tmp_path  # the chain's folders are relative to the repository root
+    vlm = tmp_path / "vlm"
+    vlm.mkdir()
+    (vlm / "train_log.json").write_text(json.dumps({"config": {"vision_init": "prev", "data": "d/x.jsonl"},
+                                                    "summary": {}}))
+    chain = bundle.vlm_chain("vlm")
+    assert [c[0] for c in chain] == ["prev", "vlm"] and chain[0][1]["commit"] == commit
+    assert bundle.vlm_command(chain[0][1], "prev") == f"python benchmarks/dam_nano_from_git.py {commit} prev"
+    text = bundle.vision_stage_text(chain, 0.0)
+    quoted = next(s.strip() for s in (out / "README.md").read_text().splitlines() if "First the tower" in s)
+    assert f"commit {commit}" in text and quoted in text and "keeps it frozen" in text

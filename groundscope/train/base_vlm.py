@@ -454,8 +454,14 @@ def pretrain_base_vlm(
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
     # The DAM parts are not used by the base VLM: leave them out of the optimizer.
+    # A tower at --vision-lr-mult 0 is frozen outright: AdamW would leave it unchanged too, but not without a
+    # backward pass through it on every step.
+    frozen = ("backbone.vision.",) if vision_lr_mult == 0 else ()
+    for n, p in model.named_parameters():
+        if n.startswith(frozen):
+            p.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters()
-              if not n.startswith(("backbone.mask_embed.", "backbone.adapters."))]
+              if not n.startswith(("backbone.mask_embed.", "backbone.adapters.") + frozen)]
     groups: dict[tuple[str, bool], list] = {}
     for n, p in params:
         part = "llm" if n.startswith("llm.") else "vision" if n.startswith("backbone.vision.") else "other"

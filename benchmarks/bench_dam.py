@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -79,14 +80,23 @@ def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data:
     return sh(cmd, out.with_suffix(".log")) / 60
 
 
-def describe_world(model, regions, batch: int = 16) -> dict[str, str]:
-    """region id -> greedy description, for every region of the test world."""
+def box_mask(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> the same-size mask filled over its tight box (what a box prompt gives the model)."""
+    ys, xs = np.nonzero(mask)
+    out = np.zeros_like(mask, dtype=bool)
+    out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    return out
+
+
+def describe_world(model, regions, batch: int = 16, boxes: bool = False) -> dict[str, str]:
+    """region id -> greedy description, for every region of the test world (from its box instead of its exact
+    mask with `boxes`)."""
     out = {}
     for i in tqdm(range(0, len(regions), batch), desc="describe", leave=False):
         chunk = regions[i:i + batch]
+        masks = [box_mask(r.mask()) if boxes else r.mask() for r in chunk]
         with torch.inference_mode():
-            texts = model.generate([str(r.image) for r in chunk], [r.mask() for r in chunk], temperature=0.0,
-                                   max_new_tokens=96)
+            texts = model.generate([str(r.image) for r in chunk], masks, temperature=0.0, max_new_tokens=96)
         out.update({str(r.id): t for r, t in zip(chunk, texts)})
     return out
 

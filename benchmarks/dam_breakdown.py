@@ -7,11 +7,15 @@ Same test world, descriptions and rule judge as benchmarks/bench_dam.py. For eac
 the share of regions whose description names the right shape (the recognition question; a miss caps the
 region's positive scores at 0), that share by the object's size word (small / medium / large), and the mean score
 of each positive question (colour, shape, pattern, size, relation: +1 right, -1 a wrong word stated, 0 not
-stated), after the cap.
+stated), after the cap. With --boxes, each model is also measured with every region given as its box (a filled
+rectangle, what a box prompt gives) instead of its exact mask: how much the model reads the mask's outline.
+
+    python benchmarks/dam_breakdown.py runs/base_vlm:base runs/dam_bench/full/model --boxes
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,8 +34,11 @@ def main() -> None:
     from groundscope.describe.model import load_dam
     from groundscope.evaluate.dlc import RuleJudge, evaluate_dlc, synthetic_bench
 
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", metavar="DIR[:base]", help="DAM folders (':base' for a base VLM)")
+    ap.add_argument("--boxes", action="store_true",
+                    help="also describe every region from its box (a box prompt) instead of its exact mask")
+    a = ap.parse_args()
     world = ROOT / "data" / "synth_seed4"
     if not (world / "regions.json").exists():
         raise SystemExit(f"{world} is missing: run benchmarks/bench_dam.py first (it generates the test world)")
@@ -42,19 +49,19 @@ def main() -> None:
     print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
           + " | ".join(KINDS) + " |")
     print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
-    for arg in sys.argv[1:]:
+    for arg, boxes in [(m, boxes) for m in a.models for boxes in ((False, True) if a.boxes else (False,))]:
         path, _, kind = arg.partition(":")
         model = load_dam(ROOT / path, from_base_vlm=kind == "base")
         model.eval()
-        res = evaluate_dlc(describe_world(model, regions), bench.qa, RuleJudge(), class_names=bench.class_names,
-                           areas=bench.areas, small_area=SMALL)
+        res = evaluate_dlc(describe_world(model, regions, boxes=boxes), bench.qa, RuleJudge(),
+                           class_names=bench.class_names, areas=bench.areas, small_area=SMALL)
         per = {k: [] for k in KINDS}
         for r in res.per_region.values():
             for k, v in zip(KINDS, r.positives):
                 per[k].append(v)
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
         by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
-        print(f"| {arg} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
+        print(f"| {arg}{' (box as mask)' if boxes else ''} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +169,22 @@ def main() -> None:
     vlm_cmd = "\n".join(vlm_command(cfg, source) for source, cfg, _ in chain)
     worlds = [cfg["data"] for _, cfg, _ in chain if "data" in cfg] + [dam_data]
     extra_worlds = "".join(f"{line}\n" for line in dict.fromkeys(synth_command(w) for w in worlds) if line)
+    base_bullet = (
+        "Base VLM (the stand-in for DAM-3B's VILA-1.5), `groundscope pretrain-vlm`: a SigLIP vision tower trained "
+        f"from scratch ({vlm['image_size']} px, patch {vlm['patch_size']}, width {vlm['hidden']}, {vlm['layers']} "
+        "layers), DAM-3B's `mlp_downsample` projector (2x2 token merge + MLP), and the world LM (`groundscope "
+        "pretrain-lm`: a 4-layer word-level Llama, 128 wide), trained LLaVA-style "
+        f"({vlm['steps']} steps) on {llava_data} of 4000 training images.")
+    dam_bullet = ("DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated "
+                  f"context adapters (zero-initialised: step 0 is the base VLM), {dam_text}.")
+    bullets = "\n\n".join(textwrap.fill(b, 116, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False)
+                           for b in (base_bullet + (" " + vision_stage.strip() if vision_stage else ""), dam_bullet))
+    missing = {arm: name for arm, name in (("nocrop", "the focal crop"), ("noadapt", "the context adapters"))
+               if arm not in results}
+    not_run = (textwrap.fill(f"Not measured for this bundle: DAM without {' or without '.join(missing.values())} "
+                             f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others; "
+                             "`benchmarks/results/dam_synth_diagnostics.md` has its last measurement).", 116)
+               + "\n\n") if missing else ""
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -176,13 +193,7 @@ It knows the synthetic world only (coloured shapes with a fill pattern on a plai
 
 ## What it is
 
-- Base VLM (the stand-in for DAM-3B's VILA-1.5), `groundscope pretrain-vlm`: a SigLIP vision tower trained from
-  scratch ({vlm['image_size']} px, patch {vlm['patch_size']}, width {vlm['hidden']}, {vlm['layers']} layers), DAM-3B's
-  `mlp_downsample` projector (2x2 token merge + MLP), and the world LM (`groundscope pretrain-lm`: a 4-layer
-  word-level Llama, 128 wide), trained LLaVA-style ({vlm['steps']} steps) on {llava_data} of 4000 training images.
-{vision_stage}
-- DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated context adapters
-  (zero-initialised: step 0 is the base VLM), {dam_text}.
+{bullets}
 
 ## Numbers
 
@@ -197,7 +208,7 @@ or choice used (`python benchmarks/bench_dam.py`; small = box under 48x48 px):
 """ + ("".join(f"| {name} | {row(arm)} |\n" for arm, name in
                (("nocrop", "DAM without the focal crop (same training)"),
                 ("noadapt", "DAM without the context adapters (same training)")) if arm in results)) + f"""
-Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
+{not_run}Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
 
 ## The demo image, described (greedy)
 

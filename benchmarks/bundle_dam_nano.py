@@ -185,6 +185,8 @@ def main() -> None:
                              f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others; "
                              "`benchmarks/results/dam_synth_diagnostics.md` has its last measurement).", 116)
                + "\n\n") if missing else ""
+    bench_cmd = " ".join(["python benchmarks/bench_dam.py", f"--arms {','.join(results)}", f"--base-vlm {base_vlm}",
+                          f"--out {Path(a.model).parent.parent}", f"--steps {dam_steps}", *dam_opts, "--write"])
     card = f"""# dam-nano
 
 Describe Anything (DAM) for the synthetic shapes world, small enough to ship inside the package ({size_mb:.1f} MB,
@@ -227,7 +229,7 @@ groundscope synth --out data/synth_train --n 4000 --seed 0 --split train --regio
 groundscope synth --out data/synth_test --n 200 --seed 1 --split test --regions
 {extra_worlds}groundscope pretrain-lm --data data/synth_train/groundingcap.jsonl --out runs/world_lm
 {vlm_cmd}
-python benchmarks/bench_dam.py --arms {','.join(results)} --base-vlm {base_vlm} --out {Path(a.model).parent.parent} {' '.join([f'--steps {dam_steps}', *dam_opts])} --write
+{bench_cmd}
 python benchmarks/bundle_dam_nano.py --model {a.model}
 ```
 """ + ("""

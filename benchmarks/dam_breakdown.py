@@ -44,8 +44,8 @@ def main() -> None:
         raise SystemExit(f"{world} is missing: run benchmarks/bench_dam.py first (it generates the test world)")
     regions = read_regions(world / "regions.json", world).records
     bench = synthetic_bench(read_coco(world / "coco_all.json").images, source=str(world / "coco_all.json"))
-    size_of = {str(a["id"]): a["attributes"]["size"]
-               for a in json.loads((world / "coco_all.json").read_text())["annotations"]}
+    size_of = {str(ann["id"]): ann["attributes"]["size"]
+               for ann in json.loads((world / "coco_all.json").read_text())["annotations"]}
     print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
           + " | ".join(KINDS) + " |")
     print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
@@ -61,7 +61,8 @@ def main() -> None:
                 per[k].append(v)
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
         by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
-        print(f"| {arg}{' (box as mask)' if boxes else ''} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
+        name = f"{arg} (box as mask)" if boxes else arg
+        print(f"| {name} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
 

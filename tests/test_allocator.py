@@ -17,10 +17,16 @@ applied = keep_freed_memory()
 x, w, b = torch.randn(22223, 256).bfloat16(), torch.randn(1024, 256).bfloat16(), torch.randn(1024).bfloat16()
 for _ in range(3):
     torch.nn.functional.linear(x, w, b)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    torch.nn.functional.linear(x, w, b)
-print(json.dumps({"applied": applied, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10}))
+# Faults per call over three windows of 10 calls. Where the CPU has no native bf16 matmul (AVX2 only) the layer
+# also allocates float32 temporaries, and the tuned heap takes about ten calls to settle; the last window is the
+# steady state.
+windows = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.nn.functional.linear(x, w, b)
+    windows.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+print(json.dumps({"applied": applied, "faults": windows[-1], "windows": windows}))
 """
 
 
@@ -37,5 +43,5 @@ def test_freed_large_tensors_are_reused_without_page_faults():
     assert tuned["applied"] and not system["applied"]
     # 45 MB is ~11,000 pages of 4 KB: glibc's own setting faults every one of them in again, ours reuses them
     # (freed blocks are reused once the heap settles; a few calls in this loop may still take fresh pages).
-    assert system["faults"] > 10000
-    assert tuned["faults"] < 2500
+    assert system["faults"] > 10000, system
+    assert tuned["faults"] < 2500, tuned

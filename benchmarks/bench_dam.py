@@ -8,10 +8,11 @@ Arms (every trained arm: `configs/dam_nano.yaml` from the same base VLM, same da
     full      DAM: focal crop + mask embedding + context adapters (+ LoRA on the LM)
     nocrop    without the focal crop: the full image and its mask only (dam.focal_crop false)
     noadapt   without the context adapters: their gates stay at zero (backbone.adapters frozen)
+    boxmix    DAM trained with half of its regions given as their filled box (dam.box_prob 0.5)
 
 Test world: `groundscope synth --n 60 --seed 4 --split test --regions` (a seed no other measurement uses).
-Each region is described greedily from its exact mask; `groundscope.evaluate.dlc` asks the synthetic DLC
-questions (colour, shape, pattern, size, one relation; negatives: a neighbour's colour, an absent shape) and the
+Each region is described greedily from its exact mask, and again from its filled box (what `groundscope describe
+--box` and `--expression` send: "box" columns); `groundscope.evaluate.dlc` asks the synthetic DLC questions (colour, shape, pattern, size, one relation; negatives: a neighbour's colour, an absent shape) and the
 rule judge answers them from the description. Small objects: box area < 48^2 px, the focal crop's minimum side
 (COCO's 32^2 leaves 3 of 264 regions here; 48^2 leaves 70).
 
@@ -26,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -38,6 +38,7 @@ ARMS = {
     "full": ("DAM: focal crop + mask embedding + context adapters", []),
     "nocrop": ("without the focal crop (full image + mask only)", ["dam.focal_crop=false"]),
     "noadapt": ("without the context adapters (gates kept at 0)", ["+freeze=backbone.adapters"]),
+    "boxmix": ("DAM trained with half of the regions given as their box", ["dam.box_prob=0.5"]),
 }
 
 
@@ -80,21 +81,15 @@ def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data:
     return sh(cmd, out.with_suffix(".log")) / 60
 
 
-def box_mask(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> the same-size mask filled over its tight box (what a box prompt gives the model)."""
-    ys, xs = np.nonzero(mask)
-    out = np.zeros_like(mask, dtype=bool)
-    out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-    return out
-
-
 def describe_world(model, regions, batch: int = 16, boxes: bool = False) -> dict[str, str]:
     """region id -> greedy description, for every region of the test world (from its box instead of its exact
     mask with `boxes`)."""
     out = {}
+    from groundscope.describe.focal import filled_box
+
     for i in tqdm(range(0, len(regions), batch), desc="describe", leave=False):
         chunk = regions[i:i + batch]
-        masks = [box_mask(r.mask()) if boxes else r.mask() for r in chunk]
+        masks = [filled_box(r.mask()) if boxes else r.mask() for r in chunk]
         with torch.inference_mode():
             texts = model.generate([str(r.image) for r in chunk], masks, temperature=0.0, max_new_tokens=96)
         out.update({str(r.id): t for r, t in zip(chunk, texts)})
@@ -148,11 +143,15 @@ def main() -> None:
         descriptions = describe_world(model, regions)
         res = evaluate_dlc(descriptions, bench.qa, RuleJudge(), class_names=bench.class_names, areas=bench.areas,
                            small_area=SMALL)
+        boxed = evaluate_dlc(describe_world(model, regions, boxes=True), bench.qa, RuleJudge(),
+                             class_names=bench.class_names)
         small = res.small_objects
         rows.append((arm, ARMS[arm][0], res.pos, res.neg, res.avg, small.pos if small else float("nan"),
-                     small.neg if small else float("nan"), small.avg if small else float("nan")))
+                     small.neg if small else float("nan"), small.avg if small else float("nan"), boxed.pos,
+                     boxed.avg))
         example = next(iter(descriptions.values()))
-        print(f"[{arm}] Pos {res.pos:.3f} Neg {res.neg:.3f} Avg {res.avg:.3f}; e.g. {example!r}", flush=True)
+        print(f"[{arm}] Pos {res.pos:.3f} Neg {res.neg:.3f} Avg {res.avg:.3f}; from boxes Pos {boxed.pos:.3f} "
+              f"Avg {boxed.avg:.3f}; e.g. {example!r}", flush=True)
 
     n_small = sum(1 for v in bench.areas.values() if v < SMALL)
     lines = ["# Describe Anything on the synthetic world (synthetic DLC-Bench questions, rule judge)", "",
@@ -160,7 +159,9 @@ def main() -> None:
              f"`{a.world}` (seed 4, {len(regions)} regions, {n_small} small: box area < 48^2 px). Every trained arm starts from the same "
              f"base VLM (`{a.base_vlm}`, `groundscope pretrain-vlm`; its settings in `{a.base_vlm}/train_log.json`) with "
              "`configs/dam_nano.yaml`.", "",
-             "| arm | what | Pos | Neg | Avg | small Pos | small Neg | small Avg |", "|---|---|---|---|---|---|---|---|"]
+             "The box columns: every region given as its filled box instead of its mask.", "",
+             "| arm | what | Pos | Neg | Avg | small Pos | small Neg | small Avg | box Pos | box Avg |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.3f}" for v in r[2:]) + " |")
     spent = {k: v for k, v in minutes.items() if v is not None}
@@ -172,7 +173,7 @@ def main() -> None:
         import json
 
         (ROOT / "benchmarks" / "results" / "dam_synth.md").write_text(text, encoding="utf-8")
-        keys = ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg")
+        keys = ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg", "box_pos", "box_avg")
         (ROOT / "benchmarks" / "results" / "dam_synth.json").write_text(json.dumps(
             {r[0]: {k: round(v, 4) for k, v in zip(keys, r[2:])} for r in rows}, indent=1) + "\n", encoding="utf-8")
 

@@ -1,10 +1,12 @@
-"""Copy a trained DAM (the `full` arm of bench_dam.py) into the package as `dam-nano`, with its model card.
+"""Copy a trained DAM (an arm of bench_dam.py: `--model OUT/ARM/model`) into the package as `dam-nano`, with its
+model card.
 
     python benchmarks/bench_dam.py --write          # trains and measures the arms
     python benchmarks/bundle_dam_nano.py            # -> groundscope/models/bundled/dam-nano/
 
 The card's numbers are read from benchmarks/results/dam_synth.json (what bench_dam.py measured) and copied to
-results.json beside the weights; the examples are the bundled model's own greedy descriptions of the demo image.
+results.json beside the weights (``{"bundled_arm": the arm of --model, "arms": {arm: numbers}}``); the examples
+are the bundled model's own greedy descriptions of the demo image.
 """
 
 from __future__ import annotations
@@ -112,12 +114,15 @@ def dam_stage(run_cfg: dict) -> tuple[str, list[str], str]:
     n_regions = len(json.loads((ROOT / train_data).read_text())["annotations"])
     n_images = json.loads((ROOT / Path(train_data).parent / "meta.json").read_text())["images"]
     vision_mult = run_cfg["optim"].get("backbone_lr_mult", 1.0)
+    box_prob = run_cfg.get("dam", {}).get("box_prob", 0.0)
     parts = ["the projector", f"LoRA (r {lora['r']}) on the LM" if lora else "the whole LM"]
     if "backbone.vision" not in frozen:
         parts.append(f"the vision tower (learning rate x {vision_mult})")
     text = (f"{', '.join(parts[:-1])} and {parts[-1]} trained on the {n_regions:,} region descriptions of "
             f"{n_images:,} training images ({run_cfg['train']['max_steps']} steps)"
-            + ("; the vision tower frozen" if "backbone.vision" in frozen else ""))
+            + ("; the vision tower frozen" if "backbone.vision" in frozen else "")
+            + (f"; in each epoch {box_prob:.0%} of the regions, drawn anew, given as their filled box instead of "
+               "their mask, as `--box` and `--expression` give them" if box_prob else ""))
     opts = [] if Path(train_data) == Path("data/synth_train/regions.json") else [f"--train-data {train_data}"]
     opts += [] if "backbone.vision" in frozen else [f"--vision-lr-mult {vision_mult}"]
     opts += [] if lora else ["--set dam.lora=null"]
@@ -137,9 +142,12 @@ def main() -> None:
     chain = vlm_chain(base_vlm)  # the base VLM last
     vlm = chain[-1][1]
     results = json.loads((ROOT / a.results).read_text())
+    arm_of_model = Path(a.model).parent.name  # bench_dam.py's OUT/ARM/model
+    if arm_of_model not in results:
+        raise SystemExit(f"{a.results} has no row for the arm '{arm_of_model}' of {a.model}: run bench_dam.py with it")
     shutil.rmtree(DEST, ignore_errors=True)
     shutil.copytree(ROOT / a.model, DEST)
-    (DEST / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (DEST / "results.json").write_text(json.dumps({"bundled_arm": arm_of_model, "arms": results}, indent=1) + "\n")
     size_mb = sum(f.stat().st_size for f in DEST.rglob("*") if f.is_file()) / 2**20
 
     import groundscope as gs
@@ -158,9 +166,15 @@ def main() -> None:
         shapes += shape in words
     n = len(example["objects"])
 
+    keys = ["pos", "neg", "avg", "small_pos", "small_neg", "small_avg"]
+    heads = ["Pos", "Neg", "Avg", "small Pos", "small Neg", "small Avg"]
+    if any("box_pos" in r for r in results.values()):
+        keys += ["box_pos", "box_avg"]
+        heads += ["box Pos", "box Avg"]
+
     def row(arm: str) -> str:
         r = results[arm]
-        return " | ".join(f"{r[k]:.3f}" for k in ("pos", "neg", "avg", "small_pos", "small_neg", "small_avg"))
+        return " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys)
 
     dam_text, dam_opts, dam_data = dam_stage(run_cfg)
     vision_stage = vision_stage_text(chain, vlm.get("vision_lr_mult", 1.0))
@@ -185,6 +199,17 @@ def main() -> None:
                              f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others; "
                              "`benchmarks/results/dam_synth_diagnostics.md` has its last measurement).", 116)
                + "\n\n") if missing else ""
+    others = [(arm, name) for arm, name in (("full", "DAM trained on exact masks only (same training)"),
+                                            ("boxmix", "DAM trained with half of the regions as boxes (same training)"),
+                                            ("nocrop", "DAM without the focal crop (same training)"),
+                                            ("noadapt", "DAM without the context adapters (same training)"))
+              if arm in results and arm != arm_of_model]
+    table = "\n".join([f"| model | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|",
+                       f"| base VLM on the focal crop (DAM's start) | {row('base')} |",
+                       f"| **dam-nano** | {row(arm_of_model)} |"] + [f"| {name} | {row(arm)} |" for arm, name in others])
+    box_line = ("The box columns give every region as its filled box instead of its mask: what `groundscope describe "
+                "--box` and `--expression` send, as no segmenter ships with groundscope.\n\n"
+                if "box_pos" in keys else "")
     bench_cmd = " ".join(["python benchmarks/bench_dam.py", f"--arms {','.join(results)}", f"--base-vlm {base_vlm}",
                           f"--out {Path(a.model).parent.parent}", f"--steps {dam_steps}", *dam_opts, "--write"])
     card = f"""# dam-nano
@@ -203,14 +228,9 @@ Synthetic DLC-Bench questions (colour, shape, pattern, size, one relation; negat
 an absent shape), answered by word rules from each description, on a test world drawn with a seed no training
 or choice used (`python benchmarks/bench_dam.py`; small = box under 48x48 px):
 
-| model | Pos | Neg | Avg | small Pos | small Neg | small Avg |
-|---|---|---|---|---|---|---|
-| base VLM on the focal crop (DAM's start) | {row("base")} |
-| **dam-nano** | {row("full")} |
-""" + ("".join(f"| {name} | {row(arm)} |\n" for arm, name in
-               (("nocrop", "DAM without the focal crop (same training)"),
-                ("noadapt", "DAM without the context adapters (same training)")) if arm in results)) + f"""
-{not_run}Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
+{table}
+
+{box_line}{not_run}Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
 
 ## The demo image, described (greedy)
 

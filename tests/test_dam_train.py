@@ -351,7 +351,8 @@ def test_resume_after_sigint_equals_an_uninterrupted_run(base_vlm, world, tmp_pa
         # could get wrong; the projector trains too.
         return config_from_dict(_dam_config(
             base_vlm, world, out, optim={"lr": 3e-3}, schedule={"kind": "cosine", "warmup_steps": 2},
-            train={"max_steps": 6, "batch_size": 2, "accumulate": 2, "checkpoint_every": 0, "keep_checkpoints": 0}))
+            train={"max_steps": 6, "batch_size": 2, "accumulate": 2, "checkpoint_every": 0, "keep_checkpoints": 0},
+            dam={"box_prob": 0.5}))  # box draws that depend on the epoch, too
 
     n_regions = len(read_regions(world / "regions.json"))
     straight = DamTrainer(cfg(tmp_path / "a")).fit()
@@ -386,6 +387,40 @@ def test_resume_after_sigint_equals_an_uninterrupted_run(base_vlm, world, tmp_pa
         assert torch.allclose(st["exp_avg"], sb["optimizer"]["state"][pid]["exp_avg"], atol=1e-7)
 
 
+def test_box_prob_gives_regions_as_their_filled_boxes(base_vlm, world):
+    from groundscope.describe import RegionError, filled_box, focal_pixels, focal_prompt, load_dam
+    from groundscope.train.dam import RegionTrainDataset
+
+    m = np.zeros((5, 6), bool)
+    m[1, 2] = m[3, 4] = True
+    box = filled_box(m)
+    assert box.sum() == 9 and box[1:4, 2:5].all()
+    with pytest.raises(RegionError, match="empty"):
+        filled_box(np.zeros((4, 4), bool), name="region 7")
+
+    records = read_regions(world / "regions.json").records
+    config = load_dam(base_vlm, from_base_vlm=True).config
+    i = next(k for k, r in enumerate(records) if not np.array_equal(filled_box(r.mask()), r.mask()))
+    rec = records[i]
+    expected = focal_pixels(focal_prompt(rec.image, filled_box(rec.mask()), config.min_crop), config.image_size,
+                            config.image_mean, config.image_std, config.resample, config.image_aspect_ratio)
+    as_mask = RegionTrainDataset(records, config)[i].pixel_values
+    as_box = RegionTrainDataset(records, config, box_prob=1.0)[i].pixel_values
+    assert torch.equal(as_box, expected) and not torch.equal(as_mask, as_box)
+    assert torch.equal(as_mask[:3], as_box[:3]) and torch.equal(as_mask[4:7], as_box[4:7])  # the same RGB
+
+    # which regions get their box: a function of (seed, epoch, index), about box_prob of them
+    half = RegionTrainDataset(records, config, box_prob=0.5, seed=0)
+    epoch0 = [half.as_box(k) for k in range(1000)]
+    half.set_epoch(1)
+    epoch1 = [half.as_box(k) for k in range(1000)]
+    again = RegionTrainDataset(records, config, box_prob=0.5, seed=0)
+    again.set_epoch(1)
+    assert epoch1 == [again.as_box(k) for k in range(1000)]
+    assert epoch0 != epoch1 and 420 < sum(epoch0) < 580 and 420 < sum(epoch1) < 580
+    assert epoch0 != [RegionTrainDataset(records, config, box_prob=0.5, seed=1).as_box(k) for k in range(1000)]
+
+
 def test_dam_config_and_cli(base_vlm, world, tmp_path):
     from groundscope.cli import app
 
@@ -404,7 +439,8 @@ def test_dam_config_and_cli(base_vlm, world, tmp_path):
     for change, pattern in [({"task": "detect", "dam": {"eval_samples": 1}}, "only applies to task: dam"),
                             ({"data": {"train": {"path": "x.json", "format": "coco"}}}, "format regions or auto"),
                             ({"caption": {"enabled": True, "llm": "x"}}, "caption.enabled"),
-                            ({"dam": {"prompt": "Describe."}}, "exactly one <image>")]:
+                            ({"dam": {"prompt": "Describe."}}, "exactly one <image>"),
+                            ({"dam": {"box_prob": 1.5}}, "box_prob")]:
         with pytest.raises(ConfigError, match=pattern):
             config_from_dict({**raw, **change})
 

@@ -149,6 +149,23 @@ def region_to_mask(image_hw: tuple[int, int], mask=None, box: Sequence[float] | 
     return out
 
 
+def filled_box(mask, name: str = "region") -> np.ndarray:
+    """(H, W) mask -> the same-size bool mask filled over its tight box: what `region_to_mask` makes of the
+    mask's box, i.e. what the model reads for a ``box`` region. Training on a share of such masks
+    (``dam.box_prob``) teaches a model the box prompts its users give.
+
+    Raises:
+        RegionError: the mask is empty.
+    """
+    arr = _as_mask(mask, name)
+    ys, xs = np.nonzero(arr)
+    if len(ys) == 0:
+        raise RegionError(f"{name}: the mask is empty (no pixel set), so it has no box")
+    out = np.zeros_like(arr, dtype=bool)
+    out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    return out
+
+
 def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:
     """The reference's focal crop of an (H, W) mask (geometry in the module docstring).
 

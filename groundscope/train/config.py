@@ -226,6 +226,9 @@ class DamSection:
     max_new_tokens: int = _spec(96, min=1, doc="longest generated description in evaluation samples")
     focal_crop: bool = _spec(True, doc="false: the ablation without the focal crop (full image + mask only); "
                                        "recorded in the exported model's config")
+    box_prob: float = _spec(0.0, min=0.0, max=1.0, doc="share of training regions given as their filled box "
+                                                        "instead of the exact mask (what `describe --box` sends), "
+                                                        "drawn per region and epoch")
 
 
 @dataclass

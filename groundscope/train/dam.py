@@ -12,9 +12,10 @@ The DAM parts:
   ``optim.backbone_lr_mult`` applies to ``backbone.vision`` and ``optim.text_lr_mult`` to ``llm``. With
   ``dam.lora`` the LM gets peft LoRA adapters (its own weights frozen) that are merged into it on export.
 * data: region-description files (`groundscope.data.regions`); each sample is the region's 8-channel focal
-  pixels (`groundscope.describe.focal_pixels`) and its description. No augmentation: a flip would make the
-  descriptions' "left" and "right" lie, and the data order alone is a function of (seed, epoch), so a resumed
-  run sees the same batches.
+  pixels (`groundscope.describe.focal_pixels`) and its description. No image augmentation: a flip would make
+  the descriptions' "left" and "right" lie. ``dam.box_prob`` gives that share of the regions as their filled
+  box instead of the mask (drawn from seed, epoch and index). Data order and boxes are functions of (seed,
+  epoch), so a resumed run sees the same batches.
 * loss: the LM's next-token cross-entropy on the description tokens (and EOS) only; the log also holds the
   greedy token accuracy on them (``token_acc``).
 * evaluation (``data.val``): the same loss and accuracy on the validation regions (``val_loss``,
@@ -33,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from groundscope.describe.focal import RegionError, focal_pixels, focal_prompt
+from groundscope.describe.focal import RegionError, filled_box, focal_pixels, focal_prompt
 from groundscope.describe.model import IGNORE_INDEX, DamConfig, DamModel, load_dam
 from groundscope.train.config import ConfigError, TrainConfig
 from groundscope.train.data import TrainDataError
@@ -70,23 +72,41 @@ def collate_regions(samples: Sequence[RegionSample]) -> RegionBatch:
 
 class RegionTrainDataset(torch.utils.data.Dataset):
     """Region records -> `RegionSample` with a DAM's input processing (`DamConfig`: size, normalisation,
-    resampling, aspect, focal-crop minimum). Deterministic: no augmentation."""
+    resampling, aspect, focal-crop minimum). No image augmentation.
 
-    def __init__(self, records: list, config: DamConfig):
+    Args:
+        box_prob: share of the regions given as their filled box (`filled_box`) instead of the exact mask, the
+            prompt a ``--box`` user sends. Which ones is drawn from (seed, epoch, index), so a resumed run
+            sees the same inputs; 0 (the default) always gives the mask.
+    """
+
+    def __init__(self, records: list, config: DamConfig, box_prob: float = 0.0, seed: int = 0):
         self.records = list(records)
         self.config = config
+        self.box_prob = float(box_prob)
+        self.seed = int(seed)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def set_epoch(self, epoch: int) -> None:  # the loop's protocol; nothing here is random
-        pass
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def as_box(self, index: int) -> bool:
+        """Whether region `index` is given as its filled box in the current epoch."""
+        if self.box_prob <= 0.0:
+            return False
+        return bool(np.random.default_rng([self.seed, self.epoch, index]).random() < self.box_prob)
 
     def __getitem__(self, index: int) -> RegionSample:
         r, c = self.records[index], self.config
         name = f"{r.image} annotation {r.id if r.id is not None else index}"
         try:
-            prompt = focal_prompt(r.image, r.mask(), c.min_crop, name=name, crop=c.focal_crop)
+            mask = r.mask()
+            if self.as_box(index):
+                mask = filled_box(mask, name=name)
+            prompt = focal_prompt(r.image, mask, c.min_crop, name=name, crop=c.focal_crop)
         except RegionError as e:
             raise TrainDataError(f"{e} (the annotation says the image is {r.height}x{r.width}, HxW)") from e
         pixels = focal_pixels(prompt, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
@@ -174,7 +194,9 @@ class DamTrainer(Trainer):
         self._frozen_modules = frozen_modules(self.trainable, c.model.freeze)
 
     def _setup_data(self) -> RegionTrainDataset:
-        return RegionTrainDataset(read_region_sources(self.cfg.data.train), self.model.config)
+        c = self.cfg
+        return RegionTrainDataset(read_region_sources(c.data.train), self.model.config, box_prob=c.dam.box_prob,
+                                  seed=c.train.seed)
 
     def _setup_loss(self) -> None:
         pass  # the LM computes it

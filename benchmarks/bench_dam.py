@@ -12,8 +12,9 @@ Arms (every trained arm: `configs/dam_nano.yaml` from the same base VLM, same da
 
 Test world: `groundscope synth --n 60 --seed 4 --split test --regions` (a seed no other measurement uses).
 Each region is described greedily from its exact mask, and again from its filled box (what `groundscope describe
---box` and `--expression` send: "box" columns); `groundscope.evaluate.dlc` asks the synthetic DLC questions (colour, shape, pattern, size, one relation; negatives: a neighbour's colour, an absent shape) and the
-rule judge answers them from the description. Small objects: box area < 48^2 px, the focal crop's minimum side
+--box` and `--expression` send: the "box" columns); `groundscope.evaluate.dlc` asks the synthetic DLC questions
+(colour, shape, pattern, size, one relation; negatives: a neighbour's colour, an absent shape) and the rule judge
+answers them from the description. Small objects: box area < 48^2 px, the focal crop's minimum side
 (COCO's 32^2 leaves 3 of 264 regions here; 48^2 leaves 70).
 
 Prints a markdown table and writes it to benchmarks/results/dam_synth.md (with --write).

@@ -206,7 +206,8 @@ def main() -> None:
               if arm in results and arm != arm_of_model]
     table = "\n".join([f"| model | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|",
                        f"| base VLM on the focal crop (DAM's start) | {row('base')} |",
-                       f"| **dam-nano** | {row(arm_of_model)} |"] + [f"| {name} | {row(arm)} |" for arm, name in others])
+                       f"| **dam-nano** | {row(arm_of_model)} |"]
+                      + [f"| {name} | {row(arm)} |" for arm, name in others])
     box_line = ("The box columns give every region as its filled box instead of its mask: what `groundscope describe "
                 "--box` and `--expression` send, as no segmenter ships with groundscope.\n\n"
                 if "box_pos" in keys else "")

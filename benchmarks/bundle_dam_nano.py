@@ -101,9 +101,10 @@ def synth_command(data: str) -> str | None:
             "--regions")
 
 
-def dam_stage(run_cfg: dict) -> tuple[str, list[str], str]:
+def dam_stage(run_cfg: dict, arm: str = "full") -> tuple[str, list[str], str]:
     """The card's words on the DAM stage's trained parts and data, the bench_dam.py options that reproduce its
-    settings (beyond --steps) and its training regions.json, from the run's config.yaml."""
+    settings (beyond --steps and what the `arm` sets itself) and its training regions.json, from the run's
+    config.yaml."""
     sources = run_cfg["data"]["train"]
     sources = sources if isinstance(sources, list) else [sources]  # the saved config lists them
     if len(sources) != 1:
@@ -126,6 +127,7 @@ def dam_stage(run_cfg: dict) -> tuple[str, list[str], str]:
     opts = [] if Path(train_data) == Path("data/synth_train/regions.json") else [f"--train-data {train_data}"]
     opts += [] if "backbone.vision" in frozen else [f"--vision-lr-mult {vision_mult}"]
     opts += [] if lora else ["--set dam.lora=null"]
+    opts += [] if box_prob == (0.5 if arm == "boxmix" else 0.0) else [f"--set dam.box_prob={box_prob}"]
     return text, opts, train_data
 
 
@@ -176,7 +178,7 @@ def main() -> None:
         r = results[arm]
         return " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys)
 
-    dam_text, dam_opts, dam_data = dam_stage(run_cfg)
+    dam_text, dam_opts, dam_data = dam_stage(run_cfg, arm_of_model)
     vision_stage = vision_stage_text(chain, vlm.get("vision_lr_mult", 1.0))
     llava_data = ("focal crops -> region descriptions and whole images -> detailed captions" if vlm["captions"]
                   else "focal crops -> region descriptions")
@@ -199,17 +201,19 @@ def main() -> None:
                              f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others; "
                              "`benchmarks/results/dam_synth_diagnostics.md` has its last measurement).", 116)
                + "\n\n") if missing else ""
-    others = [(arm, name) for arm, name in (("full", "DAM trained on exact masks only (same training)"),
-                                            ("boxmix", "DAM trained with half of the regions as boxes (same training)"),
-                                            ("nocrop", "DAM without the focal crop (same training)"),
-                                            ("noadapt", "DAM without the context adapters (same training)"))
+    others = [(arm, name) for arm, name in (("full", "DAM trained on the exact masks"),
+                                            ("boxmix", "DAM trained with half of the regions as their boxes"),
+                                            ("nocrop", "DAM trained on the exact masks, without the focal crop"),
+                                            ("noadapt", "DAM trained on the exact masks, without the context adapters"))
               if arm in results and arm != arm_of_model]
     table = "\n".join([f"| model | {' | '.join(heads)} |", "|---" * (len(heads) + 1) + "|",
                        f"| base VLM on the focal crop (DAM's start) | {row('base')} |",
                        f"| **dam-nano** | {row(arm_of_model)} |"]
                       + [f"| {name} | {row(arm)} |" for arm, name in others])
-    box_line = ("The box columns give every region as its filled box instead of its mask: what `groundscope describe "
-                "--box` and `--expression` send, as no segmenter ships with groundscope.\n\n"
+    arms_line = (f"dam-nano is bench_dam.py's `{arm_of_model}` arm. Every DAM row starts from the same base VLM and "
+                 f"trains for the same {dam_steps} steps on the same regions.")
+    box_line = (" The box columns give every region as its filled box instead of its mask: what `groundscope describe "
+                "--box` and `--expression` send, as no segmenter ships with groundscope."
                 if "box_pos" in keys else "")
     bench_cmd = " ".join(["python benchmarks/bench_dam.py", f"--arms {','.join(results)}", f"--base-vlm {base_vlm}",
                           f"--out {Path(a.model).parent.parent}", f"--steps {dam_steps}", *dam_opts, "--write"])
@@ -231,7 +235,9 @@ or choice used (`python benchmarks/bench_dam.py`; small = box under 48x48 px):
 
 {table}
 
-{box_line}{not_run}Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
+{textwrap.fill(arms_line + box_line, 116)}
+
+{not_run}Targets (issue 10): Pos >= 0.7 and Neg >= 0.8; the focal crop beats the full-image-only model on small objects.
 
 ## The demo image, described (greedy)
 

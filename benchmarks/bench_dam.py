@@ -85,9 +85,9 @@ def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data:
 def describe_world(model, regions, batch: int = 16, boxes: bool = False) -> dict[str, str]:
     """region id -> greedy description, for every region of the test world (from its box instead of its exact
     mask with `boxes`)."""
-    out = {}
     from groundscope.describe.focal import filled_box
 
+    out = {}
     for i in tqdm(range(0, len(regions), batch), desc="describe", leave=False):
         chunk = regions[i:i + batch]
         masks = [filled_box(r.mask()) if boxes else r.mask() for r in chunk]

@@ -43,6 +43,6 @@ from groundscope.describe.model import (
 __all__ = [
     "IGNORE_INDEX", "IMAGE_TOKEN", "IMAGE_TOKEN_INDEX", "CropBox", "DamConfig", "DamError", "DamModel", "DamOutput",
     "Describer", "FocalPrompt", "LocalizedVisionBackbone", "Merge2x2", "Projector", "Region", "RegionDescription",
-    "RegionError", "VideoClip", "filled_box", "focal_batch", "focal_crop", "focal_pixels", "focal_prompt", "load_dam",
-    "load_describer", "load_video", "region_to_mask", "sample_indices",
+    "RegionError", "VideoClip", "filled_box", "focal_batch", "focal_crop", "focal_pixels", "focal_prompt",
+    "load_dam", "load_describer", "load_video", "region_to_mask", "sample_indices",
 ]

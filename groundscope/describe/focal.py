@@ -161,9 +161,8 @@ def filled_box(mask, name: str = "region") -> np.ndarray:
     ys, xs = np.nonzero(arr)
     if len(ys) == 0:
         raise RegionError(f"{name}: the mask is empty (no pixel set), so it has no box")
-    out = np.zeros_like(arr, dtype=bool)
-    out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-    return out
+    # Through region_to_mask's own box path, so training sees exactly what a box prompt becomes.
+    return region_to_mask(arr.shape, box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), name=name)
 
 
 def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:

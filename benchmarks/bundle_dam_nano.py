@@ -28,6 +28,8 @@ def vlm_command(vlm: dict, out: str) -> str:
         return f"python benchmarks/dam_nano_from_git.py {vlm['commit']} {out}"
     cmd = (f"groundscope pretrain-vlm --data {vlm['data']} --lm {vlm['lm']} --out {out} --steps {vlm['steps']}"
            + ("" if vlm["captions"] else " --no-captions")
+           + (f" --image-size {vlm['image_size']}" if vlm.get("image_size", 128) != 128 else "")
+           + (f" --lr {vlm['lr']:g}" if vlm.get("lr", 1e-3) != 1e-3 else "")
            + (f" --position-init {vlm['position_init']}" if vlm.get("position_init", "random") != "random" else ""))
     if vlm.get("vision_steps"):
         cmd += (f" --vision-steps {vlm['vision_steps']}"
@@ -55,38 +57,89 @@ def vlm_chain(base_vlm: str) -> list[tuple[str, dict, dict]]:
     return chain
 
 
+def tower_size(source: str, settings: dict) -> int:
+    """Input side (px) of the tower a chain entry trained: its settings, else (a dam-nano taken from git) its
+    vision_tower/config.json."""
+    if "image_size" in settings:
+        return int(settings["image_size"])
+    return int(json.loads((ROOT / source / "vision_tower" / "config.json").read_text())["image_size"])
+
+
+def vision_runs_text(stages: list[tuple[str, dict, dict]], size_before: int | None) -> str:
+    """'4000 steps of 64 crops of `X`, then ...' for the vision-stage runs of a chain; a run at another input
+    size than the one before says so."""
+    parts, size = [], size_before
+    for source, cfg, _ in stages:
+        here = tower_size(source, cfg)
+        resized = (f" at {here} px, the position embedding resized from the {size}-px tower's grid"
+                   if size is not None and here != size else "")
+        parts.append(f"{cfg['vision_steps']} steps of {cfg['vision_batch_size']} crops of `{cfg['data']}`{resized}"
+                     + (f", learning rate {cfg['lr']:g}" if cfg.get("lr", 1e-3) != 1e-3 else ""))
+        size = here
+    return ", then ".join(parts)
+
+
+def val_text(heads: list[str], summary: dict) -> str:
+    val = summary.get("vision_val_accuracy")
+    return ("on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
+            if val else "")
+
+
+def tower_sentences(card: str) -> str | None:
+    """What a dam-nano card says about its tower: the sentences of its "- Base VLM" bullet after the LLaVA stage's
+    ("... training images."), the bullet's wrapped lines joined (None when there are none). A card that quoted
+    its own source quotes it there too, so the history travels whole from card to card."""
+    lines = card.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("- Base VLM")), None)
+    if start is None:
+        return None
+    bullet = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        bullet.append(line.strip())
+    _, marker, after = " ".join(bullet).partition("training images.")
+    return after.strip() or None if marker else None
+
+
 def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> str:
     """The card's sentence on the tower's vision stages (empty when no run of the chain had one)."""
     here = ("Here the LLaVA stage keeps it frozen.\n" if lr_mult == 0
             else f"Here the LLaVA stage trains it at the learning rate x {lr_mult}.\n")
     source, first, _ = chain[0]
+    stages = [entry for entry in chain if entry[1].get("vision_steps")]
     if "commit" in first:  # the tower of an earlier dam-nano: quote that card's words on how it was trained
         card = (ROOT / source / "README.md").read_text(encoding="utf-8")
-        # that card's line on its tower (a card made this way quotes its own source in the same line)
-        trained = next((line.strip() for line in card.splitlines() if "First the tower" in line), None)
+        trained = tower_sentences(card)
         if trained is None:
-            raise SystemExit(f"{source}/README.md does not say how its tower was trained ('First the tower ...')")
+            raise SystemExit(f"{source}/README.md does not say how its tower was trained (its '- Base VLM' bullet "
+                             "has nothing after '... training images.')")
         frozen = "the vision tower frozen" in card
-        return (f"  The tower is the one dam-nano shipped at commit {first['commit']}"
+        text = (f"  The tower {'started as' if stages else 'is'} the one dam-nano shipped at commit {first['commit']}"
                 + (" (its DAM stage kept it frozen: it is that base VLM's tower, in float16)" if frozen else
                    " (after that model's DAM stage)")
-                + f". That card: \"{trained}\" {here}")
-    stages = [(cfg, summary) for _, cfg, summary in chain if cfg.get("vision_steps")]
+                + f". That card: \"{trained}\"")
+        if stages:
+            cfg, summary = stages[-1][1], stages[-1][2]
+            heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
+            val = val_text(heads, summary)
+            extra = [f"boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else "", val]
+            extra = "; ".join(e for e in extra if e)
+            text += (f" Then the tower alone went on for {vision_runs_text(stages, tower_size(source, first))}"
+                     + (f" ({extra})" if extra else "") + ".")
+        return f"{text} {here}"
     if not stages:
         return ""
-    cfg, summary = stages[-1]
+    cfg, summary = stages[-1][1], stages[-1][2]
     heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
-    runs = ", then ".join(f"{c['vision_steps']} steps of {c['vision_batch_size']} crops of `{c['data']}`"
-                          for c, _ in stages)
-    val = summary.get("vision_val_accuracy")
-    return (f"  First the tower alone ({runs}"
+    val = val_text(heads, summary)
+    return (f"  First the tower alone ({vision_runs_text(stages, None)}"
             + (f"; boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else "")
             + ("; position embedding initialised as a 2-D sine-cosine grid"
-               if any(c.get("position_init") == "sincos" for c, _ in stages) else "")
+               if any(c.get("position_init") == "sincos" for _, c, _ in stages) else "")
             + f") learns each region's {', '.join(heads[:-1])} and {heads[-1]} from the centre of its focal crop (a"
             " stand-in for SigLIP's own pretraining"
-            + ("; on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
-               if val else "")
+            + (f"; {val}" if val else "")
             + f"), then the LLaVA stage trains at the tower's learning rate x {lr_mult}.\n")
 
 

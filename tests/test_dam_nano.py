@@ -106,5 +106,22 @@ def test_dam_nano_from_git_writes_the_committed_bundle_and_the_card_quotes_its_c
     assert [c[0] for c in chain] == ["prev", "vlm"] and chain[0][1]["commit"] == commit
     assert bundle.vlm_command(chain[0][1], "prev") == f"python benchmarks/dam_nano_from_git.py {commit} prev"
     text = bundle.vision_stage_text(chain, 0.0)
-    quoted = next(s.strip() for s in (out / "README.md").read_text().splitlines() if "First the tower" in s)
-    assert f"commit {commit}" in text and quoted in text and "keeps it frozen" in text
+    quoted = bundle.tower_sentences((out / "README.md").read_text())  # the whole wrapped sentence(s)
+    assert quoted and "the tower" in quoted.lower()
+    assert f"commit {commit}" in text and f'That card: "{quoted}"' in text and "keeps it frozen" in text
+
+    # a vision stage at another input size between the committed tower and the base VLM: the card says so
+    size = json.loads((out / "vision_tower" / "config.json").read_text())["image_size"]
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "train_log.json").write_text(json.dumps({
+        "config": {"vision_init": "prev", "data": "d/x.jsonl", "vision_steps": 7, "vision_batch_size": 8,
+                   "image_size": size + 64, "lr": 5e-4, "vision_attributes": ["texture"]},
+        "summary": {"vision_val_accuracy": [0.9, 0.5, 0.25]}}))
+    (vlm / "train_log.json").write_text(json.dumps({"config": {"vision_init": "tower", "data": "d/x.jsonl"},
+                                                    "summary": {}}))
+    text = bundle.vision_stage_text(bundle.vlm_chain("vlm"), 0.0)
+    assert f"started as the one dam-nano shipped at commit {commit}" in text
+    assert (f"went on for 7 steps of 8 crops of `d/x.jsonl` at {size + 64} px, the position embedding resized "
+            f"from the {size}-px tower's grid, learning rate 0.0005") in text
+    assert "colour 0.90, shape 0.50, texture 0.25" in text

@@ -575,3 +575,31 @@ def test_attribute_heads_and_a_tower_started_from_another_base_vlm(world, lm_dir
     with pytest.raises(ValueError, match="does not fit this model.*--hidden"):
         pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, tmp_path / "vlm_bad", steps=1, batch_size=4,
                           progress=False, vision_init=out, **{**TINY_VLM, "hidden": TINY_VLM["hidden"] * 2})
+
+    # a tower of another input size: every tensor copied but the position embedding, which is resized (FixRes)
+    from groundscope.train.base_vlm import resize_position_grid
+
+    out3 = tmp_path / "vlm_48px"
+    pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out3, steps=1, batch_size=4, progress=False,
+                      vision_init=out, vision_lr_mult=0.0, **{**TINY_VLM, "image_size": 48})
+    larger = load_dam(out3, from_base_vlm=True).backbone.vision.state_dict()
+    key = "embeddings.position_embedding.weight"
+    assert larger[key].shape == (36, TINY_VLM["hidden"])  # 48 px / patch 8 = a 6x6 grid (the source's is 4x4)
+    assert torch.allclose(larger[key], resize_position_grid(source[key], 6))
+    assert all(torch.equal(v, larger[k]) for k, v in source.items() if k != key)
+
+
+def test_resize_position_grid_by_hand():
+    """The position grid resized as an image: the same size is a copy, a constant grid stays constant, a grid
+    varying along columns only still does after resizing, and a non-square table is an error."""
+    from groundscope.train.base_vlm import resize_position_grid
+
+    table = torch.randn(16, 8)
+    assert torch.equal(resize_position_grid(table, 4), table)
+    assert torch.allclose(resize_position_grid(torch.full((9, 5), 0.25), 6), torch.full((36, 5), 0.25))
+    cols = torch.arange(4.0).repeat(4)[:, None] * torch.ones(1, 3)  # value = column index, rows alike
+    grid = resize_position_grid(cols, 8).reshape(8, 8, 3)
+    assert torch.allclose(grid, grid[:1].expand(8, 8, 3), atol=1e-6)  # still the same in every row
+    assert bool((grid[0, 1:, 0] >= grid[0, :-1, 0] - 1e-6).all())  # and rising left to right
+    with pytest.raises(ValueError, match="not a square grid"):
+        resize_position_grid(torch.zeros(12, 4), 4)

@@ -369,18 +369,39 @@ def _lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     return factor(step, steps, warmup, floor)
 
 
+def resize_position_grid(weight: torch.Tensor, grid: int) -> torch.Tensor:
+    """A square grid's position embedding (g * g, C) -> (grid * grid, C), resized bicubically as an image.
+
+    How a ViT pretrained at one input size starts at another (FixRes; SigLIP's ``interpolate_pos_encoding`` does the
+    same at run time): each token keeps the embedding of its place in the image, so what the tower learnt about
+    where a patch lies carries over, and only the finer grid's in-between values are new.
+    """
+    g = math.isqrt(weight.shape[0])
+    if g * g != weight.shape[0]:
+        raise ValueError(f"a position embedding of {weight.shape[0]} rows is not a square grid")
+    if g == grid:
+        return weight.clone()
+    image = weight.T.reshape(1, weight.shape[1], g, g).float()
+    out = torch.nn.functional.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False)
+    return out.reshape(weight.shape[1], grid * grid).T.to(weight.dtype).contiguous()
+
+
 def _init_vision(model: DamModel, source: str | Path) -> None:
-    """Copy the vision tower of the base VLM in `source` into `model` (same tower settings required)."""
+    """Copy the vision tower of the base VLM (or DAM model) in `source` into `model`. The towers must match in
+    patch, width, layers and heads; a different input size is allowed, its position embedding resized
+    (`resize_position_grid`)."""
     from groundscope.describe.model import load_dam
 
     src = load_dam(source, from_base_vlm=True).backbone.vision.state_dict()
     dst = model.backbone.vision.state_dict()
+    key = "embeddings.position_embedding.weight"
+    if key in src and key in dst and src[key].shape[1] == dst[key].shape[1]:
+        src[key] = resize_position_grid(src[key], math.isqrt(dst[key].shape[0]))
     wrong = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
     if wrong:
         raise ValueError(f"the vision tower of '{source}' does not fit this model ({len(wrong)} tensors differ, e.g. "
-                         f"{wrong[0]}); pass the same --image-size, --patch, --hidden, --layers and --heads it was "
-                         "built with")
-    model.backbone.vision.load_state_dict({k: src[k] for k in dst})
+                         f"{wrong[0]}); pass the same --patch, --hidden, --layers and --heads it was built with")
+    model.backbone.vision.load_state_dict({k: src[k].to(dst[k].dtype) for k in dst})
 
 
 def pretrain_base_vlm(

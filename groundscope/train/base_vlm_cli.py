@@ -65,8 +65,9 @@ def register(app: typer.Typer) -> None:
                                                    "descriptions state the fill pattern)."),
         vision_init: Optional[Path] = typer.Option(None, "--vision-init",
                                                    help="A base VLM folder whose vision tower this one starts "
-                                                        "from (same tower settings), e.g. to teach it one more "
-                                                        "attribute."),
+                                                        "from (same patch, width, layers, heads), e.g. to teach it "
+                                                        "one more attribute; a tower of another --image-size has "
+                                                        "its position embedding resized."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
     ) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""

@@ -79,12 +79,6 @@ def vision_runs_text(stages: list[tuple[str, dict, dict]], size_before: int | No
     return ", then ".join(parts)
 
 
-def val_text(heads: list[str], summary: dict) -> str:
-    val = summary.get("vision_val_accuracy")
-    return ("on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
-            if val else "")
-
-
 def tower_sentences(card: str) -> str | None:
     """What a dam-nano card says about its tower: the sentences of its "- Base VLM" bullet after the LLaVA stage's
     ("... training images."), the bullet's wrapped lines joined (None when there are none). A card that quoted
@@ -108,6 +102,13 @@ def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> st
             else f"Here the LLaVA stage trains it at the learning rate x {lr_mult}.\n")
     source, first, _ = chain[0]
     stages = [entry for entry in chain if entry[1].get("vision_steps")]
+    if stages:  # the last vision stage's heads and validation accuracy, and its jitter
+        cfg, summary = stages[-1][1], stages[-1][2]
+        heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
+        val = summary.get("vision_val_accuracy")
+        val = ("on the validation world's regions: " + ", ".join(f"{h} {v:.2f}" for h, v in zip(heads, val))
+               if val else "")
+        jitter = f"boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else ""
     if "commit" in first:  # the tower of an earlier dam-nano: quote that card's words on how it was trained
         card = (ROOT / source / "README.md").read_text(encoding="utf-8")
         trained = tower_sentences(card)
@@ -120,21 +121,14 @@ def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> st
                    " (after that model's DAM stage)")
                 + f". That card: \"{trained}\"")
         if stages:
-            cfg, summary = stages[-1][1], stages[-1][2]
-            heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
-            val = val_text(heads, summary)
-            extra = [f"boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else "", val]
-            extra = "; ".join(e for e in extra if e)
+            extra = "; ".join(e for e in (jitter, val) if e)
             text += (f" Then the tower alone went on for {vision_runs_text(stages, tower_size(source, first))}"
                      + (f" ({extra})" if extra else "") + ".")
         return f"{text} {here}"
     if not stages:
         return ""
-    cfg, summary = stages[-1][1], stages[-1][2]
-    heads = ["colour", "shape"] + list(cfg.get("vision_attributes") or [])
-    val = val_text(heads, summary)
     return (f"  First the tower alone ({vision_runs_text(stages, None)}"
-            + (f"; boxes jittered by up to {cfg['vision_jitter']:.0%}" if cfg.get("vision_jitter") else "")
+            + (f"; {jitter}" if jitter else "")
             + ("; position embedding initialised as a 2-D sine-cosine grid"
                if any(c.get("position_init") == "sincos" for _, c, _ in stages) else "")
             + f") learns each region's {', '.join(heads[:-1])} and {heads[-1]} from the centre of its focal crop (a"

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -82,17 +83,42 @@ def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data:
     return sh(cmd, out.with_suffix(".log")) / 60
 
 
-def describe_world(model, regions, batch: int = 16, boxes: bool = False) -> dict[str, str]:
-    """region id -> greedy description, for every region of the test world (from its box instead of its exact
-    mask with `boxes`)."""
-    from groundscope.describe.focal import filled_box
+PROMPTS = ("mask", "box", "point")  # how describe_world gives each region
+
+
+def click_point(mask) -> tuple[float, float]:
+    """(x, y) of the mask's most interior pixel (farthest from its outline; the first in row-major order on a
+    tie): where a user would click the object."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.pad(np.asarray(mask, dtype=bool), 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return float(x), float(y)
+
+
+def describe_world(model, regions, batch: int = 16, prompt: str = "mask") -> dict[str, str]:
+    """region id -> greedy description, for every region of the test world, each region given as `prompt`: its
+    exact mask, its box (the filled rectangle a box prompt becomes) or one click at its most interior pixel (the
+    small disc a points prompt becomes)."""
+    from groundscope.describe.focal import filled_box, region_to_mask
+
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+
+    def region_mask(r):
+        m = r.mask()
+        if prompt == "box":
+            return filled_box(m)
+        if prompt == "point":
+            return region_to_mask(m.shape, points=[click_point(m)])
+        return m
 
     out = {}
     for i in tqdm(range(0, len(regions), batch), desc="describe", leave=False):
         chunk = regions[i:i + batch]
-        masks = [filled_box(r.mask()) if boxes else r.mask() for r in chunk]
         with torch.inference_mode():
-            texts = model.generate([str(r.image) for r in chunk], masks, temperature=0.0, max_new_tokens=96)
+            texts = model.generate([str(r.image) for r in chunk], [region_mask(r) for r in chunk], temperature=0.0,
+                                   max_new_tokens=96)
         out.update({str(r.id): t for r, t in zip(chunk, texts)})
     return out
 
@@ -144,7 +170,7 @@ def main() -> None:
         descriptions = describe_world(model, regions)
         res = evaluate_dlc(descriptions, bench.qa, RuleJudge(), class_names=bench.class_names, areas=bench.areas,
                            small_area=SMALL)
-        boxed = evaluate_dlc(describe_world(model, regions, boxes=True), bench.qa, RuleJudge(),
+        boxed = evaluate_dlc(describe_world(model, regions, prompt="box"), bench.qa, RuleJudge(),
                              class_names=bench.class_names)
         small = res.small_objects
         rows.append((arm, ARMS[arm][0], res.pos, res.neg, res.avg, small.pos if small else float("nan"),

@@ -34,6 +34,7 @@ def vlm_command(vlm: dict, out: str) -> str:
     if vlm.get("vision_steps"):
         cmd += (f" --vision-steps {vlm['vision_steps']}"
                 + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")
+                + (" --vision-flip" if vlm.get("vision_flip") else "")
                 + (f" --vision-val {vlm['vision_val']}" if vlm.get("vision_val") else "")
                 + (f" --vision-attributes {','.join(vlm['vision_attributes'])}"
                    if vlm.get("vision_attributes") else ""))
@@ -74,7 +75,8 @@ def vision_runs_text(stages: list[tuple[str, dict, dict]], size_before: int | No
         resized = (f" at {here} px, the position embedding resized from the {size}-px tower's grid"
                    if size is not None and here != size else "")
         parts.append(f"{cfg['vision_steps']} steps of {cfg['vision_batch_size']} crops of `{cfg['data']}`{resized}"
-                     + (f", learning rate {cfg['lr']:g}" if cfg.get("lr", 1e-3) != 1e-3 else ""))
+                     + (f", learning rate {cfg['lr']:g}" if cfg.get("lr", 1e-3) != 1e-3 else "")
+                     + (", half of the crops mirrored left-right" if cfg.get("vision_flip") else ""))
         size = here
     return ", then ".join(parts)
 
@@ -139,13 +141,20 @@ def vision_stage_text(chain: list[tuple[str, dict, dict]], lr_mult: float) -> st
 
 def synth_command(data: str) -> str | None:
     """The `groundscope synth` line of a training world other than data/synth_train (None for that one), from
-    the world's meta.json."""
+    the world's meta.json; for a file holding only the first N images of the world's groundingcap.jsonl (a world
+    is drawn image by image, so those are the world of N images), the `head` line that writes it too."""
     world = Path(data).parent
     if world.name == "synth_train":
         return None
     meta = json.loads((ROOT / world / "meta.json").read_text())
-    return (f"groundscope synth --out {world} --n {meta['images']} --seed {meta['seed']} --split {meta['split']} "
+    line = (f"groundscope synth --out {world} --n {meta['images']} --seed {meta['seed']} --split {meta['split']} "
             "--regions")
+    name = Path(data).name
+    if name in ("groundingcap.jsonl", "regions.json"):
+        return line
+    with open(ROOT / data, encoding="utf-8") as f:
+        n = sum(1 for _ in f)
+    return f"{line}\nhead -{n} {world}/groundingcap.jsonl > {data}"
 
 
 def dam_stage(run_cfg: dict, arm: str = "full") -> tuple[str, list[str], str]:

@@ -8,9 +8,11 @@ the share of regions whose description names the right shape (the recognition qu
 region's positive scores at 0), that share by the object's size word (small / medium / large), and the mean score
 of each positive question (colour, shape, pattern, size, relation: +1 right, -1 a wrong word stated, 0 not
 stated), after the cap. With --boxes, each model is also measured with every region given as its box (a filled
-rectangle, what a box prompt gives) instead of its exact mask: how much the model reads the mask's outline.
+rectangle, what a box prompt gives) instead of its exact mask: how much the model reads the mask's outline. With
+--points, also with every region given as one click at its most interior pixel (the small disc a points prompt
+becomes; `bench_dam.click_point`).
 
-    python benchmarks/dam_breakdown.py runs/base_vlm:base runs/dam_bench/full/model --boxes
+    python benchmarks/dam_breakdown.py runs/base_vlm:base runs/dam_bench/full/model --boxes --points
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dam import ROOT, SMALL, describe_world  # noqa: E402
+
+SHOWN = {"mask": "", "box": " (box as mask)", "point": " (one click)"}
 
 KINDS = ("colour", "shape", "pattern", "size", "relation")  # the order of `region_questions`' positives
 SIZES = ("small", "medium", "large")
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("models", nargs="+", metavar="DIR[:base]", help="DAM folders (':base' for a base VLM)")
     ap.add_argument("--boxes", action="store_true",
                     help="also describe every region from its box (a box prompt) instead of its exact mask")
+    ap.add_argument("--points", action="store_true",
+                    help="also describe every region from one click at its most interior pixel (a points prompt)")
     a = ap.parse_args()
     world = ROOT / "data" / "synth_seed4"
     if not (world / "regions.json").exists():
@@ -49,11 +55,12 @@ def main() -> None:
     print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
           + " | ".join(KINDS) + " |")
     print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
-    for arg, boxes in [(m, boxes) for m in a.models for boxes in ((False, True) if a.boxes else (False,))]:
+    prompts = ["mask"] + ["box"] * a.boxes + ["point"] * a.points
+    for arg, prompt in [(m, p) for m in a.models for p in prompts]:
         path, _, kind = arg.partition(":")
         model = load_dam(ROOT / path, from_base_vlm=kind == "base")
         model.eval()
-        res = evaluate_dlc(describe_world(model, regions, boxes=boxes), bench.qa, RuleJudge(),
+        res = evaluate_dlc(describe_world(model, regions, prompt=prompt), bench.qa, RuleJudge(),
                            class_names=bench.class_names, areas=bench.areas, small_area=SMALL)
         per = {k: [] for k in KINDS}
         for r in res.per_region.values():
@@ -61,7 +68,7 @@ def main() -> None:
                 per[k].append(v)
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
         by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
-        name = f"{arg} (box as mask)" if boxes else arg
+        name = arg + SHOWN[prompt]
         print(f"| {name} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)

@@ -125,3 +125,25 @@ def test_dam_nano_from_git_writes_the_committed_bundle_and_the_card_quotes_its_c
     assert (f"went on for 7 steps of 8 crops of `d/x.jsonl` at {size + 64} px, the position embedding resized "
             f"from the {size}-px tower's grid, learning rate 0.0005") in text
     assert "colour 0.90, shape 0.50, texture 0.25" in text
+
+    # one more vision stage on the first 3 images of a larger world, half of its crops mirrored
+    tower2 = tmp_path / "tower2"
+    tower2.mkdir()
+    world = tmp_path / "data" / "w12"
+    world.mkdir(parents=True)
+    (world / "meta.json").write_text(json.dumps({"images": 5, "seed": 0, "split": "train"}))
+    (world / "groundingcap.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(5)))
+    (world / "groundingcap_first3.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(3)))
+    first3 = "data/w12/groundingcap_first3.jsonl"
+    settings = {"vision_init": "tower", "data": first3, "lm": "lm", "steps": 1, "captions": False,
+                "vision_steps": 5, "vision_batch_size": 8, "image_size": size + 64, "vision_flip": True}
+    (tower2 / "train_log.json").write_text(json.dumps({"config": settings, "summary": {}}))
+    (vlm / "train_log.json").write_text(json.dumps({"config": {"vision_init": "tower2", "data": "d/x.jsonl"},
+                                                    "summary": {}}))
+    text = bundle.vision_stage_text(bundle.vlm_chain("vlm"), 0.0)
+    assert (f"learning rate 0.0005, then 5 steps of 8 crops of `{first3}`, half of the crops mirrored "
+            "left-right") in text
+    assert "--vision-flip" in bundle.vlm_command(settings, "tower2")
+    assert bundle.synth_command(first3) == ("groundscope synth --out data/w12 --n 5 --seed 0 --split train --regions\n"
+                                            f"head -3 data/w12/groundingcap.jsonl > {first3}")
+    assert bundle.synth_command("data/w12/groundingcap.jsonl").endswith("--regions")

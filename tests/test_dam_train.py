@@ -532,6 +532,26 @@ def test_category_factors_and_box_jitter():
         assert abs((x1 + x2) / 2 - 30) <= 0.1 * 40 * 1.0001 + 1e-9 or x1 == 0 or x2 == 60
 
 
+def test_flip_half_mirrors_a_random_half_of_the_batch(world, lm_dir, tmp_path):
+    """`--vision-flip`: each crop is either itself or its exact left-right mirror, about half are mirrored, the
+    draw is reproducible from the seed, and pretrain-vlm records the option."""
+    from groundscope.train.base_vlm import flip_half, pretrain_base_vlm
+
+    pixels = torch.arange(400 * 2 * 3 * 5, dtype=torch.float32).reshape(400, 2, 3, 5)
+    out = flip_half(pixels, torch.Generator().manual_seed(0))
+    same = (out == pixels).flatten(1).all(1)
+    mirrored = (out == pixels.flip(-1)).flatten(1).all(1)
+    assert bool((same ^ mirrored).all())  # every crop is one or the other (no 1-px-wide crop is both here)
+    assert 160 < int(mirrored.sum()) < 240
+    assert torch.equal(out, flip_half(pixels, torch.Generator().manual_seed(0)))
+    assert torch.equal(out[mirrored][:, 0, 0], pixels[mirrored][:, 0, 0].flip(-1))  # by hand: columns reversed
+
+    summary = pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, tmp_path / "vlm", steps=1, batch_size=4,
+                                progress=False, vision_steps=2, vision_batch_size=4, vision_flip=True, **TINY_VLM)
+    assert summary["vision_steps"] == 2
+    assert json.loads((tmp_path / "vlm" / "train_log.json").read_text())["config"]["vision_flip"] is True
+
+
 def test_attribute_heads_and_a_tower_started_from_another_base_vlm(world, lm_dir, tmp_path):
     """`--vision-attributes texture`: the synthetic world's GroundingCap regions carry their attributes, the vision
     stage gets one head more (labels from the attribute, -100 where a region lacks it), an unknown attribute is an

@@ -233,6 +233,13 @@ def jitter_box(box: Sequence[float], hw: tuple[int, int], amount: float, rng: np
     return nx1, ny1, nx2, ny2
 
 
+def flip_half(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, C, H, W) -> the same batch with a random half (each crop with probability 1/2, drawn from `generator`)
+    mirrored left-right."""
+    mirror = torch.rand(pixels.shape[0], generator=generator) < 0.5
+    return torch.where(mirror[:, None, None, None], pixels.flip(-1), pixels)
+
+
 def _centre_pool(tokens: torch.Tensor) -> torch.Tensor:
     """(B, T, C) tokens of a square grid (T = g * g) -> (B, C): the mean of the grid's centre third, where the
     focal crop puts the region (the rest of the crop shows its neighbours)."""
@@ -244,7 +251,7 @@ def _centre_pool(tokens: torch.Tensor) -> torch.Tensor:
 def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *, batch_size: int = 64,
                     lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, bar=None, jitter: float = 0.0,
                     val_samples: Sequence[VlmSample] = (), eval_every: int = 250,
-                    attributes: Sequence[str] = ()) -> list[dict]:
+                    attributes: Sequence[str] = (), flip: bool = False) -> list[dict]:
     """Stage 0: supervised pretraining of the from-scratch vision tower on the world's region categories.
 
     DAM-3B's tower is SigLIP, pretrained on billions of image-text pairs before VILA ever trains it; a random
@@ -262,6 +269,9 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
         bar: called ``bar(step, info)`` after each step (`groundscope.train.progress.step_progress`).
         attributes: region attributes (`VlmSample.attributes`) to classify as well, one head each; regions
             without the attribute do not count for its head.
+        flip: mirror each crop left-right with probability 1/2 (`flip_half`). Every category and attribute of the
+            synthetic world survives a mirror (a crescent points any way, the other shapes are drawn nearly upright
+            and symmetric, a pattern stays a pattern), so the tower sees twice the distinct crops.
     Returns:
         log rows ``{"type": "vision", "step", "loss", "accuracy"}`` (per slot, on the batch; the category's
         slots first, then the attributes in order) and ``{"type": "vision_val", "step", "accuracy"}`` (per slot,
@@ -320,6 +330,7 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
         return {"type": "vision_val", "step": step, "accuracy": [round(float(x), 4) for x in hits / counted]}
 
     generator = torch.Generator().manual_seed(seed + 1)
+    flip_generator = torch.Generator().manual_seed(seed + 3)
     order: list[int] = []
     log = []
     vision.train()
@@ -328,6 +339,8 @@ def pretrain_vision(model: DamModel, samples: Sequence[VlmSample], steps: int, *
             order += torch.randperm(len(regions), generator=generator).tolist()
         idx, order = order[:batch_size], order[batch_size:]
         pixels = torch.stack([crop(i) for i in idx])
+        if flip:  # its own generator: the crops' order stays that of a run without the mirror
+            pixels = flip_half(pixels, flip_generator)
         pooled = _centre_pool(vision(pixel_values=pixels).last_hidden_state)  # (B, C)
         logits = [h(pooled) for h in heads]
         y = labels[idx]
@@ -431,6 +444,7 @@ def pretrain_base_vlm(
     vision_steps: int = 0,
     vision_batch_size: int = 64,
     vision_jitter: float = 0.0,
+    vision_flip: bool = False,
     vision_val: str | Path | None = None,
     vision_lr_mult: float = 1.0,
     vision_attributes: Sequence[str] = (),
@@ -470,7 +484,7 @@ def pretrain_base_vlm(
             val = vlm_samples(vision_val, captions=False) if vision_val else ()
             vision_log = pretrain_vision(model, samples, vision_steps, batch_size=vision_batch_size, lr=lr,
                                          weight_decay=weight_decay, seed=seed, bar=update, jitter=vision_jitter,
-                                         val_samples=val, attributes=vision_attributes)
+                                         val_samples=val, attributes=vision_attributes, flip=vision_flip)
     model.train()
     cfg = model.config
     prompts = {True: cfg.prompt, False: IMAGE_PROMPT}
@@ -545,6 +559,7 @@ def pretrain_base_vlm(
                 "position_init": position_init, "max_text_tokens": max_text_tokens, "warmup": warmup,
                 "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
+                "vision_flip": vision_flip,
                 "vision_val": str(vision_val) if vision_val else None, "vision_lr_mult": vision_lr_mult,
                 "vision_attributes": list(vision_attributes), "vision_init": str(vision_init) if vision_init else None}
     (out_dir / "train_log.json").write_text(

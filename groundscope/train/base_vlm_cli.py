@@ -53,6 +53,9 @@ def register(app: typer.Typer) -> None:
         vision_jitter: float = typer.Option(0.0, "--vision-jitter", min=0.0, max=1.0,
                                             help="Jitter each region's box by up to this share of its size "
                                                  "before cropping (vision stage; 0 = the exact crops)."),
+        vision_flip: bool = typer.Option(False, "--vision-flip",
+                                         help="Mirror a random half of the vision stage's crops left-right "
+                                              "(the synthetic world's shapes and patterns survive a mirror)."),
         vision_val: Optional[Path] = typer.Option(None, "--vision-val",
                                                   help="Another world's groundingcap.jsonl: its regions are scored "
                                                        "by the vision stage's heads every 250 steps."),
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
                 projector=projector, position_init=position_init, max_text_tokens=max_text_tokens, warmup=warmup,
                 seed=seed, console=console,
                 vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
-                vision_val=vision_val, vision_lr_mult=vision_lr_mult,
+                vision_flip=vision_flip, vision_val=vision_val, vision_lr_mult=vision_lr_mult,
                 vision_attributes=[a.strip() for a in vision_attributes.split(",") if a.strip()],
                 vision_init=vision_init)
         except (DataFormatError, DamError, ValueError) as e:

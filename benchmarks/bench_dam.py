@@ -44,16 +44,18 @@ ARMS = {
 }
 
 
-def sh(cmd: list[str], log: Path) -> float:
+def sh(cmd: list[str], log: Path, append: bool = False) -> float:
     t = time.time()
-    with open(log, "w") as f:
+    with open(log, "a" if append else "w") as f:
         subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
     return time.time() - t
 
 
 def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data: str | None = None,
-              vision_lr_mult: float | None = None, extra: list[str] = ()) -> float | None:
-    """Train one arm unless its model exists; minutes spent (None when reused).
+              vision_lr_mult: float | None = None, extra: list[str] = ()) -> tuple[float, bool] | None:
+    """Train one arm unless its model exists: (minutes spent, resumed), None when reused. An arm cut off before its
+    end (a checkpoint in OUT/ARM/checkpoints, no model yet) goes on from its last checkpoint (`train --resume`);
+    its minutes are then this run's part only.
 
     `vision_lr_mult` unfreezes the ViT (`backbone.vision`, frozen in configs/dam_nano.yaml) at that multiple of
     the learning rate, in every arm; an arm's "+freeze=" entries add to the frozen prefixes either way.
@@ -79,8 +81,10 @@ def train_arm(arm: str, out: Path, base_vlm: str, steps: int | None, train_data:
     cmd += ["--set", f"model.freeze=[{', '.join(freeze)}]"]
     for s in extra:
         cmd += ["--set", s]
-    print(f"[{arm}] training: groundscope {' '.join(cmd[1:])}", flush=True)
-    return sh(cmd, out.with_suffix(".log")) / 60
+    resume = (out / "checkpoints" / "last.pt").exists()
+    cmd += ["--resume"] * resume
+    print(f"[{arm}] {'resuming' if resume else 'training'}: groundscope {' '.join(cmd[1:])}", flush=True)
+    return sh(cmd, out.with_suffix(".log"), append=resume) / 60, resume
 
 
 PROMPTS = ("mask", "box", "point")  # how describe_world gives each region
@@ -193,7 +197,9 @@ def main() -> None:
         lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.3f}" for v in r[2:]) + " |")
     spent = {k: v for k, v in minutes.items() if v is not None}
     if spent:
-        lines += ["", "Training minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()) + "."]
+        lines += ["", "Training minutes: " + ", ".join(
+            f"{k} {m:.1f}" + (" (resumed: this run's part only)" if resumed else "") for k, (m, resumed) in spent.items())
+            + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.write:

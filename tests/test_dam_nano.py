@@ -71,6 +71,26 @@ def _bench_module(name: str):
     return module
 
 
+def test_bench_dam_resumes_an_arm_cut_off_and_reuses_a_finished_one(tmp_path):
+    """bench_dam.py's train_arm: a fresh arm trains, an arm with a checkpoint but no model goes on with --resume
+    (its log appended, not replaced), and an arm with a model is reused."""
+    bench = _bench_module("bench_dam")
+    calls = []
+    bench.sh = lambda cmd, log, append=False: calls.append((cmd, log, append)) or 90.0
+    out = tmp_path / "boxmix"
+    assert bench.train_arm("boxmix", out, "runs/base_vlm", 10) == (1.5, False)
+    cmd, log, append = calls[-1]
+    assert "--resume" not in cmd and not append and log == tmp_path / "boxmix.log"
+    assert "dam.box_prob=0.5" in cmd and "train.max_steps=10" in cmd
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"")
+    assert bench.train_arm("boxmix", out, "runs/base_vlm", 10) == (1.5, True)
+    assert calls[-1][0][-1] == "--resume" and calls[-1][2] is True
+    (out / "model").mkdir()
+    (out / "model" / "config.json").write_text("{}")
+    assert bench.train_arm("boxmix", out, "runs/base_vlm", 10) is None and len(calls) == 2
+
+
 def test_dam_nano_from_git_writes_the_committed_bundle_and_the_card_quotes_its_chain(tmp_path):
     """dam_nano_from_git.py writes the bundle of a commit byte for byte (git's own blob hashes) with source.json;
     bundle_dam_nano.py's chain stops there and the card quotes that model's card on how its tower was trained."""

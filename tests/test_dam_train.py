@@ -421,6 +421,44 @@ def test_box_prob_gives_regions_as_their_filled_boxes(base_vlm, world):
     assert epoch0 != [RegionTrainDataset(records, config, box_prob=0.5, seed=1).as_box(k) for k in range(1000)]
 
 
+def test_point_prob_gives_regions_as_one_click_inside_them(base_vlm, world):
+    """`dam.point_prob`: a share of the regions becomes the disc a one-click points prompt sends, centred on a pixel
+    of the region's own mask; the box draws stay those of box_prob alone; shares over 1 are refused."""
+    from groundscope.describe import RegionError, focal_pixels, focal_prompt, load_dam, region_to_mask
+    from groundscope.train.dam import RegionTrainDataset, click_mask
+
+    m = np.zeros((40, 50), bool)
+    m[10:20, 30:45] = True
+    for seed in range(20):
+        disc = click_mask(m, np.random.default_rng(seed))
+        ys, xs = np.nonzero(disc)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        assert m[int(cy), int(cx)]  # the disc's centre is a pixel of the region
+        assert np.array_equal(disc, region_to_mask(m.shape, points=[(cx, cy)]))  # exactly what --points sends
+    with pytest.raises(RegionError, match="region 3: the mask is empty"):
+        click_mask(np.zeros((4, 4), bool), np.random.default_rng(0), name="region 3")
+
+    records = read_regions(world / "regions.json").records
+    config = load_dam(base_vlm, from_base_vlm=True).config
+    i = 0
+    clicked = RegionTrainDataset(records, config, point_prob=1.0)
+    assert clicked.prompt_kind(i) == "point"
+    rng = np.random.default_rng([0, 0, i])
+    rng.random()  # the kind's draw; the pixel is the next one
+    expected = focal_pixels(focal_prompt(records[i].image, click_mask(records[i].mask(), rng), config.min_crop),
+                            config.image_size, config.image_mean, config.image_std, config.resample,
+                            config.image_aspect_ratio)
+    assert torch.equal(clicked[i].pixel_values, expected)
+
+    boxes_only = RegionTrainDataset(records, config, box_prob=0.3, seed=0)
+    both = RegionTrainDataset(records, config, box_prob=0.3, point_prob=0.3, seed=0)
+    kinds = [both.prompt_kind(k) for k in range(1000)]
+    assert [k == "box" for k in kinds] == [boxes_only.as_box(k) for k in range(1000)]
+    assert 230 < kinds.count("point") < 370 and 230 < kinds.count("box") < 370
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        RegionTrainDataset(records, config, box_prob=0.6, point_prob=0.5)
+
+
 def test_dam_config_and_cli(base_vlm, world, tmp_path):
     from groundscope.cli import app
 
@@ -440,7 +478,8 @@ def test_dam_config_and_cli(base_vlm, world, tmp_path):
                             ({"data": {"train": {"path": "x.json", "format": "coco"}}}, "format regions or auto"),
                             ({"caption": {"enabled": True, "llm": "x"}}, "caption.enabled"),
                             ({"dam": {"prompt": "Describe."}}, "exactly one <image>"),
-                            ({"dam": {"box_prob": 1.5}}, "box_prob")]:
+                            ({"dam": {"box_prob": 1.5}}, "box_prob"),
+                            ({"dam": {"box_prob": 0.6, "point_prob": 0.5}}, "add up to 1.1")]:
         with pytest.raises(ConfigError, match=pattern):
             config_from_dict({**raw, **change})
 

@@ -319,6 +319,23 @@ class _Unpicklable:
         raise RuntimeError("disk full (simulated)")
 
 
+def test_resume_config_differences_ignore_settings_added_since_at_their_default():
+    """Resuming warns about settings that differ from the checkpoint's; a setting the checkpoint's config lacks
+    (added to groundscope after it was written) differs only when it is set away from its default."""
+    from dataclasses import MISSING
+
+    from groundscope.train.config import setting_default
+    from groundscope.train.loop import _config_differences
+
+    assert setting_default("dam.point_prob") == 0.0 and setting_default("optim.lr") == 1e-4
+    assert setting_default("model.path") is MISSING and setting_default("dam.no_such") is MISSING
+    old = {"task": "dam", "optim": {"lr": 1e-3}, "dam": {"box_prob": 0.5}}
+    assert _config_differences(old, {"task": "dam", "optim": {"lr": 1e-3},
+                                     "dam": {"box_prob": 0.5, "point_prob": 0.0}}) == []
+    assert _config_differences(old, {"task": "dam", "optim": {"lr": 2e-3},
+                                     "dam": {"box_prob": 0.5, "point_prob": 0.2}}) == ["dam.point_prob", "optim.lr"]
+
+
 def test_checkpoint_writes_are_atomic(tmp_path):
     path = tmp_path / "ck" / "last.pt"
     atomic_save({"format": "groundscope-train", "version": 1, "step": 1}, path)

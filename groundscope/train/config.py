@@ -229,6 +229,10 @@ class DamSection:
     box_prob: float = _spec(0.0, min=0.0, max=1.0, doc="share of training regions given as their filled box "
                                                         "instead of the exact mask (what `describe --box` sends), "
                                                         "drawn per region and epoch")
+    point_prob: float = _spec(0.0, min=0.0, max=1.0, doc="share of training regions given as one click (a disc at a "
+                                                          "random pixel of the mask, what `describe --points` "
+                                                          "sends), drawn per region and epoch; box_prob + "
+                                                          "point_prob <= 1")
 
 
 @dataclass
@@ -291,6 +295,26 @@ class TrainConfig:
         if self.rkd == RkdSection():
             del out["rkd"]  # likewise for runs without RKD (their checkpoints resume without warnings)
         return out
+
+
+def setting_default(path: str) -> Any:
+    """The default of the dotted setting `path` (e.g. ``"dam.point_prob"``), or `MISSING` when it has none (a
+    required setting, a list entry, a key no section has)."""
+    cls, value = TrainConfig, MISSING
+    for part in path.split("."):
+        if cls is None or not is_dataclass(cls):
+            return MISSING
+        f = next((f for f in fields(cls) if f.name == part), None)
+        if f is None:
+            return MISSING
+        if f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            return MISSING
+        cls = type(value) if is_dataclass(value) else None
+    return asdict(value) if is_dataclass(value) else value
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -464,6 +488,9 @@ def _validate_dam(cfg: TrainConfig) -> None:
         raise ConfigError("train.denoising.enabled: denoising queries are a detector part; not for task dam")
     if cfg.train.activation_checkpointing:
         raise ConfigError("train.activation_checkpointing: not supported for task dam")
+    if cfg.dam.box_prob + cfg.dam.point_prob > 1.0:
+        raise ConfigError(f"dam.box_prob + dam.point_prob: the shares of regions given as boxes and as clicks add up "
+                          f"to {cfg.dam.box_prob + cfg.dam.point_prob:g}; lower one so they are at most 1")
     prompt = cfg.dam.prompt
     if prompt is not None and prompt.count("<image>") != 1:
         raise ConfigError(f"dam.prompt: needs exactly one <image>, got {prompt!r}")

@@ -14,8 +14,8 @@ The DAM parts:
 * data: region-description files (`groundscope.data.regions`); each sample is the region's 8-channel focal
   pixels (`groundscope.describe.focal_pixels`) and its description. No image augmentation: a flip would make
   the descriptions' "left" and "right" lie. ``dam.box_prob`` gives that share of the regions as their filled
-  box instead of the mask (drawn from seed, epoch and index). Data order and boxes are functions of (seed,
-  epoch), so a resumed run sees the same batches.
+  box instead of the mask, ``dam.point_prob`` that share as one click (drawn from seed, epoch and index). Data
+  order and prompts are functions of (seed, epoch), so a resumed run sees the same batches.
 * loss: the LM's next-token cross-entropy on the description tokens (and EOS) only; the log also holds the
   greedy token accuracy on them (``token_acc``).
 * evaluation (``data.val``): the same loss and accuracy on the validation regions (``val_loss``,
@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from groundscope.describe.focal import RegionError, filled_box, focal_pixels, focal_prompt
+from groundscope.describe.focal import RegionError, filled_box, focal_pixels, focal_prompt, region_to_mask
 from groundscope.describe.model import IGNORE_INDEX, DamConfig, DamModel, load_dam
 from groundscope.train.config import ConfigError, TrainConfig
 from groundscope.train.data import TrainDataError
@@ -76,14 +76,24 @@ class RegionTrainDataset(torch.utils.data.Dataset):
 
     Args:
         box_prob: share of the regions given as their filled box (`filled_box`) instead of the exact mask, the
-            prompt a ``--box`` user sends. Which ones is drawn from (seed, epoch, index), so a resumed run
-            sees the same inputs; 0 (the default) always gives the mask.
+            prompt a ``--box`` user sends.
+        point_prob: share of the regions given as one click at a random pixel of the mask (`click_mask`: the disc
+            a ``--points`` user sends).
+        Which regions get which prompt is drawn from (seed, epoch, index), so a resumed run sees the same inputs;
+        with both at 0 (the default) every region is its mask.
+    Raises:
+        ValueError: a share outside [0, 1], or shares adding up to more than 1.
     """
 
-    def __init__(self, records: list, config: DamConfig, box_prob: float = 0.0, seed: int = 0):
+    def __init__(self, records: list, config: DamConfig, box_prob: float = 0.0, seed: int = 0,
+                 point_prob: float = 0.0):
+        if not (0.0 <= box_prob <= 1.0 and 0.0 <= point_prob <= 1.0 and box_prob + point_prob <= 1.0):
+            raise ValueError(f"box_prob and point_prob must be in [0, 1] and add up to at most 1, got {box_prob}, "
+                             f"{point_prob}")
         self.records = list(records)
         self.config = config
         self.box_prob = float(box_prob)
+        self.point_prob = float(point_prob)
         self.seed = int(seed)
         self.epoch = 0
 
@@ -93,24 +103,53 @@ class RegionTrainDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _draw(self, index: int) -> tuple[str, np.random.Generator]:
+        """The prompt kind of region `index` in the current epoch, and the generator it was drawn from (a click's
+        pixel is its next draw). The kind is the generator's first number: below box_prob a box, then
+        point_prob's share a click, so adding clicks leaves every box draw as it was."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.box_prob <= 0.0 and self.point_prob <= 0.0:
+            return "mask", rng
+        u = rng.random()
+        return ("box" if u < self.box_prob else "point" if u < self.box_prob + self.point_prob else "mask"), rng
+
+    def prompt_kind(self, index: int) -> str:
+        """How region `index` is given in the current epoch: "mask", "box" or "point"."""
+        return self._draw(index)[0]
+
     def as_box(self, index: int) -> bool:
         """Whether region `index` is given as its filled box in the current epoch."""
-        if self.box_prob <= 0.0:
-            return False
-        return bool(np.random.default_rng([self.seed, self.epoch, index]).random() < self.box_prob)
+        return self.prompt_kind(index) == "box"
 
     def __getitem__(self, index: int) -> RegionSample:
         r, c = self.records[index], self.config
         name = f"{r.image} annotation {r.id if r.id is not None else index}"
         try:
             mask = r.mask()
-            if self.as_box(index):
+            kind, rng = self._draw(index)
+            if kind == "box":
                 mask = filled_box(mask, name=name)
+            elif kind == "point":
+                mask = click_mask(mask, rng, name=name)
             prompt = focal_prompt(r.image, mask, c.min_crop, name=name, crop=c.focal_crop)
         except RegionError as e:
             raise TrainDataError(f"{e} (the annotation says the image is {r.height}x{r.width}, HxW)") from e
         pixels = focal_pixels(prompt, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
         return RegionSample(pixels, r.description, index)
+
+
+def click_mask(mask: np.ndarray, rng: np.random.Generator, name: str = "region") -> np.ndarray:
+    """(H, W) bool: the disc a one-click points prompt becomes (`region_to_mask`'s default radius), at a pixel of
+    `mask` drawn uniformly from `rng`.
+
+    Raises:
+        RegionError: the mask is empty.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        raise RegionError(f"{name}: the mask is empty (no pixel set), so there is nowhere to click")
+    k = int(rng.integers(len(ys)))
+    return region_to_mask(mask.shape, points=[(float(xs[k]), float(ys[k]))], name=name)
 
 
 def read_region_sources(sources, max_images: int | None = None) -> list:
@@ -196,7 +235,7 @@ class DamTrainer(Trainer):
     def _setup_data(self) -> RegionTrainDataset:
         c = self.cfg
         return RegionTrainDataset(read_region_sources(c.data.train), self.model.config, box_prob=c.dam.box_prob,
-                                  seed=c.train.seed)
+                                  seed=c.train.seed, point_prob=c.dam.point_prob)
 
     def _setup_loss(self) -> None:
         pass  # the LM computes it

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from groundscope.data.paraphrase import ParaphraseError, load_paraphrases
 from groundscope.train import checkpoint as ckpt_io
 from groundscope.train import distributed as dist_
-from groundscope.train.config import ConfigError, TrainConfig
+from groundscope.train.config import ConfigError, TrainConfig, setting_default
 from groundscope.train.data import (
     GroundingTrainDataset,
     PooledDataset,
@@ -881,7 +881,9 @@ def _part_order(key: str) -> tuple:
 
 
 def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (out_dir and display settings do not affect the run)."""
+    """Dotted keys whose values differ (out_dir and display settings do not affect the run). A setting the old
+    config lacks that the new one has at its default (one added to groundscope after the checkpoint was written)
+    changes nothing."""
     ignore = {"train.out_dir", "train.progress", "train.log_every", "dam.eval_samples", "dam.max_new_tokens"}
     out = []
     if not prefix:
@@ -894,6 +896,8 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_differences(a, b, path + ".")
         elif a != b and path not in ignore and not path.startswith("eval."):
+            if k not in old and b == setting_default(path):
+                continue
             out.append(path)
     return out
 

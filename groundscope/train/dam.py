@@ -108,8 +108,6 @@ class RegionTrainDataset(torch.utils.data.Dataset):
         pixel is its next draw). The kind is the generator's first number: below box_prob a box, then
         point_prob's share a click, so adding clicks leaves every box draw as it was."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.box_prob <= 0.0 and self.point_prob <= 0.0:
-            return "mask", rng
         u = rng.random()
         return ("box" if u < self.box_prob else "point" if u < self.box_prob + self.point_prob else "mask"), rng
 

@@ -13,6 +13,10 @@ rectangle, what a box prompt gives) instead of its exact mask: how much the mode
 becomes; `bench_dam.click_point`).
 
     python benchmarks/dam_breakdown.py runs/base_vlm:base runs/dam_bench/full/model --boxes --points
+
+A second table gives the recognition by how much the encoder's resize stretches each region's focal crop (its
+longer side over its shorter: a crop clamped at the image's border is not square, and DAM's reference stretches it
+to the square input, so a circle there reaches the tower as an ellipse).
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dam import ROOT, SMALL, describe_world  # noqa: E402
 
 SHOWN = {"mask": "", "box": " (box as mask)", "point": " (one click)"}
+STRETCH_BINS = ((1.0, 1.15), (1.15, 1.5), (1.5, float("inf")))  # focal-crop side ratios
+
+
+def crop_stretch(mask) -> float:
+    """Longer over shorter side of the mask's focal crop (1.0: square, reaches the encoder undistorted)."""
+    from groundscope.describe.focal import focal_crop
+
+    c = focal_crop(mask)
+    w, h = c.x1 - c.x0, c.y1 - c.y0
+    return max(w, h) / min(w, h)
 
 KINDS = ("colour", "shape", "pattern", "size", "relation")  # the order of `region_questions`' positives
 SIZES = ("small", "medium", "large")
@@ -55,6 +69,8 @@ def main() -> None:
     print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
           + " | ".join(KINDS) + " |")
     print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
+    stretch = {str(r.id): crop_stretch(r.mask()) for r in regions}
+    by_stretch = []
     prompts = ["mask"] + ["box"] * a.boxes + ["point"] * a.points
     for arg, prompt in [(m, p) for m in a.models for p in prompts]:
         path, _, kind = arg.partition(":")
@@ -69,9 +85,17 @@ def main() -> None:
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
         by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
         name = arg + SHOWN[prompt]
+        by_stretch.append((name, [[bool(r.recognised) for rid, r in res.per_region.items() if lo <= stretch[rid] < hi]
+                                  for lo, hi in STRETCH_BINS]))
         print(f"| {name} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
+    print("\nRecognised, by the stretch of the region's own focal crop (longer side / shorter side):\n")
+    print("| model | " + " | ".join(f"{lo:g}-{hi:g}" if hi != float("inf") else f">= {lo:g}" for lo, hi in STRETCH_BINS)
+          + " |")
+    print("|---|" + "---|" * len(STRETCH_BINS))
+    for name, bins in by_stretch:
+        print(f"| {name} | " + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in bins) + " |")
 
 
 if __name__ == "__main__":

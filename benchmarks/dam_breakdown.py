@@ -64,8 +64,10 @@ def main() -> None:
         raise SystemExit(f"{world} is missing: run benchmarks/bench_dam.py first (it generates the test world)")
     regions = read_regions(world / "regions.json", world).records
     bench = synthetic_bench(read_coco(world / "coco_all.json").images, source=str(world / "coco_all.json"))
-    size_of = {str(ann["id"]): ann["attributes"]["size"]
-               for ann in json.loads((world / "coco_all.json").read_text())["annotations"]}
+    annotations = json.loads((world / "coco_all.json").read_text())["annotations"]
+    attributes = {str(ann["id"]): ann["attributes"] for ann in annotations}
+    size_of = {rid: attrs["size"] for rid, attrs in attributes.items()}
+    unoccluded = {rid for rid, attrs in attributes.items() if attrs.get("visible", 1.0) >= 0.95}
     print("| model | Pos | Neg | Avg | recognised | " + " | ".join(f"{s} rec." for s in SIZES) + " | "
           + " | ".join(KINDS) + " |")
     print("|---|---|---|---|---|" + "---|" * (len(SIZES) + len(KINDS)))
@@ -85,8 +87,9 @@ def main() -> None:
         recognised = sum(bool(r.recognised) for r in res.per_region.values()) / len(res.per_region)
         by_size = {s: [bool(r.recognised) for rid, r in res.per_region.items() if size_of[rid] == s] for s in SIZES}
         name = arg + SHOWN[prompt]
-        by_stretch.append((name, [[bool(r.recognised) for rid, r in res.per_region.items() if lo <= stretch[rid] < hi]
-                                  for lo, hi in STRETCH_BINS]))
+        for label, keep in (("", res.per_region), (", regions >= 95 % visible", unoccluded)):
+            by_stretch.append((name + label, [[bool(r.recognised) for rid, r in res.per_region.items()
+                                               if rid in keep and lo <= stretch[rid] < hi] for lo, hi in STRETCH_BINS]))
         print(f"| {name} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)

@@ -30,7 +30,8 @@ def vlm_command(vlm: dict, out: str) -> str:
            + ("" if vlm["captions"] else " --no-captions")
            + (f" --image-size {vlm['image_size']}" if vlm.get("image_size", 128) != 128 else "")
            + (f" --lr {vlm['lr']:g}" if vlm.get("lr", 1e-3) != 1e-3 else "")
-           + (f" --position-init {vlm['position_init']}" if vlm.get("position_init", "random") != "random" else ""))
+           + (f" --position-init {vlm['position_init']}" if vlm.get("position_init", "random") != "random" else "")
+           + (f" --crop-mode {vlm['crop_mode']}" if vlm.get("crop_mode", "clamp") != "clamp" else ""))
     if vlm.get("vision_steps"):
         cmd += (f" --vision-steps {vlm['vision_steps']}"
                 + (f" --vision-jitter {vlm['vision_jitter']}" if vlm.get("vision_jitter") else "")

@@ -276,6 +276,8 @@ def test_pretrain_vlm_output_loads_as_an_untrained_dam(base_vlm, world, lm_dir, 
     assert res.exit_code == 2 and "pretrain-lm" in res.output
     res = runner.invoke(app, args + ["--overwrite", "--position-init", "learned"])
     assert res.exit_code == 2 and "--position-init must be random or sincos" in res.output
+    res = runner.invoke(app, args + ["--overwrite", "--crop-mode", "pad"])
+    assert res.exit_code == 2 and "--crop-mode must be clamp or square" in res.output
     res = runner.invoke(app, args + ["--overwrite", "--position-init", "sincos"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "train_log.json").read_text())["config"]["position_init"] == "sincos"
@@ -589,6 +591,40 @@ def test_flip_half_mirrors_a_random_half_of_the_batch(world, lm_dir, tmp_path):
                                 progress=False, vision_steps=2, vision_batch_size=4, vision_flip=True, **TINY_VLM)
     assert summary["vision_steps"] == 2
     assert json.loads((tmp_path / "vlm" / "train_log.json").read_text())["config"]["vision_flip"] is True
+
+
+def test_square_crop_mode_travels_from_the_base_vlm_to_dam_training_and_inference(world, lm_dir, tmp_path):
+    """`pretrain-vlm --crop-mode square`: the base VLM's config keeps the mode, so the DAM trained from it, its
+    training data and its inference all cut the centred, padded square crop; an unknown mode is refused."""
+    from groundscope.describe import DamError, focal_crop, focal_pixels, focal_prompt, load_dam
+    from groundscope.describe.model import DamConfig
+    from groundscope.train.base_vlm import pretrain_base_vlm
+    from groundscope.train.dam import RegionTrainDataset
+
+    out = tmp_path / "vlm"
+    pretrain_base_vlm(world / "groundingcap.jsonl", lm_dir, out, steps=1, batch_size=4, progress=False,
+                      crop_mode="square", vision_steps=1, vision_batch_size=4, **TINY_VLM)
+    assert json.loads((out / "train_log.json").read_text())["config"]["crop_mode"] == "square"
+    model = load_dam(out, from_base_vlm=True)
+    c = model.config
+    assert c.crop_mode == "square"
+    records = read_regions(world / "regions.json").records
+
+    def past_border(r) -> bool:
+        c, (h, w) = focal_crop(r.mask(), mode="square"), r.mask().shape
+        return c.x0 < 0 or c.y0 < 0 or c.x1 > w or c.y1 > h
+
+    r = next(r for r in records if past_border(r))  # a region near the border: its square crop is padded
+    expected = focal_pixels(focal_prompt(r.image, r.mask(), c.min_crop, mode="square"), c.image_size, c.image_mean,
+                            c.image_std, c.resample, c.image_aspect_ratio)
+    clamped = focal_pixels(focal_prompt(r.image, r.mask(), c.min_crop), c.image_size, c.image_mean, c.image_std,
+                           c.resample, c.image_aspect_ratio)
+    assert not torch.equal(expected, clamped)
+    assert torch.equal(RegionTrainDataset([r], c)[0].pixel_values, expected)
+    pixels, frames = model.focal_inputs([str(r.image)], [r.mask()])  # what describe / generate feed the model
+    assert torch.equal(pixels[0], expected) and frames == [1]
+    with pytest.raises(DamError, match="crop_mode"):
+        DamConfig(crop_mode="pad")
 
 
 def test_attribute_heads_and_a_tower_started_from_another_base_vlm(world, lm_dir, tmp_path):

@@ -139,3 +139,37 @@ def test_without_focal_crop_the_crop_is_the_whole_image_and_the_mask_is_still_ch
     assert _edges(p.crop) == (0, 0, W, H) and p.crop_image.shape == (H, W, 3) and p.crop_mask.sum() == 400
     with pytest.raises(RegionError, match="empty"):
         focal_prompt(img, np.zeros((H, W), bool), crop=False)
+
+
+def test_square_crop_stays_centred_and_pads_past_the_border():
+    """``mode="square"``: a square of 3x the box's longer side (after the 48-px minimum) centred on the box; past
+    the image's border the crop is grey (`PAD_VALUE`) and outside the mask. By hand, in the 300 x 200 image."""
+    from groundscope.describe.focal import PAD_VALUE
+
+    def square(box):
+        return focal_crop(region_to_mask((H, W), box=box), mode="square")
+
+    # inside the image: box 60 x 50 at (100, 60) -> side 180 around its centre (130, 85)
+    assert _edges(square((100, 60, 160, 110))) == (40, -5, 220, 175)
+    # a box in the top-left corner: the crop reaches past both borders, the box still at its centre
+    c = square((0, 0, 20, 30))  # 20 x 30 -> 48 x 48 around (10, 15): side 144
+    assert _edges(c) == (10 - 72, 15 - 72, 10 + 72, 15 + 72) and c.width == c.height == 144
+    # the reference's clamped crop of the same box: not square, the box off its centre
+    assert _edges(_crop((0, 0, 20, 30))) == (0, 0, 82, 87)
+    with pytest.raises(ValueError, match="crop mode"):
+        focal_crop(region_to_mask((H, W), box=(0, 0, 20, 30)), mode="pad")
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mask = region_to_mask((H, W), box=(0, 0, 20, 30))
+    fp = focal_prompt(image, mask, mode="square")
+    assert fp.crop_image.shape == (144, 144, 3) and fp.crop_mask.shape == (144, 144)
+    # crop pixel (r, c) is image pixel (r - 57, c - 62); rows above 57 and columns left of 62 are padding
+    assert np.array_equal(fp.crop_image[57:, 62:], image[:144 - 57, :144 - 62])
+    assert (fp.crop_image[:57] == PAD_VALUE).all() and (fp.crop_image[:, :62] == PAD_VALUE).all()
+    assert np.array_equal(fp.crop_mask[57:, 62:], mask[:87, :82]) and not fp.crop_mask[:57].any()
+    assert fp.crop_mask.sum() == mask.sum()  # the whole region is inside the crop
+    # an inner region's square crop is a plain slice of the image
+    inner = focal_prompt(image, region_to_mask((H, W), box=(120, 80, 160, 110)), mode="square")
+    c = inner.crop
+    assert c.x0 >= 0 and c.y0 >= 0 and np.array_equal(inner.crop_image, image[c.y0:c.y1, c.x0:c.x1])

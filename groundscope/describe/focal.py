@@ -14,6 +14,13 @@ following the reference's ``focal_crop`` mode:
     crop        columns x0 - w .. x0 + 2w, rows y0 - h .. y0 + 2h (3x the box on each axis), clamped to the
                 image and not made square; the encoder's resize stretches it to a square
 
+That is ``mode="clamp"``, DAM's own, and what the released models expect. ``mode="square"`` (an option for models
+trained with it, e.g. `groundscope pretrain-vlm --crop-mode square`) keeps the region centred and undistorted: a
+square of side 3x the box's longer side (after the minimum), centred on the box, its parts past the image's border
+filled with grey (`PAD_VALUE`, the SigLIP mean) and outside the mask. A clamped crop of a region near the border
+is stretched by the resize and puts the region off its centre, and models read those regions worse
+(benchmarks/dam_breakdown.py: recognition by crop stretch).
+
 `focal_pixels` turns a prompt into the 8-channel tensor the model reads (full RGB, full mask, crop RGB, crop
 mask), each resized to the encoder's input size and normalised like the reference's SigLIP processor;
 `focal_batch` does it for a batch of image and video regions.
@@ -31,6 +38,8 @@ from PIL import Image
 from groundscope.images import ImageInput, load_image
 
 MIN_CROP = 48  # the reference's min_box_w / min_box_h
+CROP_MODES = ("clamp", "square")  # focal_crop's modes: the reference's, and centred squares padded past the border
+PAD_VALUE = 127  # grey for a square crop's parts past the image's border: about 0 after SigLIP's normalisation
 
 
 class RegionError(ValueError):
@@ -42,7 +51,8 @@ class CropBox:
     """A crop of the image around a region, in pixels.
 
     Attributes:
-        x0, y0, x1, y1: the crop's columns ``x0:x1`` and rows ``y0:y1`` (ends exclusive), inside the image.
+        x0, y0, x1, y1: the crop's columns ``x0:x1`` and rows ``y0:y1`` (ends exclusive): inside the image for
+            the reference's mode, possibly past its border for ``mode="square"`` (`cut` pads those parts).
         region: the mask's tight box ``(x, y, w, h)`` before the 48-px minimum.
     """
 
@@ -62,8 +72,21 @@ class CropBox:
 
     @property
     def slices(self) -> tuple[slice, slice]:
-        """``(rows, cols)`` to index an (H, W, ...) array with."""
+        """``(rows, cols)`` to index an (H, W, ...) array with (a crop inside the image; else use `cut`)."""
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def cut(self, arr: np.ndarray, fill) -> np.ndarray:
+        """``arr[rows, cols]`` of an (H, W, ...) array, the crop's parts past the border set to `fill`:
+        (height, width, ...)."""
+        h, w = arr.shape[:2]
+        if self.x0 >= 0 and self.y0 >= 0 and self.x1 <= w and self.y1 <= h:
+            return arr[self.slices]
+        out = np.full((self.height, self.width) + arr.shape[2:], fill, dtype=arr.dtype)
+        r0, c0 = max(self.y0, 0), max(self.x0, 0)
+        r1, c1 = min(self.y1, h), min(self.x1, w)
+        if r0 < r1 and c0 < c1:
+            out[r0 - self.y0:r1 - self.y0, c0 - self.x0:c1 - self.x0] = arr[r0:r1, c0:c1]
+        return out
 
 
 @dataclass
@@ -73,8 +96,8 @@ class FocalPrompt:
     Attributes:
         image: (H, W, 3) uint8, the full image.
         mask: (H, W) bool, the region in the full image.
-        crop_image: (h, w, 3) uint8, ``image[crop.slices]``.
-        crop_mask: (h, w) bool, ``mask[crop.slices]``.
+        crop_image: (h, w, 3) uint8, ``image[crop.slices]`` (``crop.cut``: padded past the border).
+        crop_mask: (h, w) bool, ``mask[crop.slices]`` (False past the border).
         crop: where the crop lies in the full image.
     """
 
@@ -165,12 +188,16 @@ def filled_box(mask, name: str = "region") -> np.ndarray:
     return region_to_mask(arr.shape, box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), name=name)
 
 
-def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:
-    """The reference's focal crop of an (H, W) mask (geometry in the module docstring).
+def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region", mode: str = "clamp") -> CropBox:
+    """The focal crop of an (H, W) mask: the reference's (``"clamp"``) or a centred square (``"square"``);
+    geometry in the module docstring.
 
     Raises:
         RegionError: the mask is empty.
+        ValueError: an unknown `mode`.
     """
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
     arr = _as_mask(mask, name)
     img_h, img_w = arr.shape
     ys, xs = np.nonzero(arr)
@@ -182,6 +209,10 @@ def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:
     region = (x0, y0, w, h)
     xc, yc = x0 + w / 2, y0 + h / 2
     w, h = max(w, min_size), max(h, min_size)
+    if mode == "square":
+        side = 3 * max(w, h)
+        sx, sy = int(round(xc - side / 2)), int(round(yc - side / 2))
+        return CropBox(x0=sx, y0=sy, x1=sx + side, y1=sy + side, region=region)
     # int() truncates towards zero (not floor) as the reference does; it only differs for a box hanging over the
     # top / left border, where the clamp below then decides.
     x0, y0 = int(xc - w / 2), int(yc - h / 2)
@@ -190,7 +221,7 @@ def focal_crop(mask, min_size: int = MIN_CROP, name: str = "region") -> CropBox:
 
 
 def focal_prompt(image: ImageInput, mask, min_size: int = MIN_CROP, name: str = "region",
-                 crop: bool = True) -> FocalPrompt:
+                 crop: bool = True, mode: str = "clamp") -> FocalPrompt:
     """Full image + mask and the focal crop of both.
 
     Args:
@@ -198,16 +229,17 @@ def focal_prompt(image: ImageInput, mask, min_size: int = MIN_CROP, name: str = 
         mask: (H, W) mask of the region (non-zero inside); use `region_to_mask` for a box or points.
         crop: False for the ablation without the focal crop: the "crop" is the whole image (the mask is still
             checked), so the model sees the full image and mask only.
+        mode: the crop's geometry, `focal_crop`'s ``"clamp"`` (the reference's) or ``"square"``.
     Raises:
         RegionError: the mask's size differs from the image's, or the mask is empty.
     """
     rgb = np.asarray(load_image(image))
     arr = region_to_mask(rgb.shape[:2], mask=mask, name=name)
-    box = focal_crop(arr, min_size=min_size, name=name)  # raises on an empty mask, also without the crop
+    box = focal_crop(arr, min_size=min_size, name=name, mode=mode)  # raises on an empty mask, also without the crop
     if not crop:
         box = CropBox(0, 0, arr.shape[1], arr.shape[0], box.region)
-    rows, cols = box.slices
-    return FocalPrompt(image=rgb, mask=arr, crop_image=rgb[rows, cols], crop_mask=arr[rows, cols], crop=box)
+    return FocalPrompt(image=rgb, mask=arr, crop_image=box.cut(rgb, PAD_VALUE), crop_mask=box.cut(arr, False),
+                       crop=box)
 
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -262,7 +294,7 @@ def focal_pixels(prompt: FocalPrompt, size: int, mean: Sequence[float] = (0.5, 0
 
 def focal_batch(images: Sequence, masks: Sequence, size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
                 std: Sequence[float] = (0.5, 0.5, 0.5), resample: str = "bicubic", aspect: str = "resize",
-                min_size: int = MIN_CROP, crop: bool = True) -> tuple[torch.Tensor, list[int]]:
+                min_size: int = MIN_CROP, crop: bool = True, mode: str = "clamp") -> tuple[torch.Tensor, list[int]]:
     """Focal pixels of N regions -> ((M, 8, size, size), frames per region), frames in region then time order.
 
     ``images[i]`` is an image (array, PIL, path) with ``masks[i]`` its (H, W) mask, or a video: a list of frames
@@ -279,7 +311,8 @@ def focal_batch(images: Sequence, masks: Sequence, size: int, mean: Sequence[flo
         if len(clip_imgs) != len(clip_masks) or not clip_imgs:
             raise RegionError(f"region {i}: {len(clip_imgs)} frames but {len(clip_masks)} masks; pass one per frame")
         for f, (im, mk) in enumerate(zip(clip_imgs, clip_masks)):
-            prompt = focal_prompt(im, mk, min_size, name=f"region {i}" + (f" frame {f}" if video else ""), crop=crop)
+            prompt = focal_prompt(im, mk, min_size, name=f"region {i}" + (f" frame {f}" if video else ""), crop=crop,
+                                  mode=mode)
             rows.append(focal_pixels(prompt, size, mean, std, resample, aspect))
         frames.append(len(clip_imgs))
     return torch.stack(rows), frames

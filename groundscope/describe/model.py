@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from groundscope.describe.focal import focal_batch
+from groundscope.describe.focal import CROP_MODES, focal_batch
 
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id in input_ids (LLaVA)
@@ -72,6 +72,8 @@ class DamConfig:
         treat_image_as_cimage: False (reference default): a region whose crop is the full image (identical
             8-channel input halves) gets the full pass's features, without adapters.
         min_crop: the focal crop's minimum box side in pixels.
+        crop_mode: the focal crop's geometry: "clamp" (the reference's: clamped to the image, then stretched to
+            the square input) or "square" (centred on the region, padded past the border; for models trained so).
         focal_crop: False for the ablation without the focal crop (the full image and mask only: the crop pass
             then sees the full image, which `treat_image_as_cimage` False answers with the full pass's features).
         temperature / top_p / max_new_tokens: generation defaults (the reference's).
@@ -97,6 +99,7 @@ class DamConfig:
     masked_cross_attn: bool = False
     treat_image_as_cimage: bool = False
     min_crop: int = 48
+    crop_mode: str = "clamp"
     focal_crop: bool = True
     temperature: float = 0.2
     top_p: float = 0.5
@@ -108,7 +111,8 @@ class DamConfig:
         if self.prompt.count(IMAGE_TOKEN) != 1 or "{images}" not in self.video_prompt:
             raise DamError("prompt needs exactly one '<image>' and video_prompt an '{images}' placeholder")
         for name, value, allowed in (("projector", self.projector, PROJECTORS), ("gate", self.gate, ("raw", "tanh")),
-                                     ("select_feature", self.select_feature, ("cls_patch", "patch"))):
+                                     ("select_feature", self.select_feature, ("cls_patch", "patch")),
+                                     ("crop_mode", self.crop_mode, CROP_MODES)):
             if value not in allowed:
                 raise DamError(f"DamConfig.{name} = {value!r}; use one of {list(allowed)}")
 
@@ -364,7 +368,7 @@ class DamModel(nn.Module):
         """`focal_batch` with this model's input processing: ((M, 8, S, S), frames per region)."""
         cfg = self.config
         return focal_batch(images, masks, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resample,
-                           cfg.image_aspect_ratio, cfg.min_crop, cfg.focal_crop)
+                           cfg.image_aspect_ratio, cfg.min_crop, cfg.focal_crop, cfg.crop_mode)
 
     # ------------------------------------------------------------------ text
     def user_message(self, frames: int, prompt: str | None = None) -> str:

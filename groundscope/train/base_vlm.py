@@ -87,7 +87,7 @@ def sample_pixels(sample: VlmSample, config: DamConfig, rgb: np.ndarray | None =
         rgb = np.asarray(load_image(sample.image))
     if sample.box is not None:
         mask = region_to_mask(rgb.shape[:2], box=sample.box, name=f"{sample.image} box {list(sample.box)}")
-        rgb = focal_prompt(rgb, mask, config.min_crop).crop_image
+        rgb = focal_prompt(rgb, mask, config.min_crop, mode=config.crop_mode).crop_image
     c = config
     return image_pixels(rgb, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)
 
@@ -98,7 +98,8 @@ POSITION_INITS = ("random", "sincos")  # build_base_vlm's position_init values
 def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int = 128, patch_size: int = 16,
                    hidden: int = 192, layers: int = 4, heads: int = 4, intermediate: int | None = None,
                    projector: str = "mlp_downsample", feature_layer: int = -1, image_prompt: str = IMAGE_PROMPT,
-                   position_init: str = "random", seed: int = 0) -> tuple[DamModel, list[str]]:
+                   position_init: str = "random", crop_mode: str = "clamp", seed: int = 0
+                   ) -> tuple[DamModel, list[str]]:
     """A fresh base VLM on the world LM in `lm_dir`: random SigLIP vision model and projector, the LM's
     vocabulary extended with every word of `texts` and of the prompts. Returns (model, added tokens); the
     model's DAM parts (mask embedding, adapters) are there but zero and unused until DAM training.
@@ -107,6 +108,8 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
         position_init: "random" (SigLIP's own init: normal, std 1/sqrt(hidden)) or "sincos" (the grid's 2-D
             sine-cosine embedding, `sincos_2d`; still learnt). SigLIP's random position embedding is a seventh
             of the patch embedding's scale, so a from-scratch tower starts almost blind to where a patch is.
+        crop_mode: the focal crop's geometry (`groundscope.describe.focal_crop`), kept in the model's config, so
+            every later stage and the DAM trained from it crop the same way.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionConfig, SiglipVisionModel
 
@@ -123,7 +126,7 @@ def build_base_vlm(lm_dir: str | Path, texts: Sequence[str], *, image_size: int 
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     llm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     config = DamConfig(vision="groundscope pretrain-vlm", llm=str(lm_dir), image_size=image_size, projector=projector,
-                       feature_layer=feature_layer, max_new_tokens=160)
+                       feature_layer=feature_layer, max_new_tokens=160, crop_mode=crop_mode)
     template = [f"{config.system} USER: {p.replace(IMAGE_TOKEN, ' ')} ASSISTANT:"
                 for p in (config.prompt, image_prompt, config.video_prompt.replace("{images}", " "))]
     tokenizer, added = extend_world_tokenizer(tokenizer, list(template) + list(texts), add_bos=True)
@@ -434,6 +437,7 @@ def pretrain_base_vlm(
     heads: int = 4,
     projector: str = "mlp_downsample",
     position_init: str = "random",
+    crop_mode: str = "clamp",
     max_text_tokens: int = 320,
     warmup: int | None = None,
     weight_decay: float = 0.05,
@@ -475,7 +479,7 @@ def pretrain_base_vlm(
         raise ValueError(f"'{data}' holds no region descriptions or captions to train on")
     model, added = build_base_vlm(lm_dir, [s.text for s in samples], image_size=image_size, patch_size=patch_size,
                                   hidden=hidden, layers=layers, heads=heads, projector=projector,
-                                  position_init=position_init, seed=seed)
+                                  position_init=position_init, crop_mode=crop_mode, seed=seed)
     if vision_init is not None:
         _init_vision(model, vision_init)
     vision_log: list[dict] = []
@@ -556,7 +560,8 @@ def pretrain_base_vlm(
     settings = {"data": str(data), "lm": str(lm_dir), "steps": steps, "batch_size": batch_size, "lr": lr,
                 "llm_lr_mult": llm_lr_mult, "captions": captions, "image_size": image_size, "patch_size": patch_size,
                 "hidden": hidden, "layers": layers, "heads": heads, "projector": projector,
-                "position_init": position_init, "max_text_tokens": max_text_tokens, "warmup": warmup,
+                "position_init": position_init, "crop_mode": crop_mode, "max_text_tokens": max_text_tokens,
+                "warmup": warmup,
                 "weight_decay": weight_decay, "seed": seed,
                 "vision_steps": vision_steps, "vision_batch_size": vision_batch_size, "vision_jitter": vision_jitter,
                 "vision_flip": vision_flip,

@@ -40,6 +40,11 @@ def register(app: typer.Typer) -> None:
         position_init: str = typer.Option("random", "--position-init",
                                           help="random (SigLIP's init) or sincos (2-D sine-cosine init of the "
                                                "position embedding: a from-scratch tower learns shapes faster)."),
+        crop_mode: str = typer.Option("clamp", "--crop-mode",
+                                      help="clamp (DAM's focal crop: clamped to the image, then stretched to the "
+                                           "square input) or square (centred on the region, padded past the "
+                                           "border: no region is stretched or off-centre). Kept in the model's "
+                                           "config: the DAM trained from it crops the same way."),
         projector: str = typer.Option("mlp_downsample", "--projector",
                                       help="mlp_downsample (2x2 token merge, DAM-3B's) or mlp2x_gelu."),
         max_text_tokens: int = typer.Option(320, "--max-text-tokens", min=16, help="Text tokens kept per sample."),
@@ -76,19 +81,23 @@ def register(app: typer.Typer) -> None:
         """Train a small base VLM (SigLIP + projector + world LM) to describe synthetic-world crops and images."""
         from groundscope.data import DataFormatError
         from groundscope.describe import DamError
+        from groundscope.describe.focal import CROP_MODES
         from groundscope.train.base_vlm import POSITION_INITS, pretrain_base_vlm
 
         if (out / "config.json").exists() and not overwrite:
             raise _fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
         if projector not in ("mlp_downsample", "mlp2x_gelu"):
             raise _fail(f"--projector must be mlp_downsample or mlp2x_gelu, not {projector!r}", 2)
+        if crop_mode not in CROP_MODES:
+            raise _fail(f"--crop-mode must be {' or '.join(CROP_MODES)}, not {crop_mode!r}", 2)
         if position_init not in POSITION_INITS:  # before any data is read
             raise _fail(f"--position-init must be {' or '.join(POSITION_INITS)}, not {position_init!r}", 2)
         try:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
                 image_size=image_size, patch_size=patch, hidden=hidden, layers=layers, heads=heads,
-                projector=projector, position_init=position_init, max_text_tokens=max_text_tokens, warmup=warmup,
+                projector=projector, position_init=position_init, crop_mode=crop_mode,
+                max_text_tokens=max_text_tokens, warmup=warmup,
                 seed=seed, console=console,
                 vision_steps=vision_steps, vision_batch_size=vision_batch_size, vision_jitter=vision_jitter,
                 vision_flip=vision_flip, vision_val=vision_val, vision_lr_mult=vision_lr_mult,

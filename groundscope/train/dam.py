@@ -129,7 +129,7 @@ class RegionTrainDataset(torch.utils.data.Dataset):
                 mask = filled_box(mask, name=name)
             elif kind == "point":
                 mask = click_mask(mask, rng, name=name)
-            prompt = focal_prompt(r.image, mask, c.min_crop, name=name, crop=c.focal_crop)
+            prompt = focal_prompt(r.image, mask, c.min_crop, name=name, crop=c.focal_crop, mode=c.crop_mode)
         except RegionError as e:
             raise TrainDataError(f"{e} (the annotation says the image is {r.height}x{r.width}, HxW)") from e
         pixels = focal_pixels(prompt, c.image_size, c.image_mean, c.image_std, c.resample, c.image_aspect_ratio)

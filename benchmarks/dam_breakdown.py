@@ -16,7 +16,9 @@ becomes; `bench_dam.click_point`).
 
 A second table gives the recognition by how much the encoder's resize stretches each region's focal crop (its
 longer side over its shorter: a crop clamped at the image's border is not square, and DAM's reference stretches it
-to the square input, so a circle there reaches the tower as an ellipse).
+to the square input, so a circle there reaches the tower as an ellipse). The bins are those of DAM's clamped crop
+for every model; a model trained with `--crop-mode square` sees no stretch, and its row shows whether the regions
+that would have been stretched are still the hard ones.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ STRETCH_BINS = ((1.0, 1.15), (1.15, 1.5), (1.5, float("inf")))  # focal-crop sid
 
 
 def crop_stretch(mask) -> float:
-    """Longer over shorter side of the mask's focal crop (1.0: square, reaches the encoder undistorted)."""
+    """Longer over shorter side of the mask's clamped focal crop (DAM's; 1.0: square, reaches the encoder
+    undistorted)."""
     from groundscope.describe.focal import focal_crop
 
     c = focal_crop(mask)
@@ -93,7 +96,8 @@ def main() -> None:
         print(f"| {name} | {res.pos:.3f} | {res.neg:.3f} | {res.avg:.3f} | {recognised:.2f} | "
               + " | ".join(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "-" for v in by_size.values()) + " | "
               + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in per.values()) + " |", flush=True)
-    print("\nRecognised, by the stretch of the region's own focal crop (longer side / shorter side):\n")
+    print("\nRecognised, by the stretch of the region's clamped focal crop (DAM's; longer side / shorter side; "
+          "a model with square crops sees none):\n")
     print("| model | " + " | ".join(f"{lo:g}-{hi:g}" if hi != float("inf") else f">= {lo:g}" for lo, hi in STRETCH_BINS)
           + " |")
     print("|---|" + "---|" * len(STRETCH_BINS))

@@ -77,7 +77,8 @@ def vision_runs_text(stages: list[tuple[str, dict, dict]], size_before: int | No
                    if size is not None and here != size else "")
         parts.append(f"{cfg['vision_steps']} steps of {cfg['vision_batch_size']} crops of `{cfg['data']}`{resized}"
                      + (f", learning rate {cfg['lr']:g}" if cfg.get("lr", 1e-3) != 1e-3 else "")
-                     + (", half of the crops mirrored left-right" if cfg.get("vision_flip") else ""))
+                     + (", half of the crops mirrored left-right" if cfg.get("vision_flip") else "")
+                     + (", square focal crops" if cfg.get("crop_mode", "clamp") == "square" else ""))
         size = here
     return ", then ".join(parts)
 
@@ -248,10 +249,15 @@ def main() -> None:
         "layers), DAM-3B's `mlp_downsample` projector (2x2 token merge + MLP), and the world LM (`groundscope "
         "pretrain-lm`: a 4-layer word-level Llama, 128 wide), trained LLaVA-style "
         f"({vlm['steps']} steps) on {llava_data} of 4000 training images.")
+    square = (" Its focal crop departs from DAM's: a square of 3x the region's longer side, centred on the region "
+              "and grey past the image's border (`--crop-mode square`), where DAM clamps the crop to the image and "
+              "stretches it to the encoder's square input. The DAM stage and `describe` crop the same way (the mode "
+              "is in the model's config)." if vlm.get("crop_mode", "clamp") == "square" else "")
     dam_bullet = ("DAM on top, `groundscope train configs/dam_nano.yaml`: the mask patch embedding and the gated "
                   f"context adapters (zero-initialised: step 0 is the base VLM), {dam_text}.")
     bullets = "\n\n".join(textwrap.fill(b, 116, initial_indent="- ", subsequent_indent="  ", break_on_hyphens=False)
-                           for b in (base_bullet + (" " + vision_stage.strip() if vision_stage else ""), dam_bullet))
+                           for b in (base_bullet + (" " + vision_stage.strip() if vision_stage else ""),
+                                     dam_bullet + square))
     missing = {arm: name for arm, name in (("nocrop", "the focal crop"), ("noadapt", "the context adapters"))
                if arm not in results}
     not_run = (textwrap.fill(f"Not measured for this bundle: DAM without {' or without '.join(missing.values())} "

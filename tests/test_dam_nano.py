@@ -166,6 +166,8 @@ def test_dam_nano_from_git_writes_the_committed_bundle_and_the_card_quotes_its_c
     assert "--vision-flip" in bundle.vlm_command(settings, "tower2")
     assert "--crop-mode" not in bundle.vlm_command(settings, "tower2")
     assert " --crop-mode square" in bundle.vlm_command({**settings, "crop_mode": "square"}, "tower2")
+    assert bundle.vision_runs_text([("tower2", {**settings, "crop_mode": "square"}, {})], size + 64) == (
+        f"5 steps of 8 crops of `{first3}`, half of the crops mirrored left-right, square focal crops")
     assert bundle.synth_command(first3) == ("groundscope synth --out data/w12 --n 5 --seed 0 --split train --regions\n"
                                             f"head -3 data/w12/groundingcap.jsonl > {first3}")
     assert bundle.synth_command("data/w12/groundingcap.jsonl").endswith("--regions")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from groundscope.data.caption_clean import clean_caption, clean_region_phrase, is_speculative
+from groundscope.data.caption_clean import clean_caption, clean_region_phrase, is_speculative, official_clean_caption
 
 CAPTION = (
     "The image shows a cozy living room with a large gray sofa against the wall. "
@@ -99,30 +99,68 @@ def test_markers_match_whole_words_case_insensitively():
 @pytest.mark.parametrize(
     "phrase, expected",
     [
+        # LLMDet's clean_phrase: lower, strip ".", each listed prefix removed once in list order, capitalize
         ("a small red circle", "Small red circle."),
-        ("The two striped blue squares!", "Striped blue squares."),
-        ("an old oak tree", "Old oak tree."),
-        ("3 green apples", "Green apples."),
-        ("the 12 eggs in a carton...", "Eggs in a carton."),
-        ("Twelve  Angry   Men", "Angry men."),
+        ("The two striped blue squares", "Striped blue squares."),
+        ("two the cats", "The cats."),  # "the " is tried before "two ", once
+        ("the the cat", "The cat."),
+        ("an old oak tree.", "Old oak tree."),
+        ("3 green apples", "3 green apples."),  # digits are not in the official list
+        ("the 12 eggs in a carton...", "12 eggs in a carton."),
+        ("eight pens", "Eight pens."),  # the official list spells it "eigth "
+        ("nine pens", "Pens."),
         ("a woman in a red dress.", "Woman in a red dress."),
-        ("the three-legged stool", "Three-legged stool."),
-        ("a 3d printer", "3d printer."),
         ("one of the players", "Of the players."),
         ("Eiffel Tower", "Eiffel tower."),
         ("anchor", "Anchor."),
         ("theatre seats", "Theatre seats."),
+        ("the", "The."),
+        ("  a dog  ", "Dog."),  # groundscope strips surrounding white space first
     ],
 )
 def test_region_phrase(phrase, expected):
     assert clean_region_phrase(phrase) == expected
 
 
-@pytest.mark.parametrize("phrase", ["", "   ", "the", "a two", "...", "The 3."])
+@pytest.mark.parametrize("phrase", ["", "   ", "...", "a ."])
 def test_region_phrase_empty_names_input(phrase):
     with pytest.raises(ValueError) as err:
         clean_region_phrase(phrase)
     assert repr(phrase) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # LLMDet's keywords that groundscope's list lacked
+        ("The room is not tidy. A lamp glows.", "A lamp glows."),
+        ("There is no dog on the grass. A cat sleeps.", "A cat sleeps."),
+        ("I assume it is noon. A clock ticks.", "A clock ticks."),
+        ("The guests are expected soon. A table is set.", "A table is set."),
+        ("Someone might guess it is spring. Tulips bloom.", "Tulips bloom."),
+        ("The crowd tends to gather here. A fountain sprays.", "A fountain sprays."),
+        ("A dog, supposedly tame, sits.", "A dog, supposedly tame, sits."),  # "supposedly" is no keyword
+        ("Not a cloud is in the sky.", "Not a cloud is in the sky."),  # " not " needs a space before it
+    ],
+)
+def test_official_keywords_are_speculative(text, expected):
+    assert clean_caption(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("There is no dog on the grass. A cat sleeps.", "A cat sleeps."),
+        ("A man, who appears tired, sits on a bench.", "A man sits on a bench."),
+        ("A cup sits on the desk, possibly of coffee", "A cup sits on the desk."),
+        ("In the corner, it seems dark. A lamp glows.", "A lamp glows."),  # only "In the corner." left: dropped
+        ("The statue has a weathered appearance.", "The statue has a weathered appearance."),
+        ("Possibly a party.", "Possibly a party."),  # the official match is case-sensitive
+        ("It is possibly a party. A cake stands.", "A cake stands."),
+    ],
+)
+def test_official_clean_caption(text, expected):
+    assert official_clean_caption(text) == expected
 
 
 def test_module_does_not_import_torch():

@@ -5,12 +5,16 @@ its language model to reproduce these captions word for word, so a guess ("possi
 teach the detector to hallucinate; only what is stated as seen is kept.
 
 `clean_region_phrase` turns a grounded noun phrase ("two small red circles") into LLMDet's region-caption
-target ("Small red circles.").
+target ("Small red circles."), by LLMDet's own rule (``clean_phrase``).
 
-Speculative markers (case-insensitive, whole words): possibly, probably, maybe, perhaps, likely / unlikely,
-suggest*, seem*, appear / appears / appeared / appearing, indicate* / indication*, imply / implies / implied /
-implying, "looks like" (look / looked / looking like), "could be", "might be", "may be".
-Deliberately *not* markers:
+`official_clean_caption` is LLMDet's ``remove_speculative_clauses`` itself (comma segments holding a keyword
+dropped by one regular expression), for reproducing its data; `clean_caption` keeps sentences grammatical.
+
+Speculative markers (case-insensitive, whole words): LLMDet's list (iSEE-Laboratory/LLMDet
+mmdet/datasets/odvg.py ~L14-34: possibly, probable / probably, maybe, perhaps, suggest*, speculate*, assume*,
+guess*, suppose*, appear*, seem*, indicate*, hint*, imply*, infer*, expect*, tends to, looks like, sounds like,
+and " no " / " not " between spaces) plus groundscope's likely / unlikely, indication*, "could be", "might be",
+"may be" (look / looked / looking like too). Deliberately *not* markers:
 
 - "appearance": a noun about how something looks ("a weathered appearance") states a visible fact.
 - "indicator": a noun naming an object (a turn indicator, a battery indicator light).
@@ -20,21 +24,25 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SPECULATIVE", "clean_caption", "clean_region_phrase", "is_speculative"]
+__all__ = ["SPECULATIVE", "clean_caption", "clean_region_phrase", "is_speculative", "official_clean_caption"]
 
 # One alternation with word boundaries on both sides, so "appearance", "indicator", "seamless" or "maybelline"
 # never match while "seemingly", "suggests" and "appeared" do.
 _MARKERS = (
-    r"(?:possibly|probably|maybe|perhaps|(?:un)?likely"
+    r"(?:possibly|probable|probably|maybe|perhaps|(?:un)?likely"
     r"|suggest\w*"
     r"|seem\w*"
     r"|appear(?:s|ed|ing)?"
     r"|indicat(?:e|es|ed|ing|ion|ions|ive)"
     r"|impl(?:y|ies|ied|ying)"
-    r"|look(?:s|ed|ing)?\s+like"
+    r"|speculat(?:e|es|ed|ing)|assum(?:e|es|ed|ing)|guess(?:es|ed|ing)?|suppos(?:e|es|ed|ing)"
+    r"|hint(?:s|ed|ing)?|infer(?:s|red|ring)?|expect(?:s|ed|ing)?|tends\s+(?:not\s+)?to"
+    r"|(?:look(?:s|ed|ing)?|sounds)\s+like"
     r"|(?:could|might|may)\s+be)"
 )
-SPECULATIVE = re.compile(rf"\b{_MARKERS}\b", re.IGNORECASE)
+# LLMDet's " no " / " not " carry their spaces: "no" / "not" between white space only ("Not a cloud." and
+# "not," are kept, as in odvg.py).
+SPECULATIVE = re.compile(rf"\b{_MARKERS}\b|(?<=\s)(?:no|not)(?=\s)", re.IGNORECASE)
 
 # A comma segment that *opens* with one of these is a parenthetical hedge about what precedes it
 # ("a dog, likely a golden retriever, lies ..."; "a sign, which appears to be handwritten, ..."): dropping the
@@ -136,32 +144,64 @@ def clean_caption(text: str) -> str:
     return " ".join(s for s in kept if s)
 
 
-_NUMBER_WORDS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve"
-# Leading articles and counts, one at a time (applied until nothing changes: "the two cats" -> "cats").
-_LEADING = re.compile(rf"^(?:a|an|the|\d+(?:[.,]\d+)*|{_NUMBER_WORDS})(?:\s+|$)")
-# Sentence punctuation only: a closing bracket or quote is part of the phrase ("the cat (left)").
-_TRAILING_PUNCT = re.compile(r"[\s.,;:!?\u2026]+$")
+# LLMDet's clean_phrase (mmdet/datasets/transforms/text_transformers.py ~L243-249): each prefix is tried once, in
+# this order ("eigth" is the official spelling: "eight " is never stripped).
+_DELETE_WORDS = ("a ", "an ", "the ", "one ", "two ", "three ", "four ", "five ", "six ", "seven ", "eigth ",
+                 "nine ")
 
 
 def clean_region_phrase(phrase: str) -> str:
-    """LLMDet's region-caption target for a grounded phrase.
+    """LLMDet's region-caption target for a grounded phrase (its ``clean_phrase``).
 
-    Lower-cased; leading articles (a, an, the) and counts (digits, "one" .. "twelve") stripped repeatedly;
-    whitespace collapsed; trailing sentence punctuation replaced by exactly one "."; first letter capitalised.
-    ``"The two small red circles!"`` -> ``"Small red circles."``.
+    Lower-cased, ``.`` stripped from both ends, then each of "a ", "an ", "the ", "one " .. "nine " removed
+    once if the phrase starts with it at that point of the list (so "the two cats" -> "cats" but "two the cats"
+    -> "the cats"), then capitalised, plus ".". ``"The two small red circles"`` -> ``"Small red circles."``.
+    Departure: white space around the phrase is stripped first (the official keeps it, " cat" -> " cat.").
 
     Raises:
-        ValueError: naming the input when it is empty or holds nothing but articles, counts and punctuation.
+        ValueError: naming the input when nothing is left (the official would train on ".").
     """
     if not isinstance(phrase, str):
         raise TypeError(f"clean_region_phrase expects a string, got {type(phrase).__name__}")
-    text = _TRAILING_PUNCT.sub("", _SPACE.sub(" ", phrase.lower()).strip())
-    while True:
-        stripped = _LEADING.sub("", text, count=1)
-        if stripped == text:
-            break
-        text = stripped
-    text = _TRAILING_PUNCT.sub("", text).strip()
-    if not text:
-        raise ValueError(f"region phrase {phrase!r} is empty once articles, counts and punctuation are removed")
-    return text[:1].upper() + text[1:] + "."
+    text = phrase.strip().lower().strip(".")
+    for word in _DELETE_WORDS:
+        if text.startswith(word):
+            text = text[len(word):]
+    if not text.strip():
+        raise ValueError(f"region phrase {phrase!r} is empty once articles, counts and periods are removed")
+    return text.capitalize() + "."
+
+
+_OFFICIAL_KEYWORDS = (
+    "possibly", "probable", "probably", "maybe", "perhaps", "suggest", "suggests", "suggesting", "suggested",
+    "speculate", "speculates", "speculating", "speculated", "assume", "assumes", "assuming", "assumed",
+    "guess", "guesses", "guessing", "guessed", "suppose", "supposes", "supposing", "supposed",
+    "appear", "appears", "appeared", "appearing", "seem", "seems", "seemed", "seeming",
+    "indicate", "indicates", "indicating", "indicated", "hint", "hints", "hinting", "hinted",
+    "imply", "implies", "implying", "implied", "infer", "infers", "inferring", "inferred",
+    "expect", "expects", "expecting", "expected", "assuming that", "tends to", "tends not to", "seems to",
+    "looks like", "sounds like", "appears to", " no ", " not ",
+)
+_OFFICIAL_PREPOSITIONS = {"in", "on", "at", "by", "with", "about", "against", "between", "into", "through",
+                          "during", "before", "after", "above", "below", "to", "from", "up", "down", "for", "of",
+                          "under", "over", "as"}
+_OFFICIAL_CLAUSE = re.compile(r",?[^,]*\b(?:" + "|".join(_OFFICIAL_KEYWORDS) + r")\b[^,]*,?")
+
+
+def official_clean_caption(text: str) -> str:
+    """LLMDet's ``remove_speculative_clauses`` (odvg.py ~L12-81), case-sensitive as it is: sentences split after
+    ".", a sentence holding a keyword as a substring loses every comma segment holding one as a word, gets a
+    final "." if it lost it, and goes when nothing or only a prepositional phrase is left. LLMDet keeps the raw
+    caption when this returns "" (odvg.py ~L135-136)."""
+    kept = []
+    for sentence in re.split(r"(?<=\.)\s+", text):
+        if any(k in sentence for k in _OFFICIAL_KEYWORDS):
+            cleaned = _OFFICIAL_CLAUSE.sub("", sentence).strip()
+            if not cleaned.endswith("."):
+                cleaned += "."
+            words = cleaned.split()
+            if cleaned.strip() and not (words and words[0].lower() in _OFFICIAL_PREPOSITIONS) and cleaned != ".":
+                kept.append(cleaned.strip())
+        else:
+            kept.append(sentence.strip())
+    return " ".join(kept).strip()

@@ -4,10 +4,15 @@ Rules (those that produced the published MM-GDINO / LLMDet numbers):
 - A class list becomes "cat. remote control. couch." (names joined by ". ", ended with "."). Each class's tokens
   are found from the tokenizer's character offsets, never by re-tokenising the name alone.
 - A vocabulary too long for the model's text limit (256 tokens, special tokens included) is packed greedily, in
-  the given order, into chunks that each fit; no class is split or dropped.
+  the given order, into chunks that each fit; no class is split or dropped. With ``chunk_size=N`` the list is cut
+  into consecutive chunks of N names instead, as mmdetection's ``chunked_size`` does for the published LVIS
+  numbers (40 names a prompt; official: iSEE-Laboratory/LLMDet configs/grounding_dino_swin_t.py ~L150,
+  mmdet/models/detectors/grounding_dino.py ``get_tokens_positive_and_prompts_chunked`` ~L692-734).
 - A class name may not contain ".", the model's phrase delimiter: "st. bernard" would become two phrases.
   We replace such dots with spaces in the prompt (the label keeps the user's spelling).
-- Duplicate names are encoded once; every duplicate's detections go to the first occurrence's class id.
+- Duplicate names are encoded once by default, every duplicate's detections going to the first occurrence's class
+  id. ``keep_duplicates=True`` prompts every entry under its own id, as the official code does (LVIS has five
+  names that clean to a duplicate: bow, fish, octopus, pan, salmon).
 """
 
 from __future__ import annotations
@@ -102,8 +107,9 @@ def clean_class_name(name: str) -> str:
     return re.sub(r"\s+", " ", name.replace(".", " ")).strip()
 
 
-def _unique_classes(classes: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Indices and prompt texts of the first occurrence of each distinct class; validates names."""
+def _unique_classes(classes: Sequence[str], keep_duplicates: bool = False) -> tuple[list[int], list[str]]:
+    """Indices and prompt texts of the first occurrence of each distinct class (of every class with
+    `keep_duplicates`); validates names."""
     if isinstance(classes, str):
         raise PromptError(f"classes must be a list of names, got the string '{classes}'; split it first")
     if len(classes) == 0:
@@ -117,13 +123,16 @@ def _unique_classes(classes: Sequence[str]) -> tuple[list[int], list[str]]:
         if not text:
             raise PromptError(f"class {i} ('{name}') is empty; remove it from the list")
         key = text.lower()
-        if key in seen:
+        if key in seen and not keep_duplicates:
             warnings.warn(f"class '{name}' (index {i}) repeats index {seen[key]}; its boxes go to index {seen[key]}")
             continue
-        seen[key] = i
+        seen.setdefault(key, i)
         idx.append(i)
         texts.append(text)
     return idx, texts
+
+
+Enhancement = dict  # {"prefix": str, "name": str, "suffix": str}, every key optional
 
 
 def class_prompt(
@@ -132,30 +141,77 @@ def class_prompt(
     class_ids: Sequence[int] | None = None,
     max_tokens: int | None = None,
     labels: Sequence[str] | None = None,
+    enhancements: Sequence[Enhancement | None] | None = None,
 ) -> Prompt:
-    """One prompt "a. b. c." for `classes` (already unique and clean); `labels` default to the prompt texts."""
+    """One prompt "a. b. c." for `classes` (already unique and clean); `labels` default to the prompt texts.
+
+    `enhancements` (one per class, or None) rewrite a class's part of the prompt as prefix + name + suffix, with
+    only the name as the class's tokens: mmdetection's ``caption_prompt`` for ODinW (e.g. Packages:
+    "there is a package on the porch."; official: mmdet/models/detectors/grounding_dino.py
+    ``to_enhance_text_prompts`` ~L521-545).
+    """
     class_ids = list(range(len(classes))) if class_ids is None else list(class_ids)
-    parts, spans = [], []
-    pos = 0
-    for name in classes:
-        spans.append([(pos, pos + len(name))])
-        parts.append(name + ".")
-        pos += len(name) + 2  # name + ". "
-    text = " ".join(parts)
+    enhancements = list(enhancements) if enhancements is not None else [None] * len(classes)
+    text, spans = "", []
+    for name, enh in zip(classes, enhancements, strict=True):
+        enh = enh or {}
+        text += enh.get("prefix", "")
+        shown = enh.get("name", name)
+        spans.append([(len(text), len(text) + len(shown))])
+        text += shown + enh.get("suffix", "") + ". "
+    text = text.rstrip()  # "a. b." (the official string ends with ". "; the tokens are the same)
     return _build(tokenizer, text, spans, class_ids, list(labels if labels is not None else classes), max_tokens)
 
 
-def chunk_classes(tokenizer, classes: Sequence[str], max_tokens: int = 256) -> list[Prompt]:
-    """Pack `classes` greedily, in order, into prompts of at most `max_tokens` tokens.
+def chunk_classes(
+    tokenizer,
+    classes: Sequence[str],
+    max_tokens: int = 256,
+    *,
+    chunk_size: int | None = None,
+    keep_duplicates: bool = False,
+    caption_prompt: dict[str, Enhancement] | None = None,
+) -> list[Prompt]:
+    """Split `classes` into prompts that each fit in `max_tokens` tokens.
+
+    `caption_prompt` maps a class name (as given, or as cleaned for the prompt) to its prefix / name / suffix
+    (see `class_prompt`).
+
+    Without `chunk_size` the names are packed greedily, in order, as many per prompt as fit (fewest forward passes).
+    With `chunk_size` every prompt holds the next `chunk_size` names (the last one fewer), mmdetection's
+    ``chunked_size`` rule; a chunk over the token limit is an error (the official code truncates it with a warning
+    and loses the names past the limit).
 
     Entity ids are indices into `classes` (the user's list), so ids stay global across chunks.
-    Raises PromptError if one class alone does not fit.
+    Raises PromptError if one class alone (or one chunk of `chunk_size`) does not fit.
     """
-    idx, texts = _unique_classes(classes)
+    if chunk_size is not None and chunk_size < 1:
+        raise PromptError(f"chunk_size must be a positive number of class names, not {chunk_size}")
+    idx, texts = _unique_classes(classes, keep_duplicates)
+    caption_prompt = caption_prompt or {}
+    enh = [caption_prompt.get(classes[i], caption_prompt.get(t)) for i, t in zip(idx, texts)]
+
+    def build(ch: list[int]) -> Prompt:
+        return class_prompt(tokenizer, [texts[j] for j in ch], [idx[j] for j in ch], max_tokens,
+                            labels=[classes[idx[j]] for j in ch], enhancements=[enh[j] for j in ch])
+
+    budget = max_tokens - 2  # [CLS] ... [SEP]
+    if chunk_size is not None:
+        chunks = [list(range(s, min(s + chunk_size, len(texts)))) for s in range(0, len(texts), chunk_size)]
+        prompts = []
+        for ch in chunks:
+            try:
+                prompts.append(build(ch))
+            except PromptError as e:
+                raise PromptError(
+                    f"the chunk of {len(ch)} class names starting at '{classes[idx[ch[0]]]}' does not fit: {e}; "
+                    "pass a smaller chunk_size (--chunk-size)"
+                ) from None
+        return prompts
     # BERT's basic tokenizer splits on whitespace and punctuation, so "a. b." tokenises to tokens(a) + [.] +
     # tokens(b) + [.]: per-class counts add up exactly. The built prompt is re-checked against the limit.
-    counts = [len(tokenizer(t + ".", add_special_tokens=False)["input_ids"]) for t in texts]
-    budget = max_tokens - 2  # [CLS] ... [SEP]
+    counts = [len(tokenizer((e or {}).get("prefix", "") + (e or {}).get("name", t) + (e or {}).get("suffix", "") + ".",
+                            add_special_tokens=False)["input_ids"]) for t, e in zip(texts, enh)]
     chunks: list[list[int]] = []
     current: list[int] = []
     used = 0
@@ -172,12 +228,7 @@ def chunk_classes(tokenizer, classes: Sequence[str], max_tokens: int = 256) -> l
         used += c
     if current:
         chunks.append(current)
-    return [
-        class_prompt(
-            tokenizer, [texts[j] for j in ch], [idx[j] for j in ch], max_tokens, labels=[classes[idx[j]] for j in ch]
-        )
-        for ch in chunks
-    ]
+    return [build(ch) for ch in chunks]
 
 
 def normalize_caption(caption: str) -> str:
@@ -241,3 +292,36 @@ def expression_prompt(tokenizer, expression: str, max_tokens: int | None = None)
     if not body:
         raise PromptError(f"the expression '{expression}' is empty; pass the words that single out one object")
     return _build(tokenizer, text, [[(0, len(body))]], [0], [body], max_tokens)
+
+
+REC_RULES = ("mean", "mmgdino", "llmdet")
+
+
+def rec_prompt(tokenizer, expression: str, rule: str = "mean", max_tokens: int | None = None, tagger=None) -> Prompt:
+    """A referring-expression prompt whose entities score the boxes by `rule`:
+
+    * ``mean``: groundscope's rule, the mean probability over the whole expression's tokens (`expression_prompt`).
+    * ``mmgdino``: MM-Grounding-DINO's, the best probability over every token of the text, special tokens and
+      "." included (mmdetection passes ``tokens_positive=-1``, the head then takes ``cls_score.sigmoid().max(-1)``;
+      official: mmdet/models/detectors/grounding_dino.py ~L209-213, mmdet/models/dense_heads/grounding_dino_head.py
+      ~L495-500). Its one entity holds all the tokens; score it with ``score_rule="max"``.
+    * ``llmdet``: LLMDet's, the mean over the tokens of the expression's first noun phrase, one entity per
+      occurrence (`groundscope.rec_subject`); `tagger` is ``(tag_fn, stopwords)``, NLTK's by default.
+    """
+    if rule not in REC_RULES:
+        raise PromptError(f"rec rule must be one of {', '.join(REC_RULES)}, not {rule!r}")
+    if rule == "mean":
+        return expression_prompt(tokenizer, expression, max_tokens)
+    if not isinstance(expression, str) or not expression.strip():
+        raise PromptError(f"the expression '{expression}' is empty; pass the words that single out one object")
+    from groundscope import rec_subject
+
+    text = rec_subject.llmdet_text(expression)
+    if rule == "mmgdino":
+        prompt = _build(tokenizer, text, [[(0, len(text.rstrip()))]], [0], [expression.strip()], max_tokens)
+        prompt.token_spans = [list(range(prompt.num_tokens))]
+        return prompt
+    tag, stopwords = tagger if tagger is not None else rec_subject.nltk_tagger()
+    subject = rec_subject.first_noun_phrase(tag(text), stopwords)
+    spans = rec_subject.subject_spans(text, subject)
+    return _build(tokenizer, text, [[s] for s in spans], [0] * len(spans), [text[a:b] for a, b in spans], max_tokens)

@@ -417,10 +417,10 @@ def test_phrase_recall_any_box_and_merged():
         {"image_id": 7, "phrase_id": 1, "bbox": [200, 0, 20, 20], "score": 0.7},
     ]
     any_box = evaluate_phrase(phrase_gt(), preds)
-    assert any_box == {"R@1": 0.5, "R@5": 1.0, "R@10": 1.0, "num_phrases": 2}
+    assert any_box == {"R@1": 0.5, "R@5": 1.0, "R@10": 1.0, "R@-1": 1.0, "num_phrases": 2}
     # merged: the dogs' target is the box enclosing both (0,0)-(400,400); one dog's box has IoU 1/16 with it
     merged = evaluate_phrase(phrase_gt(), preds, protocol="merged")
-    assert merged == {"R@1": 0.0, "R@5": 0.5, "R@10": 0.5, "num_phrases": 2}
+    assert merged == {"R@1": 0.0, "R@5": 0.5, "R@10": 0.5, "R@-1": 0.5, "num_phrases": 2}
 
 
 # ------------------------------------------------------------------------------------------------ bad input

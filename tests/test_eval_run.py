@@ -11,7 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from groundscope.detections import Detections
-from groundscope.evaluate import COCO_KEYS, EvaluationInputError, run_evaluation
+from groundscope.evaluate import EvaluationInputError, run_evaluation
+from groundscope.evaluate.coco import MMDET_MAX_DETS, coco_keys
+from groundscope.evaluate.protocols import PLAIN
 from groundscope.evaluate.cli import eval_app
 from groundscope.evaluate.run import prompt_name
 
@@ -85,8 +87,9 @@ class OracleDetector:
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
             raise KeyboardInterrupt
 
-    def detect(self, images, classes, box_threshold=0.0, max_detections=300):
+    def detect(self, images, classes, box_threshold=0.0, max_detections=300, **settings):
         self._log("detect", images)
+        self.settings = settings
         assert classes == ["traffic light", "dog"]  # prompt names: "_" -> " ", in category id order
         out = []
         for p in images:
@@ -96,8 +99,9 @@ class OracleDetector:
             out.append(Detections(boxes, [0.9] * len(gt) + [0.05], ids, [classes[i] for i in ids]))
         return out
 
-    def refer(self, images, expressions, top_k=1):
+    def refer(self, images, expressions, top_k=1, **settings):
         self._log("refer", images)
+        self.settings = settings
         assert top_k == 10
         return [
             Detections([[0, 0, 5, 5], self.expressions[e]], [0.3, 0.8], [0, 0], [e, e])  # decoy listed first
@@ -126,7 +130,10 @@ def test_coco_run_writes_results_and_perfect_metrics(coco_file, images, tmp_path
     for key in ("AP", "AP50", "AP75", "AR100"):
         assert metrics[key] == pytest.approx(1.0), key  # the decoys score below every true box
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert set(COCO_KEYS) <= set(metrics) and "per_class" in metrics
+    # the official COCO protocol: mmdetection's maxDets [100, 300, 1000], every name prompted
+    assert set(coco_keys(MMDET_MAX_DETS)) <= set(metrics) and "per_class" in metrics
+    assert metrics["max_dets"] == [100, 300, 1000] and metrics["settings"]["max_dets"] == [100, 300, 1000]
+    assert det.settings == {"keep_duplicates": True}
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 4 + 4  # four true boxes and one decoy per image
     first = results[0]
@@ -254,7 +261,9 @@ def test_refexp_run(images, tmp_path):
     }
     ann = write(tmp_path / "refcoco_val.json", gt)
     out = tmp_path / "out"
-    metrics = run(OracleDetector(expressions={e: xyxy(b) for e, b in exprs.items()}), "refexp", ann, images, out)
+    det = OracleDetector(expressions={e: xyxy(b) for e, b in exprs.items()})
+    metrics = run(det, "refexp", ann, images, out, model_name="mm-gdino-tiny")
+    assert metrics.pop("settings")["rec_rule"] == "mmgdino" and det.settings == {"rec_rule": "mmgdino"}
     assert metrics == {"P@1": 1.0, "P@5": 1.0, "P@10": 1.0, "num_expressions": 3}
     results = json.loads((out / "results.json").read_text())
     assert [r["score"] for r in results[:2]] == pytest.approx([0.8, 0.3])  # ranked by score
@@ -273,7 +282,8 @@ def test_phrase_run_passes_spans_and_scores(images, tmp_path):
     phrases = {(caption, (0, 5)): xyxy([100, 80, 120, 90]), (caption, (14, 29)): xyxy([10, 10, 50, 40])}
     out = tmp_path / "out"
     metrics = run(OracleDetector(phrases=phrases), "phrase", ann, images, out)
-    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "num_phrases": 2}
+    metrics.pop("settings")
+    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "R@-1": 1.0, "num_phrases": 2}
     results = json.loads((out / "results.json").read_text())
     assert [r["phrase_id"] for r in results] == [0, 1]
 
@@ -290,7 +300,8 @@ def test_phrase_spans_from_tokens_positive_eval(images, tmp_path):
     }
     phrases = {(caption, (0, 5)): xyxy([100, 80, 120, 90]), (caption, (14, 29)): xyxy([10, 10, 50, 40])}
     metrics = run(OracleDetector(phrases=phrases), "phrase", write(tmp_path / "f.json", gt), images, tmp_path / "o")
-    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "num_phrases": 2}
+    metrics.pop("settings")
+    assert metrics == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "R@-1": 1.0, "num_phrases": 2}
     gt["images"][0]["tokens_positive_eval"] = [[[0, 5]]]  # one entry for two phrases
     with pytest.raises(EvaluationInputError, match=r"images\[0\].*tokens_positive_eval"):
         run(OracleDetector(phrases=phrases), "phrase", write(tmp_path / "g.json", gt), images, tmp_path / "o2")
@@ -386,7 +397,8 @@ def test_cli_run_reports_bad_annotations_in_one_line(images, tmp_path, monkeypat
     ]
     result = CliRunner().invoke(eval_app, args)
     assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
+    settings_line, *lines = result.stderr.strip().splitlines()  # the run first says which protocol it follows
+    assert settings_line.startswith("coco, official protocol") and "maxDets [100, 300, 1000]" in settings_line
     assert len(lines) == 1 and "bad.json" in lines[0] and "annotations[0]" in lines[0] and "image_id 2" in lines[0]
 
 
@@ -423,7 +435,7 @@ def test_real_detector_scores_one_against_its_own_best_boxes(tiny_mm_dir, tmp_pa
             best[r["category_id"]] = r
     truth = coco([(1, c, r["bbox"]) for c, r in best.items()])
     truth["images"] = truth["images"][:1]
-    second = run(det, "coco", write(tmp_path / "c2.json", truth), EXAMPLES, tmp_path / "c2")
+    second = run(det, "coco", write(tmp_path / "c2.json", truth), EXAMPLES, tmp_path / "c2", settings=PLAIN)
     assert second["AP"] == pytest.approx(1.0) and second["AR1"] == pytest.approx(1.0)
 
     exprs = {0: ("chelsea.jpg", "the cat"), 1: ("coffee.jpg", "the cup on the saucer")}

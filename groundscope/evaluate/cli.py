@@ -23,6 +23,7 @@ from groundscope.evaluate.plot import draw_pr_curve
 from groundscope.evaluate.refexp import evaluate_refexp
 from groundscope.evaluate.report import coco_tables, lvis_tables, metrics_table, odinw_table, write_json
 from groundscope.evaluate.run import DATASET_KINDS, DETECTION_KINDS, JOURNAL, run_evaluation
+from groundscope.evaluate.protocols import PLAIN, official_settings
 from groundscope.evaluate.validate import EvaluationInputError
 
 eval_app = typer.Typer(
@@ -74,6 +75,25 @@ def model_loader(model: str, device: str, precision: str = "fp32"):
     return load
 
 
+def parse_max_dets(text: str | None) -> tuple[int, int, int] | None:
+    """'100,300,1000' -> (100, 300, 1000); None stays None. A bad value is one line and exit code 2."""
+    if text is None:
+        return None
+    try:
+        caps = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        caps = ()
+    if len(caps) != 3 or any(c < 1 for c in caps):
+        raise fail(f"--max-dets takes three positive caps such as 100,300,1000 (mmdetection) or 1,10,100 (COCO), "
+                   f"not {text!r}")
+    return caps
+
+
+MaxDetsOpt = typer.Option(None, "--max-dets", help="pycocotools' three per-image caps: 1,10,100 (COCO, the default "
+                          "here) or 100,300,1000 (mmdetection's CocoMetric, which produced the MM-GDINO / LLMDet "
+                          "tables).")
+
+
 def _finish(metrics: dict, out: Path | None, tables) -> None:
     for table in tables:
         stdout.print(table)
@@ -92,13 +112,16 @@ def coco(
     ),
     per_class: bool = typer.Option(False, "--per-class", help="Also print the per-class AP table."),
     plot: Path | None = typer.Option(None, "--plot", help="Draw the precision/recall curve to this PNG."),
+    max_dets: str | None = MaxDetsOpt,
 ) -> None:
     """COCO AP: the 12 standard stats (box, and mask when present) and per-class AP."""
     for t in iou_type or []:
         if t not in ("bbox", "segm"):
             raise fail(f"--iou-type must be bbox or segm, not {t!r}")
+    caps = parse_max_dets(max_dets)
     with input_errors():
-        metrics = evaluate_coco(annotations, results, iou_types=iou_type or None, pr_curve=plot is not None)
+        metrics = evaluate_coco(annotations, results, iou_types=iou_type or None, pr_curve=plot is not None,
+                                **({"max_dets": caps} if caps else {}))
     if plot is not None and metrics.get("pr_curve"):
         draw_pr_curve(metrics["pr_curve"], plot, f"COCO {metrics['iou_type']}: {results.name}")
     _finish(metrics, out, coco_tables(metrics, per_class=per_class))
@@ -139,8 +162,13 @@ def odinw(
         None, "--manifest", "-m", help='JSON list of {"name", "annotations", "results"} (paths relative to it).'
     ),
     out: Path | None = OutOpt,
+    max_dets: str | None = MaxDetsOpt,
+    round_to: int | None = typer.Option(None, "--round", min=0, help="Average the per-dataset values rounded to "
+                                        "this many decimals (3: how mmdetection reports them and the papers "
+                                        "average them)."),
 ) -> None:
     """ODinW: COCO AP of each dataset and their average (ODinW13 / ODinW35)."""
+    caps = parse_max_dets(max_dets)
     args = datasets or []
     if len(args) % 3:
         raise fail(f"datasets are given as NAME ANNOTATIONS RESULTS triples; got {len(args)} values")
@@ -150,7 +178,7 @@ def odinw(
     if not entries:
         raise fail("no datasets: give NAME ANNOTATIONS RESULTS triples or --manifest FILE")
     try:
-        metrics = evaluate_odinw(entries)
+        metrics = evaluate_odinw(entries, round_to=round_to, **({"max_dets": caps} if caps else {}))
     except ValueError as e:  # bad files (EvaluationInputError) and a repeated dataset name alike
         raise fail(str(e)) from None
     _finish(metrics, out, [odinw_table(metrics)])
@@ -162,10 +190,14 @@ def refexp(
     results: Path = ResultsArg,
     out: Path | None = OutOpt,
     iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box needs to count as correct."),
+    overlap: str = typer.Option("iou", "--overlap", help="iou (mmdetection's RefExpMetric) or giou (MDETR's "
+                                "evaluator: generalized IoU >= the threshold)."),
 ) -> None:
     """RefCOCO / RefCOCO+ / RefCOCOg (MDETR format): Precision@1, @5, @10."""
+    if overlap not in ("iou", "giou"):
+        raise fail(f"--overlap must be iou or giou, not {overlap!r}")
     with input_errors():
-        metrics = evaluate_refexp(annotations, results, iou_threshold=iou)
+        metrics = evaluate_refexp(annotations, results, iou_threshold=iou, overlap=overlap)
     _finish(metrics, out, [metrics_table(f"referring expressions: {annotations.name}", metrics)])
 
 
@@ -186,53 +218,123 @@ def phrase(
     _finish(metrics, out, [metrics_table(f"phrase grounding ({protocol}): {annotations.name}", metrics)])
 
 
+RUN_KINDS = (*DATASET_KINDS, "odinw")
+
+
+def run_settings(dataset: str, model: str, protocol: str, chunk_size: int | None, max_dets: str | None,
+                 rec_rule: str | None, overlap: str | None):
+    """The settings of an `eval run`: the official ones of `dataset` (or `PLAIN`), then the options given."""
+    import dataclasses
+
+    if protocol not in ("official", "plain"):
+        raise fail(f"--protocol must be official or plain, not {protocol!r}")
+    base = official_settings(dataset, model) if protocol == "official" else PLAIN
+    changes: dict = {}
+    if chunk_size is not None:
+        changes["chunk_size"] = chunk_size or None  # 0: as many names as fit
+        changes["per_chunk"] = bool(chunk_size) and base.per_chunk
+    caps = parse_max_dets(max_dets)
+    if caps:
+        changes["max_dets"] = caps
+    if rec_rule is not None:
+        changes["rec_rule"] = rec_rule
+    if overlap is not None:
+        changes["overlap"] = overlap
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as e:
+        raise fail(str(e)) from None
+
+
+def describe_settings(dataset: str, settings, protocol: str) -> str:
+    """One line saying how this run asks the detector and scores it (printed before a run starts)."""
+    parts = []
+    if dataset in ("coco", "lvis", "odvg", "odinw"):
+        parts.append(f"{settings.chunk_size} class names a prompt" if settings.chunk_size
+                     else "as many class names a prompt as fit")
+        if settings.per_chunk:
+            parts.append("the top --max-detections of each chunk kept and concatenated")
+        if dataset != "lvis":
+            parts.append(f"maxDets {list(settings.max_dets)}")
+    if dataset == "refexp":
+        parts.append(f"rec rule {settings.rec_rule}, hit at {settings.overlap.upper()} >= 0.5")
+    if dataset == "phrase":
+        parts.append("phrases prompted with tokens_positive_eval, R@1/5/10 and R@-1")
+    return f"{dataset}, {protocol} protocol: " + ", ".join(parts) + " (docs/protocols.md)"
+
+
 @eval_app.command()
 def run(
-    annotations: Path = typer.Argument(..., help="Annotation file of the dataset.", show_default=False),
+    annotations: Path = typer.Argument(..., help="Annotation file of the dataset (for --dataset odinw: the ODinW "
+                                       "root folder).", show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="Registry name, hub id or local directory."),
-    dataset: str = typer.Option(..., "--dataset", "-d", help=f"One of: {', '.join(DATASET_KINDS)}."),
-    images: Path = typer.Option(..., "--images", "-i", help="Folder the annotation file names are relative to."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"One of: {', '.join(RUN_KINDS)}."),
+    images: Path | None = typer.Option(None, "--images", "-i", help="Folder the annotation file names are "
+                                       "relative to (not needed for odinw)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (results.json, metrics.json; resumable)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per detector call."),
     box_threshold: float = typer.Option(0.0, "--box-threshold", help="Minimum score kept (0 = the protocol)."),
-    max_detections: int = typer.Option(300, "--max-detections", min=1, help="Boxes per image (300 = COCO/LVIS)."),
+    max_detections: int = typer.Option(300, "--max-detections", min=1, help="Boxes per image (per prompt chunk "
+                                       "with LVIS's chunked protocol); 300 = COCO/LVIS."),
     label_map: Path | None = typer.Option(None, "--label-map", help='ODVG label map {"0": "name", ...}.'),
     plot: bool = typer.Option(False, "--plot", help="Also draw OUT/pr_curve.png (detection datasets)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (the published numbers) or bf16 (faster "
                                   "on CPUs with bf16 support)."),
+    protocol: str = typer.Option("official", "--protocol", help="official (the settings of the paper's code, "
+                                 "docs/protocols.md) or plain (`detect`'s defaults); the options below override."),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=0, help="Class names per prompt (official "
+                                          "LVIS: 40; 0 = as many as fit in the text limit)."),
+    max_dets: str | None = typer.Option(None, "--max-dets", help="pycocotools' caps for coco / odvg / odinw "
+                                        "(official: 100,300,1000; COCO's own: 1,10,100)."),
+    rec_rule: str | None = typer.Option(None, "--rec-rule", help="refexp box scoring: mmgdino (best token), "
+                                        "llmdet (first noun phrase, NLTK) or mean (whole expression); default: "
+                                        "the model family's."),
+    overlap: str | None = typer.Option(None, "--iou", help="refexp hit rule: iou (mmdetection) or giou (MDETR)."),
+    manifest: str | None = typer.Option(None, "--manifest", help="odinw: the official list, odinw13 or odinw35."),
 ) -> None:
     """Run a detector over a dataset, write OUT/results.json and OUT/metrics.json, print the metrics."""
-    if dataset not in DATASET_KINDS:
-        raise fail(f"--dataset must be one of {', '.join(DATASET_KINDS)}, not {dataset!r}")
+    if dataset not in RUN_KINDS:
+        raise fail(f"--dataset must be one of {', '.join(RUN_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
         stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
+    if dataset == "odinw" and manifest not in ("odinw13", "odinw35"):
+        raise fail("--dataset odinw needs --manifest odinw13 or odinw35 (the official lists)")
+    if dataset != "odinw" and images is None:
+        raise fail("--images is needed: the folder the annotation file's image names are relative to")
+    settings = run_settings(dataset, model, protocol, chunk_size, max_dets, rec_rule, overlap)
+    stderr.print(describe_settings(dataset, settings, protocol), highlight=False, soft_wrap=True)
+    if dataset == "refexp" and settings.rec_rule == "llmdet":
+        from groundscope.rec_subject import RecSubjectError, nltk_tagger
+
+        try:  # before a model loads, not at the first expression
+            nltk_tagger()
+        except RecSubjectError as e:
+            raise fail(str(e)) from None
     from groundscope.images import ImageLoadError
 
+    common = dict(batch_size=batch_size, box_threshold=box_threshold, max_detections=max_detections,
+                  progress=progress, model_name=model, console=stderr, precision=precision)
     with input_errors():
         try:
-            metrics = run_evaluation(
-                model_loader(model, device, precision),
-                dataset,
-                annotations,
-                images,
-                out,
-                label_map=label_map,
-                batch_size=batch_size,
-                box_threshold=box_threshold,
-                max_detections=max_detections,
-                plot=plot and dataset in DETECTION_KINDS,
-                progress=progress,
-                model_name=model,
-                console=stderr,
-                precision=precision,
-            )
+            if dataset == "odinw":
+                from groundscope.evaluate.odinw_run import run_odinw
+
+                metrics = run_odinw(model_loader(model, device, precision), manifest, annotations, out,
+                                    settings=settings, **common)
+            else:
+                metrics = run_evaluation(
+                    model_loader(model, device, precision), dataset, annotations, images, out,
+                    label_map=label_map, plot=plot and dataset in DETECTION_KINDS, settings=settings, **common,
+                )
         except ImageLoadError as e:
             raise fail(f"{e} (finished images are kept in {out / JOURNAL}; rerun the same command to resume)") from None
         except KeyboardInterrupt:
             raise fail(f"interrupted; finished images are kept in {out / JOURNAL}; rerun to resume", 130) from None
-    if dataset == "lvis":
+    if dataset == "odinw":
+        tables = [odinw_table(metrics)]
+    elif dataset == "lvis":
         tables = lvis_tables(metrics)
     elif dataset in DETECTION_KINDS:
         tables = coco_tables(metrics)

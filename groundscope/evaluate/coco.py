@@ -12,6 +12,13 @@ Input formats are described in `groundscope.evaluate.validate`. Output of `evalu
 
 As in the official tools a stat with nothing to average (e.g. APl when no ground-truth box is large) is -1,
 and a per-class AP of a category without ground truth is None.
+
+``max_dets`` are pycocotools' ``params.maxDets``: COCO's [1, 10, 100] by default; mmdetection's ``CocoMetric``
+(the code behind the MM-Grounding-DINO and LLMDet COCO / ODinW tables) sets [100, 300, 1000]
+(`MMDET_MAX_DETS`; official: iSEE-Laboratory/LLMDet mmdet/evaluation/metrics/coco_metric.py ~L74, ~L476).
+pycocotools then computes AP at 100 detections per image but AP50, AP75 and APs/m/l at the last cap (1000),
+and the three AR keys are named after the caps (``AR100``, ``AR300``, ``AR1000``). With caps other than the
+default the metrics carry ``"max_dets"``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,47 @@ from groundscope.evaluate.validate import (
 )
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_MAX_DETS = (1, 10, 100)
+MMDET_MAX_DETS = (100, 300, 1000)
+
+
+def pycocotools_stats(ev: COCOeval_faster) -> np.ndarray:
+    """The 12 detection stats exactly as pycocotools' ``COCOeval.summarize`` computes them from the accumulated
+    precision / recall, for any three caps.
+
+    faster-coco-eval equals pycocotools for the default caps but not for others: it takes AP at the last cap,
+    whereas pycocotools' ``_summarize(1)`` asks for 100 detections by default (pycocotools/cocoeval.py
+    ``summarize._summarizeDets``), so with [100, 300, 1000] AP is at 100 and AP50 ... APl at 1000.
+    """
+    p = ev.params
+    precision, recall = ev.eval["precision"], ev.eval["recall"]  # (T, R, K, A, M), (T, K, A, M)
+    area = {name: i for i, name in enumerate(p.areaRngLbl)}
+    caps = [int(m) for m in p.maxDets]
+
+    def summ(ap: bool, iou: float | None = None, rng: str = "all", cap: int = 100) -> float:
+        if cap not in caps:
+            return -1.0
+        m = caps.index(cap)
+        s = precision[..., area[rng], m] if ap else recall[..., area[rng], m]
+        if iou is not None:
+            s = s[np.isclose(p.iouThrs, iou)]
+        s = s[s > -1]
+        return float(s.mean()) if s.size else -1.0
+
+    last = caps[2]
+    return np.array([
+        summ(True), summ(True, 0.5, cap=last), summ(True, 0.75, cap=last),
+        summ(True, rng="small", cap=last), summ(True, rng="medium", cap=last), summ(True, rng="large", cap=last),
+        summ(False, cap=caps[0]), summ(False, cap=caps[1]), summ(False, cap=last),
+        summ(False, rng="small", cap=last), summ(False, rng="medium", cap=last), summ(False, rng="large", cap=last),
+    ])
+
+
+def coco_keys(max_dets: Sequence[int] = COCO_MAX_DETS) -> tuple[str, ...]:
+    """The 12 stat names for these caps: the AR keys are named after the caps (pycocotools' stats[6:9])."""
+    if len(max_dets) != 3:
+        raise ValueError(f"max_dets needs three caps (pycocotools' summary reads three), got {list(max_dets)}")
+    return (*COCO_KEYS[:6], *(f"AR{int(m)}" for m in max_dets), *COCO_KEYS[9:])
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -137,11 +185,16 @@ def coco_metrics(
     *,
     per_class: bool = True,
     curve: bool = False,
+    max_dets: Sequence[int] = COCO_MAX_DETS,
 ) -> dict:
-    """The 12 COCO stats of checked inputs as a dict keyed by `COCO_KEYS` (+ per_class, pr_curve)."""
-    ev = run_cocoeval(gt, records, iou_type)
+    """The 12 COCO stats of checked inputs as a dict keyed by `coco_keys(max_dets)` (+ per_class, pr_curve)."""
+    keys = coco_keys(max_dets)
+    ev = run_cocoeval(gt, records, iou_type, max_dets=max_dets)
     out: dict = {"iou_type": iou_type}
-    out.update({k: float(v) for k, v in zip(COCO_KEYS, ev.stats[:12], strict=True)})
+    stats = ev.stats[:12] if tuple(max_dets) == COCO_MAX_DETS else pycocotools_stats(ev)
+    out.update({k: float(v) for k, v in zip(keys, stats, strict=True)})
+    if tuple(max_dets) != COCO_MAX_DETS:
+        out["max_dets"] = [int(m) for m in max_dets]
     if per_class:
         out["per_class"] = per_class_ap(ev, gt)
     if curve:
@@ -156,6 +209,7 @@ def evaluate_coco(
     iou_types: Sequence[str] | None = None,
     per_class: bool = True,
     pr_curve: bool = False,
+    max_dets: Sequence[int] = COCO_MAX_DETS,
 ) -> dict:
     """Score a COCO results file against a COCO instances file, as pycocotools' COCOeval does.
 
@@ -165,6 +219,7 @@ def evaluate_coco(
         iou_types: "bbox" and/or "segm"; default "bbox", plus "segm" when the results carry masks.
         per_class: add ``per_class`` AP.
         pr_curve: add the ``pr_curve`` data (see `pr_curve`).
+        max_dets: pycocotools' three per-image caps (`MMDET_MAX_DETS` for mmdetection's protocol).
 
     Returns:
         The metrics of the first IoU type at the top level; a second one ("segm") under its own key.
@@ -182,7 +237,7 @@ def evaluate_coco(
     if "segm" in types and not gt.has_masks:
         raise EvaluationInputError(gt.source, "mask (segm) evaluation needs a 'segmentation' on every annotation")
     first, *rest = types
-    out = coco_metrics(gt, records, first, per_class=per_class, curve=pr_curve)
+    out = coco_metrics(gt, records, first, per_class=per_class, curve=pr_curve, max_dets=max_dets)
     for t in rest:
-        out[t] = coco_metrics(gt, records, t, per_class=per_class, curve=pr_curve)
+        out[t] = coco_metrics(gt, records, t, per_class=per_class, curve=pr_curve, max_dets=max_dets)
     return out

@@ -8,11 +8,13 @@ each tagged with the phrase(s) it belongs to and the phrase's character spans in
      "annotations": [{"id": 1, "image_id": 0, "bbox": [x, y, w, h], "phrase_ids": 0,
                       "tokens_positive": [[0, 14]]}, ...]}
 
-``phrase_ids`` is an int or a list of ints (a box shared by several phrases); ``tokens_positive`` lists the
-``[start, end)`` spans of the phrase in the caption (needed only to run a model; the first annotation of a
-phrase gives its spans). Without it, the image's ``tokens_positive_eval`` is used as MDETR's
-``final_flickr_separateGT_*.json`` and mmdetection's ``Flickr30kDataset`` lay it out: entry i holds the spans of
-the phrase with the i-th smallest phrase id. A phrase is evaluated when it has at least one box.
+``phrase_ids`` is an int or a list of ints (a box shared by several phrases). The spans a model is prompted
+with come from the image's ``tokens_positive_eval`` when it has one, as MDETR's
+``final_flickr_separateGT_*.json`` and mmdetection's ``Flickr30kDataset`` lay it out and as both official
+evaluations prompt: entry i holds the spans of the phrase with the i-th smallest phrase id (official:
+mmdet/datasets/flickr30k.py ~L45-46; ashkamath/mdetr datasets/coco.py ~L40-42). Only without it does the first
+annotation's ``tokens_positive`` give a phrase's spans: an annotation's ``tokens_positive`` can hold the spans of
+every mention that shares the box, not just this phrase's. A phrase is evaluated when it has at least one box.
 
 Predictions: a list of ranked boxes per (caption, phrase)::
 
@@ -23,8 +25,11 @@ A phrase is recalled at k when one of its k highest-scoring boxes overlaps
 * ``any_box`` (default; GLIP, MM-Grounding-DINO, MDETR's ANY-BOX): any one of the phrase's ground-truth boxes,
 * ``merged`` (MDETR's MERGED-BOXES): the smallest box enclosing all of the phrase's ground-truth boxes,
 
-at IoU >= 0.5 (continuous coordinates, no +1). A phrase without predictions counts as missed; equal scores keep
-their file order. Output: ``{"R@1": .., "R@5": .., "R@10": .., "num_phrases": N}``.
+at IoU >= 0.5 (continuous coordinates, no +1). ``R@-1`` is the upper bound both official evaluators report: the
+phrase is recalled by any of its predicted boxes (mmdet/evaluation/metrics/flickr30k_metric.py ~L67, ~L147-150);
+`groundscope eval run` keeps every box of a phrase among the image's 300 for it. A phrase without predictions
+counts as missed; equal scores keep their file order.
+Output: ``{"R@1": .., "R@5": .., "R@10": .., "R@-1": .., "num_phrases": N}``.
 """
 
 from __future__ import annotations
@@ -135,10 +140,10 @@ def load_phrase_ground_truth(ground_truth: JsonInput) -> tuple[list[GroundedCapt
 
 
 def _spans_from_image(phrases: list[Phrase], img: dict, source: str, where: str) -> None:
-    """Fill missing phrase spans from the image's ``tokens_positive_eval`` (MDETR / mmdetection layout: entry i
-    holds the spans of the phrase with the i-th smallest phrase id)."""
+    """Set every phrase's spans from the image's ``tokens_positive_eval`` when it has one (MDETR / mmdetection
+    layout: entry i holds the spans of the phrase with the i-th smallest phrase id)."""
     spans_list = img.get("tokens_positive_eval")
-    if spans_list is None or all(p.spans for p in phrases):
+    if spans_list is None:
         return
     if not isinstance(spans_list, list) or len(spans_list) != len(phrases):
         raise EvaluationInputError(
@@ -153,9 +158,8 @@ def _spans_from_image(phrases: list[Phrase], img: dict, source: str, where: str)
             raise EvaluationInputError(
                 source, "'tokens_positive_eval' holds an entry that is not a list of [start, end) spans", where, img
             )
-        if not phrase.spans:
-            phrase.spans = spans
-            phrase.text = " ".join(img["caption"][a:b] for a, b in spans)
+        phrase.spans = spans
+        phrase.text = " ".join(img["caption"][a:b] for a, b in spans)
 
 
 def merge_boxes(boxes: Sequence[Sequence[float]]) -> list[float]:
@@ -172,7 +176,7 @@ def evaluate_phrase(
     ground_truth: JsonInput,
     predictions: JsonInput,
     *,
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Sequence[int] = (1, 5, 10, -1),
     iou_threshold: float = 0.5,
     protocol: str = "any_box",
 ) -> dict:
@@ -183,8 +187,8 @@ def evaluate_phrase(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-    if any(k <= 0 for k in ks):
-        raise ValueError(f"every k must be positive, got {list(ks)}")
+    if any(k <= 0 and k != -1 for k in ks):
+        raise ValueError(f"every k must be positive (or -1 for all boxes), got {list(ks)}")
     captions, gt_source = load_phrase_ground_truth(ground_truth)
     known = {(c.image_id, p.phrase_id) for c in captions for p in c.phrases}
     ranked = load_ranked_results(predictions, known, ("image_id", "phrase_id"), gt_source)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from groundscope.evaluate.coco import COCO_KEYS
+from groundscope.evaluate.coco import COCO_KEYS, coco_keys
 from groundscope.evaluate.lvis import LVIS_AP_KEYS
 
 
@@ -55,6 +55,10 @@ def _meaning(key: str) -> str:
         return MEANING[key]
     if key.startswith("AR@"):
         return f"AR, {key[3:]} detections per image"
+    if key[:2] == "AR" and key[2:].isdigit():
+        return f"AR, {key[2:]} detections per image"
+    if key == "R@-1":
+        return "recall of all the phrase's boxes at IoU >= 0.5 (upper bound)"
     if key[:2] in ("P@", "R@"):
         kind = "precision" if key[0] == "P" else "recall"
         return f"{kind} of the top {key[2:]} boxes at IoU >= 0.5"
@@ -92,7 +96,10 @@ def per_class_table(rows: Sequence[Mapping], title: str = "per-class AP") -> Tab
 
 
 def coco_tables(metrics: Mapping, *, per_class: bool = False) -> list[Table]:
-    tables = [metrics_table(f"COCO {metrics.get('iou_type', 'bbox')}", metrics, COCO_KEYS)]
+    caps = metrics.get("max_dets")
+    keys = coco_keys(caps) if caps else COCO_KEYS
+    title = f"COCO {metrics.get('iou_type', 'bbox')}" + (f" (maxDets {caps})" if caps else "")
+    tables = [metrics_table(title, metrics, keys)]
     if per_class and metrics.get("per_class"):
         tables.append(per_class_table(metrics["per_class"]))
     if isinstance(metrics.get("segm"), Mapping):

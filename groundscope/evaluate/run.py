@@ -13,7 +13,9 @@ phrase    phrase grounding file (see `groundscope.evaluate.phrase`)      ``groun
 ========  =============================================================  ===========================================
 
 Class names are passed the way MM-Grounding-DINO prompts LVIS: ``_`` becomes a space and a parenthesised
-qualifier is dropped (``bow_(weapon)`` -> ``bow``).
+qualifier is dropped (``bow_(weapon)`` -> ``bow``). How the detector is asked and how the results are scored
+(prompt chunks, duplicate names, pycocotools' maxDets, the referring rule) follows the official evaluation of each
+dataset kind unless `settings` says otherwise (`groundscope.evaluate.protocols`).
 
 Files in the output folder:
 
@@ -22,7 +24,8 @@ Files in the output folder:
   is done. A rerun with the same settings skips the images already there, so an interrupted evaluation
   loses nothing; a journal from a different run is refused rather than mixed in.
 * ``results.json``: all results as one list, in the format the matching ``groundscope eval <metric>`` reads
-  (COCO results; refexp ``{image_id, bbox, score}``; phrase ``{image_id, phrase_id, bbox, score}``).
+  (COCO results; refexp ``{image_id, bbox, score}``, the `top_k` best; phrase ``{image_id, phrase_id, bbox,
+  score}``, every box of the phrase among the image's `max_detections`, for R@-1).
 * ``metrics.json``: the metrics (keys as in `evaluate_coco`, `evaluate_lvis`, `evaluate_refexp`,
   `evaluate_phrase`), computed from ``results.json`` as written.
 * ``ground_truth.json``: for odvg, the COCO conversion the results refer to.
@@ -48,6 +51,7 @@ from groundscope.evaluate.lvis import lvis_metrics
 from groundscope.evaluate.odvg import odvg_to_coco
 from groundscope.evaluate.phrase import Phrase, evaluate_phrase, load_phrase_ground_truth
 from groundscope.evaluate.plot import draw_pr_curve
+from groundscope.evaluate.protocols import PLAIN, EvalSettings, official_settings
 from groundscope.evaluate.refexp import evaluate_refexp, load_refexp_ground_truth
 from groundscope.evaluate.report import write_json
 from groundscope.evaluate.validate import (
@@ -63,8 +67,11 @@ JOURNAL = "results.jsonl"
 
 
 def prompt_name(name: str) -> str:
-    """Category name -> the text the detector is prompted with (mmdetection's ``clean_label_name``)."""
-    name = re.sub(r"\(.*?\)", "", name).replace("_", " ")
+    """Category name -> the text the detector is prompted with (mmdetection's ``clean_label_name``: everything from
+    the first "(" to the last ")" goes, "_" becomes a space; official: iSEE-Laboratory/LLMDet
+    mmdet/models/detectors/grounding_dino.py ~L330-334). Spaces are collapsed and stripped, which gives the same
+    tokens."""
+    name = re.sub(r"\(.*\)", "", name).replace("_", " ")
     return re.sub(r"\s+", " ", name).strip()
 
 
@@ -148,7 +155,7 @@ def load_eval_dataset(
 
 # ---------------------------------------------------------------------------------------------- journal
 # Run-description fields added after the first journals were written, with the value those runs used.
-HEADER_FIELDS_ADDED_LATER = {"precision": "fp32"}
+HEADER_FIELDS_ADDED_LATER = {"precision": "fp32", "settings": PLAIN.record()}
 
 
 class ResultJournal:
@@ -185,7 +192,10 @@ class ResultJournal:
             header = None
         if isinstance(header, dict):
             # A journal from before a field existed ran with that field's default.
-            header = {**HEADER_FIELDS_ADDED_LATER, **header}
+            later = dict(HEADER_FIELDS_ADDED_LATER)
+            if header.get("dataset") == "phrase":
+                later["phrase_boxes"] = "top_k"  # phrase journals kept the top_k boxes of a phrase, not all
+            header = {**later, **header}
         if header != self.header:
             differs = (
                 ", ".join(
@@ -247,7 +257,8 @@ def _records(ds: EvalDataset, item: WorkItem, det, top_k: int) -> list[dict]:
         return [{"image_id": item.key, "bbox": bbox, "score": score} for bbox, score, _ in ranked]
     out = []
     for index, phrase in enumerate(item.phrases):  # phrase grounding: class id = phrase index
-        ranked = sorted((b for b in boxes if b[2] == index), key=lambda b: b[1], reverse=True)[:top_k]
+        # every box of the phrase among the image's top max_detections (official R@-1 is over all of them)
+        ranked = sorted((b for b in boxes if b[2] == index), key=lambda b: b[1], reverse=True)
         out += [
             {"image_id": item.key, "phrase_id": phrase.phrase_id, "bbox": bbox, "score": score}
             for bbox, score, _ in ranked
@@ -268,11 +279,14 @@ def _call(
     box_threshold: float,
     max_detections: int,
     top_k: int,
+    settings: EvalSettings,
 ):
     if ds.kind in DETECTION_KINDS:
-        out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections)
+        out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections,
+                              **settings.detect_kwargs())
     elif ds.kind == "refexp":
-        out = detector.refer(paths, [it.text for it in batch], top_k=top_k)
+        extra = {} if settings.rec_rule == "mean" else {"rec_rule": settings.rec_rule}
+        out = detector.refer(paths, [it.text for it in batch], top_k=top_k, **extra)
     else:
         out = detector.ground(
             paths,
@@ -310,6 +324,8 @@ def run_evaluation(
     model_name: str | None = None,
     console: Console | None = None,
     precision: str = "fp32",
+    settings: EvalSettings | None = None,
+    categories: list[tuple[int, str]] | None = None,
 ) -> dict:
     """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
 
@@ -332,6 +348,10 @@ def run_evaluation(
         console: where the progress bar goes (default: stderr).
         precision: the precision the detector runs at (`load_detector`'s), recorded in the journal so that a
             resumed run does not mix fp32 and bf16 results.
+        settings: how the detector is asked and the results scored; None = the official evaluation of
+            `dataset` (`groundscope.evaluate.protocols.official_settings`), `protocols.PLAIN` = `detect`'s defaults.
+        categories: detection kinds: ``(category id, name)`` pairs to prompt with, in prompt order (default:
+            every category of the file, its cleaned name, in id order).
 
     Raises:
         EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
@@ -343,6 +363,15 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     images = Path(images)
     ds = load_eval_dataset(dataset, annotations, out_dir, label_map)
+    if settings is None:
+        settings = official_settings(dataset, model_name or getattr(detector, "name", None))
+    if categories is not None:
+        unknown = [c for c, _ in categories if c not in set(ds.category_ids)]
+        if ds.kind not in DETECTION_KINDS or unknown or not categories:
+            raise EvaluationInputError(ds.source, f"has no category ids {unknown} to prompt for" if unknown
+                                       else "categories are for non-empty detection datasets only")
+        ds.category_ids = [int(c) for c, _ in categories]
+        ds.classes = [name for _, name in categories]
     header = {
         "dataset": dataset,
         "annotations": str(Path(annotations).resolve()),
@@ -353,7 +382,10 @@ def run_evaluation(
         "max_detections": max_detections,
         "top_k": top_k,
         "precision": precision,
+        "settings": settings.record(),
     }
+    if dataset == "phrase":
+        header["phrase_boxes"] = "all"
     journal = ResultJournal(out_dir / JOURNAL, header)
     done = journal.load()
     known = {it.key for it in ds.items}
@@ -384,7 +416,7 @@ def run_evaluation(
             batch = pending[start : start + batch_size]
             paths = [str(images / it.file_name) for it in batch]
             for it, det in zip(
-                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k), strict=True
+                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k, settings), strict=True
             ):
                 recs = _records(ds, it, det, top_k)
                 journal.append(it.key, recs)
@@ -397,12 +429,13 @@ def run_evaluation(
         if ds.kind == "lvis":
             metrics = lvis_metrics(ds.gt, records, curve=plot)
         else:
-            metrics = coco_metrics(ds.gt, records, "bbox", curve=plot)
+            metrics = coco_metrics(ds.gt, records, "bbox", curve=plot, max_dets=settings.max_dets)
         if plot and metrics.get("pr_curve"):
             draw_pr_curve(metrics["pr_curve"], out_dir / "pr_curve.png", f"{dataset}: {Path(annotations).name}")
     elif ds.kind == "refexp":
-        metrics = evaluate_refexp(annotations, results_path)
+        metrics = evaluate_refexp(annotations, results_path, overlap=settings.overlap)
     else:
         metrics = evaluate_phrase(annotations, results_path)
+    metrics["settings"] = settings.record()
     write_json(out_dir / "metrics.json", metrics)
     return metrics

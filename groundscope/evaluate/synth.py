@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
+from groundscope.evaluate.protocols import PLAIN
 from groundscope.evaluate.run import is_detector, run_evaluation
 from groundscope.evaluate.validate import EvaluationInputError
 
@@ -80,7 +81,7 @@ def evaluate_synth_world(
         metrics = run_evaluation(
             load, kind, test_dir / name, test_dir, out_dir / folder,
             batch_size=batch_size, max_detections=max_detections, progress=progress,
-            model_name=model_name, console=console, precision=precision,
+            model_name=model_name, console=console, precision=precision, settings=PLAIN,
         )
         result[folder] = metrics
         for metric, summary_key in keys:

@@ -20,7 +20,7 @@ from groundscope.detections import Detections
 from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE, ImageInput, PreparedImage, load_image, preprocess
 from groundscope.models import staged
 from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
-from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_classes, expression_prompt, phrase_prompt
+from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_classes, phrase_prompt, rec_prompt
 
 TEXT_CACHE_SIZE = 512
 # On a CPU a forward pass holds at most this many image tokens (an 800x1333 image has 22,223 over its four
@@ -101,6 +101,10 @@ class GroundingDetector:
         nms_iou: float | None = None,
         score_rule: str = "mean",
         batch_size: int = 4,
+        chunk_size: int | None = None,
+        per_chunk: bool = False,
+        keep_duplicates: bool = False,
+        caption_prompt: dict | None = None,
     ) -> Detections | list[Detections]:
         """Open-vocabulary detection.
 
@@ -108,11 +112,21 @@ class GroundingDetector:
             images: one image or a list (paths, PIL images or arrays).
             classes: class names shared by all images, or one list per image. `class_ids` index these lists.
             box_threshold: minimum score kept (applied after the top-k).
-            max_detections: top-k (query, class) pairs per image (300 is the COCO/LVIS protocol).
+            max_detections: top-k (query, class) pairs per image (300 is the COCO/LVIS protocol); with
+                `per_chunk`, per prompt chunk.
             nms_iou: class-wise NMS at this IoU when given.
             score_rule: "mean" (published rule) or "max" over the class's tokens.
             batch_size: (image, prompt chunk) pairs per forward pass, at most; on a CPU fewer for large images
                 (CPU_TOKENS_PER_PASS: one 800x1333 image per pass).
+            chunk_size: class names per prompt (mmdetection's ``chunked_size``; 40 in the LVIS protocol). None
+                packs as many names as fit in the text limit: fewer forward passes, the faster default.
+            per_chunk: keep the top `max_detections` of each chunk and concatenate the chunks (mmdetection's
+                chunked prediction, ~9,300 boxes an image for LVIS at 40 names), instead of the top
+                `max_detections` over all chunks. Detections then come chunk by chunk, each chunk's best first.
+            keep_duplicates: prompt a name that repeats an earlier one (after cleaning) under its own class id,
+                as the official code does, instead of sending its boxes to the first occurrence.
+            caption_prompt: per class name, {"prefix", "name", "suffix"} to prompt it with (mmdetection's ODinW
+                ``caption_prompt``: "there is a package on the porch."); only the name's tokens score it.
         """
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
@@ -122,7 +136,8 @@ class GroundingDetector:
         for cl in per_image:
             key = tuple(cl)
             if key not in chunk_cache:
-                chunk_cache[key] = chunk_classes(self.tokenizer, cl, self.max_text_len)
+                chunk_cache[key] = chunk_classes(self.tokenizer, cl, self.max_text_len, chunk_size=chunk_size,
+                                                 keep_duplicates=keep_duplicates, caption_prompt=caption_prompt)
             prompts.append(chunk_cache[key])
 
         def reduce(out_logits, out_boxes, prompt):
@@ -131,7 +146,12 @@ class GroundingDetector:
         results = self._run(imgs, prompts, reduce, batch_size, rescore=score_rule)
         dets = []
         for cands, size in results:
-            d = to_detections(merge_candidates(cands), size, max_detections, box_threshold, with_spans=False)
+            if per_chunk:  # official: grounding_dino.py ~L1205-1235, `results_list[0].cat(results_list)`
+                d = Detections.merge(
+                    [to_detections(c, size, max_detections, box_threshold, with_spans=False) for c in cands]
+                )
+            else:
+                d = to_detections(merge_candidates(cands), size, max_detections, box_threshold, with_spans=False)
             dets.append(d.nms(nms_iou) if nms_iou is not None else d)
         return dets if batch else dets[0]
 
@@ -222,18 +242,24 @@ class GroundingDetector:
         *,
         top_k: int = 1,
         batch_size: int = 4,
+        rec_rule: str = "mean",
+        tagger=None,
     ) -> Detections | list[Detections]:
         """Referring expression comprehension: the box the expression describes (top-1; top-k on request).
 
-        The whole expression is one positive span; boxes are ranked by the mean probability of its tokens.
+        `rec_rule` says which tokens score a box (`groundscope.prompts.rec_prompt`): "mean" (groundscope's: the
+        mean over the whole expression), "mmgdino" (MM-Grounding-DINO's evaluation: the best of all the text's
+        tokens) or "llmdet" (LLMDet's: the mean over the first noun phrase, found with NLTK, or with `tagger`:
+        ``(tag_fn, stopwords)``).
         """
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         exprs = _per_image(expressions, len(imgs), "expressions", lambda v: isinstance(v, str))
-        prompts = [[expression_prompt(self.tokenizer, e, self.max_text_len)] for e in exprs]
+        prompts = [[rec_prompt(self.tokenizer, e, rec_rule, self.max_text_len, tagger)] for e in exprs]
+        score_rule = "max" if rec_rule == "mmgdino" else "mean"
 
         def reduce(out_logits, out_boxes, prompt):
-            return topk_pairs(out_logits, out_boxes, prompt, top_k, "mean")
+            return topk_pairs(out_logits, out_boxes, prompt, top_k, score_rule)
 
         results = self._run(imgs, prompts, reduce, batch_size)
         dets = [to_detections(merge_candidates(c), size, top_k, 0.0, with_spans=True) for c, size in results]

@@ -662,6 +662,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool = False) -> dict | None:
         """COCO box AP of the current model on ``data.val`` (via `groundscope.evaluate.run_evaluation`)."""
+        from groundscope.evaluate.protocols import PLAIN
         from groundscope.evaluate.run import run_evaluation
 
         val = self.cfg.data.val
@@ -685,7 +686,7 @@ class Trainer:
             metrics = run_evaluation(
                 self.detector, fmt, path, val.image_root or Path(val.path).parent, out_dir,
                 label_map=val.label_map, batch_size=e.batch_size, box_threshold=e.box_threshold,
-                max_detections=e.max_detections, progress=False, console=self.console,
+                max_detections=e.max_detections, progress=False, console=self.console, settings=PLAIN,
             )
         finally:
             self.detector.clear_cache()

@@ -67,9 +67,10 @@ def test_sequence_layout_and_loss_by_hand(lm_dir, world):
     visual = torch.randn(2, 3, head.hidden)
     texts = world_texts(world / "groundingcap.jsonl", ("Describe.", "Name it."))
     answers = [texts[0].split("\n", 1)[1][:60].rsplit(" ", 1)[0], texts[1].split("\n", 1)[1]]  # caption, phrase
-    embeds, mask, labels = head.build_inputs(visual, "Describe.", answers, max_tokens=50)
-    before, after = head._template("Describe.")
-    assert before == [tok.bos_token_id]  # the world LM has no chat template
+    embeds, mask, labels = head.build_inputs(visual, "Describe.", answers, max_tokens=80)
+    lay = head.layout("Describe.")
+    before, after = lay.before, lay.after
+    assert lay.template == "plain" and before == [tok.bos_token_id]  # the world LM has no chat tokens or template
     # the visual tokens sit right after the prefix, unchanged
     assert torch.equal(embeds[:, len(before):len(before) + 3], visual)
     start = len(before) + 3 + len(after)
@@ -88,11 +89,12 @@ def test_sequence_layout_and_loss_by_hand(lm_dir, world):
             if labels[i, t] != IGNORE_INDEX:
                 terms.append(-torch.log_softmax(logits[i, t - 1], -1)[labels[i, t]])
     expected = torch.stack(terms).mean()
-    assert torch.allclose(head.lm_loss(visual, "Describe.", answers, 50), expected, atol=1e-5)
-    # truncation keeps max_tokens - 1 answer tokens and the EOS
-    _, _, short = head.build_inputs(visual[:1], "Describe.", [answers[0]], max_tokens=3)
+    assert torch.allclose(head.lm_loss(visual, "Describe.", answers, 80), expected, atol=1e-5)
+    # max_tokens bounds the whole sequence (LLMDet): prompt + 3 visual tokens + 3 answer tokens, the tail cut
+    _, mask3, short = head.build_inputs(visual[:1], "Describe.", [answers[0]], max_tokens=start + 3)
     kept = short[0][short[0] != IGNORE_INDEX].tolist()
-    assert len(kept) == 3 and kept[-1] == tok.eos_token_id
+    assert short.shape[1] == start + 3 and mask3.sum() == start + 3
+    assert len(kept) == 3 and kept == labels[0][start:start + 3].tolist() and kept[-1] != tok.eos_token_id
 
 
 def test_image_tokens_crop_padding_and_resize():
@@ -108,7 +110,7 @@ def test_image_tokens_crop_padding_and_resize():
     maps = memory_levels(memory, valid, shapes)
     assert maps[0][0].shape == (d, 3, 4) and maps[0][1].shape == (d, 2, 2)
     assert torch.equal(maps[0][0], memory[0, :24].reshape(4, 6, d).permute(2, 0, 1)[:, :3, :4])
-    boxes = grid_boxes(2)
+    boxes = grid_boxes(2, encoding="cxcywh")  # heads saved before LLMDet's xyxy (tests/test_caption_llmdet.py)
     assert torch.allclose(boxes, torch.tensor([[.25, .25, .5, .5], [.75, .25, .5, .5],
                                                [.25, .75, .5, .5], [.75, .75, .5, .5]]))
 
@@ -138,6 +140,22 @@ def test_region_features_skip_denoising_queries(tiny_mm_dir, world, lm_dir, tmp_
     for b, t, text in zip(sel.image.tolist(), sel.target.tolist(), sel.phrases):
         raw = batch.phrases[b][t]
         assert text == raw[0].upper() + raw[1:].lower() + "."
+
+    # region_index official (LLMDet's released training): row q of the last layer's [denoising; matching]
+    # hidden states, read here off the decoder's own output
+    from groundscope.train.caption_loss import region_features
+
+    seen = []
+    hook = trainer.model.model.decoder.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    with torch.no_grad():
+        noisy = forward_train(trainer.model, batch.pixel_values, batch.pixel_mask, batch.prompts, dn[0])
+    hook.remove()
+    full = seen[-1].intermediate_hidden_states[:, -1]
+    assert full.shape[1] == dn[0].num_queries + plain.query_features.shape[1]
+    official = region_features(noisy, sel.image, sel.query, "official")
+    torch.testing.assert_close(official, full[sel.image, sel.query])
+    assert (sel.query < dn[0].num_queries).any()  # so some features are denoising queries'
+    assert not torch.allclose(official, region_features(noisy, sel.image, sel.query, "matched"))
 
 
 def test_stage1_trains_only_the_projectors_and_resumes_exactly(tiny_mm_dir, world, lm_dir, tmp_path):
@@ -261,3 +279,19 @@ def test_caption_word_check_needs_colour_then_shape():
     assert not names_object(caption, "green", "cross")
     score = score_caption(caption, ["red cross", "green circle", "cyan star", "red circle"])
     assert score.rate == 0.5
+
+
+def test_trainer_with_region_cross_attention(tiny_mm_dir, world, lm_dir, tmp_path):
+    """LLMDet's config (cross-attention blocks, official region index) trains the blocks and saves them."""
+    raw = _config(tiny_mm_dir, world, lm_dir, tmp_path / "x", cross_attn_layers=6, region_index="official")
+    raw["train"]["max_steps"] = 2
+    trainer = Trainer(config_from_dict(raw))
+    assert trainer.head.cross_attn is not None and trainer.head.config.region_index == "official"
+    before = _state(trainer)
+    trainer.fit()
+    after = _state(trainer)
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("captioner.cross_attn.layers.") for k in changed)
+    assert any(k.startswith("captioner.cross_attn.ref_point_head.") for k in changed)
+    head = load_caption_head(tmp_path / "x" / "model" / "caption_head")
+    assert head.config.cross_attn_layers == 6 and head.cross_attn is not None

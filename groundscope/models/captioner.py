@@ -7,12 +7,16 @@ detector so the trained detector stays a plain MM-GDINO checkpoint:
 
     image tokens   p5 (stride 32) and p4 (stride 16) of the encoder memory, each cropped to the image's valid
                    area and resized bilinearly to g5 x g5 and g4 x g4 (LLMDet: 20 and 27), a learned separator
-                   between them: g5^2 + 1 + g4^2 tokens. Token = projector(feature) + pos_proj(sine(cell box)).
-    region token   one per region: region_projector(query feature) + region_pos_proj(sine(predicted box)),
-                   the region projector starting as a copy of the image projector.
-    sequence       chat prompt with the visual tokens where the image goes, then the answer and EOS; only the
-                   answer tokens are supervised ("Describe the image in detail." / "Describe the region in a
-                   phrase.").
+                   (N(0, 1), LLMDet's nn.Embedding) between them: g5^2 + 1 + g4^2 tokens.
+                   Token = projector(feature) + pos_proj(sine(cell box, xyxy)).
+    region token   one per region: region_projector(query feature) + region_pos_proj(sine(predicted box, xyxy)),
+                   the region projector starting as a copy of the image projector; with ``cross_attn_layers``
+                   the region token also attends to the memory at LM layers 0, 4, ..., 20
+                   (`groundscope.models.region_cross_attn`).
+    sequence       LLMDet's ChatML conversation with the visual tokens where ``<image>`` goes, cut to
+                   ``image_max_tokens`` / ``region_max_tokens`` in all, supervised as LLMDet's labels
+                   (`groundscope.models.caption_prompt`; "Describe the image in detail." / "Describe the region
+                   in a phrase.").
 
 `CaptionHead` holds the projectors and the LM (optionally LoRA-wrapped with peft); `save` / `load_caption_head`
 write and read a folder with the head's weights, its config and the LoRA adapter, the LM itself being named by
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,8 +37,10 @@ HEAD_WEIGHTS = "caption_head.safetensors"
 HEAD_CONFIG = "caption_head.json"
 LORA_DIR = "lora"
 LM_DIR = "lm"
-IMAGE_TOKEN = "<image>"
-IGNORE_INDEX = -100
+from groundscope.models.caption_prompt import (IGNORE_INDEX, IMAGE_TOKEN, SYSTEM_PROMPT, Layout, PromptError,
+                                               answer_ids, build_layout)
+from groundscope.models.region_cross_attn import RegionCrossAttention, sine_embedding
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -55,10 +60,20 @@ class CaptionHeadConfig:
             stride-8/16/32/64 pyramid).
         grids: resized side of each level (LLMDet: 20 and 27).
         image_prompt / region_prompt: the user turns.
-        image_max_tokens / region_max_tokens: answer tokens kept (LLMDet: 1600 / 40).
+        image_max_tokens / region_max_tokens: tokens of the whole sequence kept, prompt + visual tokens + answer
+            (LLMDet: 1600 / 40).
         max_regions: regions captioned per image in training (LLMDet: 16).
         lora: {"r", "alpha", "dropout", "targets"} or None (no adapter).
         default_prompt: detector prompt used when captioning without one (the encoder memory is text-fused).
+        template: "auto" | "chatml" | "tokenizer" | "plain" (`groundscope.models.caption_prompt`); LLMDet: chatml.
+        system_prompt: the ChatML system turn (LLMDet: "You are a helpful assistant.").
+        box_encoding: "xyxy" (LLMDet) or "cxcywh" (heads saved before groundscope followed it) for the sine box
+            embeddings of cells and regions.
+        cross_attn_layers: region cross-attention blocks in the LM (LLMDet: 6; 0: none).
+        cross_attn_heads / cross_attn_points: their deformable attention (LLMDet: 8 / 4).
+        num_levels: memory levels the cross-attention samples (the detector's; LLMDet: 4).
+        region_index: "matched" (the matched query's own feature) or "official" (LLMDet's released training:
+            the row of the [denoising; matching] decoder output, `groundscope.train.caption_loss`).
     """
 
     llm: str
@@ -73,10 +88,24 @@ class CaptionHeadConfig:
     max_regions: int = 16
     lora: dict | None = None
     default_prompt: str = "object."
+    template: str = "auto"
+    system_prompt: str = SYSTEM_PROMPT
+    box_encoding: str = "xyxy"
+    cross_attn_layers: int = 0
+    cross_attn_heads: int = 8
+    cross_attn_points: int = 4
+    num_levels: int = 4
+    region_index: str = "matched"
 
     def __post_init__(self):
         if len(self.levels) != len(self.grids) or not self.levels:
             raise CaptionerError(f"caption head: levels {self.levels} and grids {self.grids} must pair up")
+        if self.box_encoding not in ("xyxy", "cxcywh"):
+            raise CaptionerError(f"caption head: box_encoding '{self.box_encoding}': use xyxy or cxcywh")
+        if self.region_index not in ("matched", "official"):
+            raise CaptionerError(f"caption.region_index '{self.region_index}': use matched or official")
+        if self.cross_attn_layers < 0:
+            raise CaptionerError(f"caption.cross_attn_layers {self.cross_attn_layers}: must be >= 0")
 
     @property
     def num_image_tokens(self) -> int:
@@ -84,29 +113,29 @@ class CaptionHeadConfig:
 
 
 def sine_box_embedding(boxes: torch.Tensor, dim_per_coord: int = 128, temperature: float = 10000.0) -> torch.Tensor:
-    """DINO's sine embedding of normalised boxes.
+    """LLMDet's ``gen_sineembed_for_position`` (grounding_dino.py ~L29-56) of (..., 4) normalised boxes ->
+    (..., 4 * dim_per_coord), coordinates 1, 0, 2, 3 in that order; LLMDet passes xyxy boxes."""
+    return sine_embedding(boxes, dim_per_coord, temperature)
 
-    Args:
-        boxes: (..., 4) normalised (cx, cy, w, h).
-    Returns:
-        (..., 4 * dim_per_coord) in the order (y, x, w, h), sin/cos interleaved, as DINO's query positions.
+
+def grid_boxes(side: int, device=None, encoding: str = "xyxy") -> torch.Tensor:
+    """(side*side, 4) normalised boxes of a side x side grid's cells, row-major (y outer, x inner).
+
+    xyxy: LLMDet's ``grid_box`` (grounding_dino.py ~L477-479, ~L483-485): cell (i, j) is
+    (j/side, i/side, (j+1)/side, (i+1)/side). cxcywh: the cell centres and sizes (heads saved before).
     """
-    scale = 2 * math.pi
-    dim_t = torch.arange(dim_per_coord, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * (dim_t // 2) / dim_per_coord)
-    parts = []
-    for k in (1, 0, 2, 3):
-        pos = boxes[..., k, None].float() * scale / dim_t
-        parts.append(torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), -1).flatten(-2))
-    return torch.cat(parts, -1)
+    edges = torch.arange(side + 1, dtype=torch.float32, device=device) / side
+    y0, x0 = torch.meshgrid(edges[:-1], edges[:-1], indexing="ij")
+    y1, x1 = torch.meshgrid(edges[1:], edges[1:], indexing="ij")
+    if encoding == "xyxy":
+        return torch.stack([x0, y0, x1, y1], -1).reshape(-1, 4)
+    wh = torch.full_like(x0, 1.0 / side)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, wh, wh], -1).reshape(-1, 4)
 
 
-def grid_boxes(side: int, device=None) -> torch.Tensor:
-    """(side*side, 4) normalised cxcywh boxes of a side x side grid, row-major."""
-    c = (torch.arange(side, dtype=torch.float32, device=device) + 0.5) / side
-    cy, cx = torch.meshgrid(c, c, indexing="ij")
-    wh = torch.full_like(cx, 1.0 / side)
-    return torch.stack([cx, cy, wh, wh], -1).reshape(-1, 4)
+def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
 def memory_levels(memory: torch.Tensor, valid: torch.Tensor, shapes: list[tuple[int, int]]) -> list[list[torch.Tensor]]:
@@ -141,7 +170,7 @@ class _Projector(nn.Module):
         self.pos_proj = nn.Linear(4 * 128, hidden)
 
     def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """features (..., d), boxes (..., 4) normalised cxcywh -> (..., H)."""
+        """features (..., d), boxes (..., 4) normalised, in the head's box encoding -> (..., H)."""
         return self.mlp(features) + self.pos_proj(sine_box_embedding(boxes).to(features.dtype))
 
 
@@ -171,13 +200,20 @@ class CaptionHead(nn.Module):
         self.hidden = hidden
         self.projector = _Projector(config.d_model, hidden)
         self.region_projector = copy.deepcopy(self.projector)
-        self.separator = nn.Parameter(torch.zeros(max(len(config.grids) - 1, 1), hidden))
-        nn.init.normal_(self.separator, std=0.02)
+        # LLMDet's `image_seperate` is an nn.Embedding(1, H): N(0, 1) (grounding_dino.py ~L482)
+        self.separator = nn.Parameter(torch.randn(max(len(config.grids) - 1, 1), hidden))
+        self.cross_attn = None
+        if config.cross_attn_layers:
+            try:
+                self.cross_attn = RegionCrossAttention(lm, hidden, config.d_model, config.num_levels,
+                                                       config.cross_attn_layers, config.cross_attn_heads,
+                                                       config.cross_attn_points)
+            except ValueError as e:
+                raise CaptionerError(str(e)) from e
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out of attention and loss; any id works, EOS is always there.
             tokenizer.pad_token = tokenizer.eos_token
-        self._templates: dict[str, tuple[list[int], list[int]]] = {}
-        self._after_text: dict[str, str] = {}
+        self._layouts: dict[str, Layout] = {}
 
     # ------------------------------------------------------------------ visual tokens
     def image_tokens(self, memory: torch.Tensor, valid: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -196,7 +232,7 @@ class CaptionHead(nn.Module):
                 m = nn.functional.interpolate(maps[level][None], size=(side, side), mode="bilinear",
                                               align_corners=False)[0]
                 feats = m.flatten(1).T  # (side*side, d)
-                parts.append(self.projector(feats, grid_boxes(side, memory.device)))
+                parts.append(self.projector(feats, grid_boxes(side, memory.device, cfg.box_encoding)))
                 if k < len(cfg.grids) - 1:
                     parts.append(self.separator[k:k + 1].to(parts[-1].dtype))
             rows.append(torch.cat(parts, 0))
@@ -204,106 +240,130 @@ class CaptionHead(nn.Module):
 
     def region_tokens(self, query_features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(N, d) query features and (N, 4) normalised cxcywh boxes -> (N, 1, H) region tokens.
-        The boxes are detached: the caption must not move the box head (LLMDet detaches them too)."""
-        return self.region_projector(query_features, boxes.detach())[:, None]
+        The boxes are detached: the caption must not move the box head (LLMDet detaches them too); they are
+        embedded as xyxy (LLMDet: grounding_dino.py ~L952, ~L1007) unless the head says cxcywh."""
+        boxes = boxes.detach()
+        if self.config.box_encoding == "xyxy":
+            boxes = _cxcywh_to_xyxy(boxes)
+        return self.region_projector(query_features, boxes)[:, None]
+
+    def cross_attention_input(self, memory: torch.Tensor, memory_valid: torch.Tensor,
+                              spatial_shapes: list[tuple[int, int]], boxes: torch.Tensor):
+        """The region cross-attention's input for N regions ((N, S, d) memory of each region's image, (N, S)
+        validity, (N, 4) cxcywh boxes), or None when the head has no cross-attention."""
+        if self.cross_attn is None:
+            return None
+        if len(spatial_shapes) != self.config.num_levels:
+            raise CaptionerError(f"caption head cross-attends {self.config.num_levels} memory levels but the "
+                                 f"detector has {len(spatial_shapes)}; set caption.num_levels to it")
+        return self.cross_attn.inputs(memory, memory_valid, spatial_shapes, boxes)
 
     # ------------------------------------------------------------------ prompts
-    def _template(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids before and after the visual tokens for a user turn holding `prompt`.
-
-        With a chat template the user turn is ``<image>\\n{prompt}`` followed by the generation prompt (the
-        assistant header); without one the text is ``{bos}<image> {prompt}\\n``.
-        """
-        if prompt in self._templates:
-            return self._templates[prompt]
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": f"{IMAGE_TOKEN}\n{prompt}"}],
-                                           tokenize=False, add_generation_prompt=True)
-            before, after = text.split(IMAGE_TOKEN, 1)
-            ids_before = tok(before, add_special_tokens=False)["input_ids"]
-        else:
-            before, after = "", f" {prompt}\n"
-            ids_before = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        ids_after = tok(after, add_special_tokens=False)["input_ids"]
-        self._templates[prompt] = (ids_before, ids_after)
-        self._after_text[prompt] = after
-        return ids_before, ids_after
-
-    def _answer_ids(self, answer: str, max_tokens: int, prompt: str) -> list[int]:
-        """The answer's ids as they follow the prompt (tokenized together, as LLaVA tokenizes the whole turn:
-        a word after the prompt's newline can be another token than the same word at the start of a text),
-        cut to `max_tokens` - 1, plus EOS."""
-        tok = self.tokenizer
-        after_text = self._after_text[prompt]
-        after = self._template(prompt)[1]
-        joint = tok(after_text + answer, add_special_tokens=False)["input_ids"]
-        ids = joint[len(after):] if joint[: len(after)] == after else tok(answer, add_special_tokens=False)["input_ids"]
-        return ids[: max_tokens - 1] + [tok.eos_token_id]
+    def layout(self, prompt: str) -> Layout:
+        """The template's fixed ids around the visual tokens for `prompt` (cached)."""
+        if prompt not in self._layouts:
+            try:
+                self._layouts[prompt] = build_layout(self.tokenizer, prompt, self.config.template,
+                                                     self.config.system_prompt)
+            except PromptError as e:
+                raise CaptionerError(str(e)) from e
+        return self._layouts[prompt]
 
     def build_inputs(self, visual: torch.Tensor, prompt: str, answers: list[str] | None, max_tokens: int):
         """Embed prompt + visual tokens (+ answers) as one right-padded batch.
 
         Args:
             visual: (N, V, H) visual tokens.
-            answers: N texts (training) or None (generation: the sequences end at the assistant header).
+            answers: N texts (training) or None (generation: the sequences end where the answer starts).
+            max_tokens: length of the whole sequence kept in training (LLMDet cuts the tail).
         Returns:
-            inputs_embeds (N, T, H), attention_mask (N, T) long, labels (N, T) long (-100 off the answers) or None.
+            inputs_embeds (N, T, H), attention_mask (N, T) long, labels (N, T) long (-100 where unsupervised) or
+            None; the visual tokens sit at positions ``len(layout.before) : len(layout.before) + V``.
         """
-        before, after = self._template(prompt)
+        lay = self.layout(prompt)
         emb = self.lm.get_input_embeddings()
         device = visual.device
         n, v, _ = visual.shape
-        answer_ids = ([self._answer_ids(a, max_tokens, prompt) for a in answers] if answers is not None
-                      else [[] for _ in range(n)])
-        length = len(before) + v + len(after) + max(len(a) for a in answer_ids)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((n, length), pad, dtype=torch.long, device=device)
+        prefix = lay.before + [self.tokenizer.pad_token_id] * v + lay.after
+        prefix_labels = lay.before_labels + [IGNORE_INDEX] * v + lay.after_labels
+        if answers is None:
+            rows = [(prefix + lay.generation, [IGNORE_INDEX] * (len(prefix) + len(lay.generation)))] * n
+        else:
+            if len(prefix) >= max_tokens:
+                raise CaptionerError(
+                    f"the caption prompt and its {v} visual tokens are {len(prefix)} tokens, no room for an answer "
+                    f"within {max_tokens}; raise caption.image_max_tokens / region_max_tokens (they bound the "
+                    "whole sequence, as LLMDet's 1600 / 40)")
+            rows = []
+            for a in answers:
+                ids, labels = answer_ids(self.tokenizer, lay, a)
+                rows.append(((prefix + ids)[:max_tokens], (prefix_labels + labels)[:max_tokens]))
+        length = max(len(r[0]) for r in rows)
+        ids = torch.full((n, length), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long, device=device)
         mask = torch.zeros((n, length), dtype=torch.long, device=device)
-        text_at = list(range(len(before))) + list(range(len(before) + v, len(before) + v + len(after)))
-        prefix = torch.tensor(before + after, dtype=torch.long, device=device)
-        start = len(before) + v + len(after)
-        for i, a in enumerate(answer_ids):
-            ids[i, text_at] = prefix
-            ids[i, start:start + len(a)] = torch.tensor(a, dtype=torch.long, device=device)
-            labels[i, start:start + len(a)] = ids[i, start:start + len(a)]
-            mask[i, : start + len(a)] = 1
+        for i, (r_ids, r_labels) in enumerate(rows):
+            ids[i, : len(r_ids)] = torch.tensor(r_ids, dtype=torch.long, device=device)
+            labels[i, : len(r_labels)] = torch.tensor(r_labels, dtype=torch.long, device=device)
+            mask[i, : len(r_ids)] = 1
         embeds = emb(ids)
-        embeds = torch.cat([embeds[:, : len(before)], visual.to(embeds.dtype), embeds[:, len(before) + v:]], 1)
+        b = len(lay.before)
+        embeds = torch.cat([embeds[:, :b], visual.to(embeds.dtype), embeds[:, b + v:]], 1)
         return embeds, mask, (labels if answers is not None else None)
 
     # ------------------------------------------------------------------ loss and generation
-    def lm_loss(self, visual: torch.Tensor, prompt: str, answers: list[str], max_tokens: int) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens of N sequences (scalar)."""
+    def _cross(self, cross, prompt: str, seq_len: int, count: int, row: slice | None = None):
+        """The cross-attention context for an LM call (a no-op context without cross-attention input)."""
+        from contextlib import nullcontext
+
+        if cross is None or self.cross_attn is None:
+            return nullcontext()
+        from dataclasses import replace
+
+        if row is not None:
+            cross = replace(cross, memory=cross.memory[row], memory_valid=cross.memory_valid[row],
+                            reference_points=cross.reference_points[row], query_pos=cross.query_pos[row])
+        ctx = replace(cross, start=len(self.layout(prompt).before), count=count, seq_len=seq_len)
+        return self.cross_attn.active(ctx)
+
+    def lm_loss(self, visual: torch.Tensor, prompt: str, answers: list[str], max_tokens: int,
+                cross=None) -> torch.Tensor:
+        """Mean next-token cross-entropy over the supervised tokens of N sequences (scalar), as the LM's own
+        loss with labels (LLMDet calls Qwen2ForCausalLM with labels). `cross`: region cross-attention input."""
         embeds, mask, labels = self.build_inputs(visual, prompt, answers, max_tokens)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        with self._cross(cross, prompt, embeds.shape[1], visual.shape[1]):
+            logits = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                            ignore_index=IGNORE_INDEX)
 
     def image_loss(self, image_tokens: torch.Tensor, captions: list[str]) -> torch.Tensor:
         return self.lm_loss(image_tokens, self.config.image_prompt, captions, self.config.image_max_tokens)
 
-    def region_loss(self, region_tokens: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-        return self.lm_loss(region_tokens, self.config.region_prompt, phrases, self.config.region_max_tokens)
+    def region_loss(self, region_tokens: torch.Tensor, phrases: list[str], cross=None) -> torch.Tensor:
+        """Region phrases from (N, 1, H) tokens; `cross` from `cross_attention_input` (LLMDet's region
+        cross-attention; image captions have none, ``use_image_level_cross_attn=False``)."""
+        return self.lm_loss(region_tokens, self.config.region_prompt, phrases, self.config.region_max_tokens,
+                            cross)
 
     @torch.no_grad()
-    def generate(self, visual: torch.Tensor, prompt: str, max_new_tokens: int, **kwargs) -> list[str]:
+    def generate(self, visual: torch.Tensor, prompt: str, max_new_tokens: int, cross=None, **kwargs) -> list[str]:
         """Greedy (by default) answers for (N, V, H) visual tokens; each sequence is generated on its own so no
-        padding sits between the prompt and the answer."""
+        padding sits between the prompt and the answer. The cross-attention acts on the prompt pass (the
+        region token's position), as LLMDet skips it on calls of another length."""
         out = []
+        lay = self.layout(prompt)
         for i in range(visual.shape[0]):
             embeds, mask, _ = self.build_inputs(visual[i:i + 1], prompt, None, 1)
             kwargs.setdefault("do_sample", False)
-            ids = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                   eos_token_id=self.tokenizer.eos_token_id,
-                                   pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+            with self._cross(cross, prompt, embeds.shape[1], visual.shape[1], slice(i, i + 1)):
+                ids = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                       eos_token_id=lay.stop, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
             out.append(self.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
         return out
 
     # ------------------------------------------------------------------ parameters and files
     def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """Projector, region projector and separator weights (what stage 1 trains)."""
+        """Projector, region projector, separator and region cross-attention weights (what stage 1 trains)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -430,7 +490,11 @@ def load_caption_head(path: str | Path, device: torch.device | str = "cpu", trai
             f"'{path}' holds no caption head ({HEAD_CONFIG} missing); train one with "
             "groundscope train configs/llmdet_stage1_synth.yaml (LLMDet caption supervision)"
         )
-    config = CaptionHeadConfig(**json.loads(cfg_file.read_text(encoding="utf-8")))
+    raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    # Heads saved before groundscope followed LLMDet's layout keep the layout they were trained with.
+    raw.setdefault("box_encoding", "cxcywh")
+    raw.setdefault("template", "tokenizer")
+    config = CaptionHeadConfig(**raw)
     lm, tokenizer = load_lm(config, device, head_dir=path)
     config.llm = str(resolve_llm(config.llm, path)) if resolve_llm(config.llm, path).exists() else config.llm
     lm.requires_grad_(False)
@@ -504,4 +568,7 @@ def caption_regions(head: CaptionHead, view: DetectorView, boxes_xyxy: torch.Ten
     q = best_queries(view, boxes_xyxy, size).to(view.query_features.device)
     with torch.inference_mode():
         tokens = head.region_tokens(view.query_features[0, q], view.boxes[0, q])
-    return head.generate(tokens, head.config.region_prompt, max_new_tokens)
+        n = len(q)
+        cross = head.cross_attention_input(view.memory.expand(n, -1, -1), view.memory_valid.expand(n, -1),
+                                           view.spatial_shapes, view.boxes[0, q])
+    return head.generate(tokens, head.config.region_prompt, max_new_tokens, cross)

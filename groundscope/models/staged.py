@@ -89,6 +89,8 @@ class RawOutputs:
         memory_text: (B, T, d) encoder text memory.
         dn_logits: (num_decoder_layers, B, N, max_text_len) logits of the N denoising queries (training only).
         dn_boxes: (num_decoder_layers, B, N, 4) their boxes.
+        dn_query_features: (B, N, d) final decoder hidden states of the denoising queries (LLMDet's
+            `region_index: official` reads them).
     """
 
     logits: torch.Tensor
@@ -103,6 +105,7 @@ class RawOutputs:
     memory_text: torch.Tensor | None = None
     dn_logits: torch.Tensor | None = None
     dn_boxes: torch.Tensor | None = None
+    dn_query_features: torch.Tensor | None = None
 
 
 def encode_images(detector: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageFeatures:
@@ -327,6 +330,7 @@ def fuse_and_decode_padded(
         memory_text=memory_text,
         dn_logits=dn_logits,
         dn_boxes=dn_boxes,
+        dn_query_features=hidden[:, -1, :num_dn] if num_dn else None,
     )
 
 

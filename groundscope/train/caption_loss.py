@@ -4,8 +4,14 @@ phrases from the Hungarian-matched decoder queries.
 Which query speaks for a ground-truth box: the one the matcher assigned to it in the *last* decoder layer.
 `TrainOutputs.query_features` holds the matching queries only (denoising queries are cut off in
 `groundscope.models.staged.fuse_and_decode`), so the matcher's query index is also the row of
-``query_features``; the reference implementation indexes the decoder output without removing the denoising
-queries first, which picks a denoising query's feature instead.
+``query_features`` (``region_index: matched``, the default). LLMDet's released training indexes the last
+layer's hidden states of ``[denoising; matching]`` queries with the matching-query index
+(iSEE-Laboratory/LLMDet mmdet/models/detectors/grounding_dino.py ~L962-966), so a region's feature is the
+denoising query at that row whenever the index is below the number of denoising queries, while its box is the
+matched query's; ``region_index: official`` reproduces that.
+
+With region cross-attention (``cross_attn_layers``) each region token also attends to its image's memory
+around its detached predicted box (grounding_dino.py ~L977-1004).
 """
 
 from __future__ import annotations
@@ -65,6 +71,22 @@ def select_regions(matches: list[tuple[torch.Tensor, torch.Tensor]], phrases: li
     return RegionSelection(as_long(rows), as_long(queries), as_long(targets), texts)
 
 
+def region_features(out: TrainOutputs, image: torch.Tensor, query: torch.Tensor, rule: str = "matched") -> torch.Tensor:
+    """(R, d) features of the regions' queries.
+
+    matched: ``query_features[image, query]``, the matched query's own hidden state. official: row `query` of
+    the last layer's ``[denoising; matching]`` hidden states, as LLMDet indexes them (its region features then
+    come mostly from denoising queries).
+    """
+    if rule == "matched":
+        return out.query_features[image, query]
+    if rule != "official":
+        raise ValueError(f"caption.region_index '{rule}': use matched or official")
+    dn = getattr(out, "dn_query_features", None)
+    full = out.query_features if dn is None else torch.cat([dn, out.query_features], 1)
+    return full[image, query]
+
+
 def caption_losses(head: CaptionHead, out: TrainOutputs, matches: list[tuple[torch.Tensor, torch.Tensor]],
                    phrases: list[list[str]], long_captions: list[str | None],
                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -88,7 +110,9 @@ def caption_losses(head: CaptionHead, out: TrainOutputs, matches: list[tuple[tor
         if sel.phrases:
             device = out.query_features.device
             image, query = sel.image.to(device), sel.query.to(device)
-            feats = out.query_features[image, query]
+            feats = region_features(out, image, query, head.config.region_index)
             boxes = out.decoder[-1].boxes[image, query]
-            losses["region"] = head.region_loss(head.region_tokens(feats, boxes), sel.phrases)
+            cross = head.cross_attention_input(out.memory[image], out.memory_valid[image].to(device),
+                                               out.spatial_shapes, boxes)
+            losses["region"] = head.region_loss(head.region_tokens(feats, boxes), sel.phrases, cross)
     return losses

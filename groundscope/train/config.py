@@ -203,12 +203,20 @@ class CaptionSection:
     grids: list[int] = _spec(factory=lambda: [20, 27], min=1, doc="resized side of each level (LLMDet: 20, 27)")
     image_weight: float = _spec(1.0, min=0.0, doc="weight of the image-caption loss")
     region_weight: float = _spec(1.0, min=0.0, doc="weight of the region-phrase loss")
-    image_max_tokens: int = _spec(1600, min=2, doc="caption tokens kept (LLMDet: 1600)")
-    region_max_tokens: int = _spec(40, min=2, doc="phrase tokens kept (LLMDet: 40)")
+    image_max_tokens: int = _spec(1600, min=2, doc="tokens of the whole image-caption sequence kept: prompt + "
+                                                   "visual tokens + caption (LLMDet: 1600)")
+    region_max_tokens: int = _spec(40, min=2, doc="tokens of the whole region sequence kept: prompt + region token "
+                                                  "+ phrase (LLMDet: 40)")
     max_regions: int = _spec(16, min=0, doc="boxes per image with a region phrase (LLMDet: 16)")
     lora: LoraSection | None = _spec(None, doc="LoRA adapters on the LM (stage 2); null keeps the LM frozen")
     default_prompt: str = _spec("auto", doc="detector prompt `groundscope caption` uses when given none; auto: "
                                            "the training data's class names (as many as fit the text budget)")
+    template: str = _spec("auto", doc="LM sequence layout: chatml (LLMDet's), tokenizer (its chat template), plain; "
+                                      "auto: chatml when the tokenizer has <|im_start|> / <|im_end|>")
+    cross_attn_layers: int = _spec(0, min=0, doc="region cross-attention blocks in the LM (LLMDet: 6, at layers "
+                                                 "0, 4, ..., 20 of 24); 0: none")
+    region_index: str = _spec("matched", doc="region feature: matched (the matched query's) or official "
+                                             "(LLMDet's row of the [denoising; matching] queries)")
 
 
 @dataclass
@@ -449,6 +457,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "`groundscope pretrain-lm` writes, or a hub id), or caption.head: a trained head")
     if len(c.levels) != len(c.grids) or not c.levels:
         raise ConfigError(f"caption.levels {c.levels} and caption.grids {c.grids}: give one grid side per level")
+    if c.template not in ("auto", "chatml", "tokenizer", "plain"):
+        raise ConfigError(f"caption.template '{c.template}': use auto, chatml, tokenizer or plain")
+    if c.region_index not in ("matched", "official"):
+        raise ConfigError(f"caption.region_index '{c.region_index}': use matched or official")
     return cfg
 
 

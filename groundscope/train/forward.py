@@ -37,6 +37,7 @@ class TrainOutputs:
         memory: (B, S, d) encoder vision memory (LLMDet's image features).
         memory_valid: (B, S) bool, True on real (unpadded) pixels.
         spatial_shapes: [(H_l, W_l)] per memory level.
+        dn_query_features: (B, N, d) last decoder layer's hidden states of the denoising queries, or None.
     """
 
     decoder: list[Predictions]
@@ -47,6 +48,7 @@ class TrainOutputs:
     memory: torch.Tensor | None = None
     memory_valid: torch.Tensor | None = None
     spatial_shapes: list[tuple[int, int]] | None = None
+    dn_query_features: torch.Tensor | None = None
 
 
 class _Recorder:
@@ -133,7 +135,7 @@ def forward_train(
     if raw.dn_logits is not None:
         dn = [Predictions(raw.dn_logits[k], raw.dn_boxes[k]) for k in range(raw.dn_logits.shape[0])]
     return TrainOutputs(decoder, encoder, raw.text_mask, dn, raw.query_features, raw.memory, images.mask,
-                        images.spatial_shapes_list)
+                        images.spatial_shapes_list, raw.dn_query_features)
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:

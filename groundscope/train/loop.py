@@ -331,7 +331,8 @@ class Trainer:
         self.model = detector.model.to(self.device)
         # LLMDet's caption head trains beside the detector; `self.trainable` names both ("model.*" as before,
         # "captioner.*" for the head) for freezing, parameter groups and train/eval modes.
-        self.head = build_head_for_training(config.caption, int(self.model.config.d_model), self.device)
+        self.head = build_head_for_training(config.caption, int(self.model.config.d_model), self.device,
+                                            int(getattr(self.model.config, "num_feature_levels", 4)))
         self.trainable = self.model if self.head is None else _Joint(self.model, self.head)
         self.frozen = apply_freeze(self.trainable, config.model.freeze)
         if t.activation_checkpointing:
@@ -820,7 +821,7 @@ class _Joint(torch.nn.Module):
         self.captioner = head
 
 
-def build_head_for_training(c, d_model: int, device: torch.device):
+def build_head_for_training(c, d_model: int, device: torch.device, num_levels: int = 4):
     """The caption head a config asks for (None when caption.enabled is false): a trained one from
     ``caption.head`` (LoRA added if the config asks for it and the head has none), else a new one on
     ``caption.llm``."""
@@ -839,11 +840,14 @@ def build_head_for_training(c, d_model: int, device: torch.device):
         if lora and not head.config.lora:
             head.lm = attach_lora(head.lm, lora)
             head.config.lora = lora
+        head.config.region_index = c.region_index  # a training choice: this run's config decides
         return head.train()
     cfg = CaptionHeadConfig(llm=c.llm, gguf_file=c.gguf_file, d_model=d_model, levels=list(c.levels),
                             grids=list(c.grids), image_max_tokens=c.image_max_tokens,
                             region_max_tokens=c.region_max_tokens, max_regions=c.max_regions, lora=lora,
-                            default_prompt=c.default_prompt)
+                            default_prompt=c.default_prompt, template=c.template,
+                            cross_attn_layers=c.cross_attn_layers, num_levels=num_levels,
+                            region_index=c.region_index)
     return build_caption_head(cfg, device)
 
 

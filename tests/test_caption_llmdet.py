@@ -302,3 +302,26 @@ def test_heads_saved_before_keep_their_layout(tmp_path):
     old = load_caption_head(tmp_path / "head")
     assert old.config.box_encoding == "cxcywh" and old.config.template == "tokenizer" and old.cross_attn is None
     torch.testing.assert_close(old.separator, head.separator)
+
+
+def test_llmdet_configs_follow_the_official_recipe():
+    """configs/grounding_dino_swin_t.py: MM-GDINO-T o365v1+goldg+grit+v3det start, 150k iterations, milestones
+    120k / 140k, global batch 16, backbone and neck frozen, 6 cross-attention layers, ChatML."""
+    from pathlib import Path
+
+    import yaml
+
+    from groundscope.train.config import config_from_dict
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    s1 = config_from_dict(yaml.safe_load((root / "llmdet_stage1.yaml").read_text()))
+    s2 = config_from_dict(yaml.safe_load((root / "llmdet_stage2.yaml").read_text()))
+    assert s1.model.path == "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_grit_v3det"
+    assert s1.caption.cross_attn_layers == 6 and s1.caption.template == "chatml"
+    assert s1.caption.image_max_tokens == 1600 and s1.caption.region_max_tokens == 40
+    assert s2.train.max_steps == 150000 and s2.schedule.milestones == [120000, 140000]
+    assert s2.schedule.warmup_steps == 1000 and s2.schedule.warmup_factor == 0.001
+    assert s2.train.batch_size * s2.train.accumulate == 16
+    assert {"model.backbone", "model.input_proj_vision"} <= set(s2.model.freeze)
+    synth = config_from_dict(yaml.safe_load((root / "llmdet_stage2_synth.yaml").read_text()))
+    assert "model.input_proj_vision" in synth.model.freeze

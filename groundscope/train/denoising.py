@@ -6,7 +6,7 @@ the matching queries. Each query's *content* says which entity it is (possibly a
 gives every decoder layer a direct, assignment-free training signal from the first step on; DN-DETR and DINO
 report that this is what makes DETR-style detectors converge several times faster.
 
-Layout (DINO's dynamic groups, as MM-GDINO's ``CdnQueryGenerator`` with ``num_dn_queries=100``):
+Layout (DINO's dynamic groups, as in MM-GDINO's ``CdnQueryGenerator`` with ``num_dn_queries=100``):
 
 * ``G = max(1, num_queries // max_gt)`` groups, ``max_gt`` = most boxes of one image in the batch; each group
   holds ``max_gt`` *positive* queries (box noise below `box_noise` x half the box size: they must reconstruct
@@ -17,13 +17,17 @@ Layout (DINO's dynamic groups, as MM-GDINO's ``CdnQueryGenerator`` with ``num_dn
   matching part computes exactly what it computes without them, which is what inference runs), and the groups
   never see each other; a denoising query sees its own group and the matching queries.
 
-The label embedding. DINO looks a query's content up in a learned class-embedding table. A grounding detector
-has no fixed classes: "class 3" is a different phrase in every prompt. As MM-GDINO does for grounding, the
-content of a denoising query is built from the text: the mean of the entity's token features in the fusion
-encoder's text output (the same features the contrastive head scores against), so no parameter is added and a
-trained model stays a plain transformers checkpoint. Label noise swaps, with probability ``label_noise / 2``
-(DINO's rule for a noise scale), the entity for another entity of the same prompt (a negative class name
-included, when the prompt holds one); the target stays the true entity.
+The label embedding (groundscope's own form, not MM-GDINO's). DINO looks a query's content up in a learned
+class-embedding table, and so does MM-GDINO for grounding: mmdetection's ``CdnQueryGenerator`` holds
+``nn.Embedding(256, 256)`` indexed by the entity's position in the prompt, and its label noise replaces an id by a
+random one in [0, 256), an entity the prompt may not even have (official: mmdet/models/layers/transformer/
+dino_layers.py ~L185, ~L337-340; ``num_classes=256`` in configs/mm_grounding_dino/*). Here the content is built
+from the text instead: the mean of the entity's token features in the fusion encoder's text output (the same
+features the contrastive head scores against), so no parameter is added and a trained model stays a plain
+transformers checkpoint (transformers' GroundingDino / MMGroundingDino classes have no such table to save it in).
+Label noise swaps, with probability ``label_noise / 2`` (DINO's rule for a noise scale), the entity for another
+entity of the same prompt (a negative class name included, when the prompt holds one); the target stays the true
+entity. The docs' fidelity table lists this departure.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Rules (those that produced the published MM-GDINO / LLMDet numbers):
 - A class name may not contain ".", the model's phrase delimiter: "st. bernard" would become two phrases.
   We replace such dots with spaces in the prompt (the label keeps the user's spelling).
 - Duplicate names are encoded once by default, every duplicate's detections going to the first occurrence's class
-  id. ``keep_duplicates=True`` prompts every entry under its own id, as the official code does (LVIS has five
-  names that clean to a duplicate: bow, fish, octopus, pan, salmon).
+  id, and a blank name is an error. ``official_names=True`` prompts every entry as the official code does: a
+  duplicate under its own id (LVIS has five names that clean to a duplicate: bow, fish, octopus, pan, salmon), a
+  blank name (ODinW35's ChessPieces lists "  ") as its text with no tokens of its own, so it is never detected.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def tokens_for_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[int
     return out
 
 
-def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: int | None) -> Prompt:
+def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: int | None,
+           allow_tokenless: bool = False) -> Prompt:
     input_ids, offsets = _tokenize(tokenizer, text)
     if max_tokens is not None and input_ids.shape[1] > max_tokens:
         raise PromptError(
@@ -96,7 +98,7 @@ def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: i
     token_spans = []
     for label, spans in zip(labels, entity_spans):
         toks = tokens_for_spans(offsets, spans)
-        if not toks:
+        if not toks and not allow_tokenless:
             raise PromptError(f"'{label}' produces no tokens (only whitespace or characters the tokenizer drops)")
         token_spans.append(toks)
     return Prompt(text, input_ids, [list(s) for s in entity_spans], token_spans, list(entity_ids), list(labels), offsets)
@@ -107,9 +109,9 @@ def clean_class_name(name: str) -> str:
     return re.sub(r"\s+", " ", name.replace(".", " ")).strip()
 
 
-def _unique_classes(classes: Sequence[str], keep_duplicates: bool = False) -> tuple[list[int], list[str]]:
-    """Indices and prompt texts of the first occurrence of each distinct class (of every class with
-    `keep_duplicates`); validates names."""
+def _unique_classes(classes: Sequence[str], official_names: bool = False) -> tuple[list[int], list[str]]:
+    """Indices and prompt texts of the first occurrence of each distinct class (of every class, blank ones
+    included, with `official_names`); validates names."""
     if isinstance(classes, str):
         raise PromptError(f"classes must be a list of names, got the string '{classes}'; split it first")
     if len(classes) == 0:
@@ -120,10 +122,10 @@ def _unique_classes(classes: Sequence[str], keep_duplicates: bool = False) -> tu
         if not isinstance(name, str):
             raise PromptError(f"class {i} is {type(name).__name__}, not a string")
         text = clean_class_name(name)
-        if not text:
+        if not text and not official_names:
             raise PromptError(f"class {i} ('{name}') is empty; remove it from the list")
         key = text.lower()
-        if key in seen and not keep_duplicates:
+        if key in seen and not official_names:
             warnings.warn(f"class '{name}' (index {i}) repeats index {seen[key]}; its boxes go to index {seen[key]}")
             continue
         seen.setdefault(key, i)
@@ -160,7 +162,9 @@ def class_prompt(
         spans.append([(len(text), len(text) + len(shown))])
         text += shown + enh.get("suffix", "") + ". "
     text = text.rstrip()  # "a. b." (the official string ends with ". "; the tokens are the same)
-    return _build(tokenizer, text, spans, class_ids, list(labels if labels is not None else classes), max_tokens)
+    blank = any(not c.strip() for c in classes)  # only official_names lets a blank name through
+    return _build(tokenizer, text, spans, class_ids, list(labels if labels is not None else classes), max_tokens,
+                  allow_tokenless=blank)
 
 
 def chunk_classes(
@@ -169,7 +173,7 @@ def chunk_classes(
     max_tokens: int = 256,
     *,
     chunk_size: int | None = None,
-    keep_duplicates: bool = False,
+    official_names: bool = False,
     caption_prompt: dict[str, Enhancement] | None = None,
 ) -> list[Prompt]:
     """Split `classes` into prompts that each fit in `max_tokens` tokens.
@@ -187,7 +191,7 @@ def chunk_classes(
     """
     if chunk_size is not None and chunk_size < 1:
         raise PromptError(f"chunk_size must be a positive number of class names, not {chunk_size}")
-    idx, texts = _unique_classes(classes, keep_duplicates)
+    idx, texts = _unique_classes(classes, official_names)
     caption_prompt = caption_prompt or {}
     enh = [caption_prompt.get(classes[i], caption_prompt.get(t)) for i, t in zip(idx, texts)]
 

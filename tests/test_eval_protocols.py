@@ -226,11 +226,18 @@ def test_chunk_size_and_duplicates_in_prompts(tokenizer):
     with pytest.warns(UserWarning, match="repeats"):
         merged = chunk_classes(tokenizer, cleaned, 256)
     assert [p.entity_ids for p in merged] == [[0, 2, 3, 4]]
-    kept = chunk_classes(tokenizer, cleaned, 256, chunk_size=2, keep_duplicates=True)
+    kept = chunk_classes(tokenizer, cleaned, 256, chunk_size=2, official_names=True)
     assert [p.entity_ids for p in kept] == [[0, 1], [2, 3], [4]]
     assert [p.text for p in kept] == ["bow. bow.", "cat. dog.", "fish."]
     with pytest.raises(Exception, match="chunk_size"):
         chunk_classes(tokenizer, ["a " * 200] * 2, 64, chunk_size=2)
+    # ODinW35's ChessPieces lists a blank class "  ": the official text keeps its ". ", with no tokens for it
+    with pytest.raises(Exception, match="empty"):
+        chunk_classes(tokenizer, ["  ", "black bishop"], 256)
+    [p] = chunk_classes(tokenizer, ["  ", "black bishop"], 256, official_names=True)
+    official = tokenizer("  . black bishop. ")["input_ids"]
+    assert p.input_ids[0].tolist() == official and p.token_spans[0] == [] and p.entity_ids == [0, 1]
+    assert p.positive_map()[0].sum() == 0  # never scored above 0
 
 
 # ------------------------------------------------------------------------------------------------ REC rules

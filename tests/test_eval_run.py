@@ -133,7 +133,7 @@ def test_coco_run_writes_results_and_perfect_metrics(coco_file, images, tmp_path
     # the official COCO protocol: mmdetection's maxDets [100, 300, 1000], every name prompted
     assert set(coco_keys(MMDET_MAX_DETS)) <= set(metrics) and "per_class" in metrics
     assert metrics["max_dets"] == [100, 300, 1000] and metrics["settings"]["max_dets"] == [100, 300, 1000]
-    assert det.settings == {"keep_duplicates": True}
+    assert det.settings == {"official_names": True}
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 4 + 4  # four true boxes and one decoy per image
     first = results[0]

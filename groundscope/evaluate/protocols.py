@@ -41,7 +41,8 @@ class EvalSettings:
     Attributes:
         chunk_size: class names per prompt (None: as many as fit in the text limit).
         per_chunk: keep `max_detections` per chunk and concatenate the chunks (else the best over all chunks).
-        keep_duplicates: prompt a name that repeats an earlier one under its own category.
+        official_names: prompt names as the official code does (duplicates under their own category, blank names
+            kept with no tokens).
         max_dets: pycocotools' three per-image caps for COCO-style metrics.
         rec_rule: which tokens score a box for a referring expression (`groundscope.prompts.rec_prompt`).
         overlap: "iou" or "giou" for a referring-expression hit.
@@ -50,7 +51,7 @@ class EvalSettings:
 
     chunk_size: int | None = None
     per_chunk: bool = False
-    keep_duplicates: bool = False
+    official_names: bool = False
     max_dets: tuple[int, int, int] = COCO_MAX_DETS
     rec_rule: str = "mean"
     overlap: str = "iou"
@@ -80,8 +81,8 @@ class EvalSettings:
             out["chunk_size"] = self.chunk_size
         if self.per_chunk:
             out["per_chunk"] = True
-        if self.keep_duplicates:
-            out["keep_duplicates"] = True
+        if self.official_names:
+            out["official_names"] = True
         if self.caption_prompt:
             out["caption_prompt"] = self.caption_prompt
         return out
@@ -106,9 +107,9 @@ def default_rec_rule(model: str | None) -> str:
 def official_settings(kind: str, model: str | None = None) -> EvalSettings:
     """The settings of the official evaluation of a dataset kind (see the module docstring)."""
     if kind == "lvis":
-        return EvalSettings(chunk_size=LVIS_CHUNK_SIZE, per_chunk=True, keep_duplicates=True)
+        return EvalSettings(chunk_size=LVIS_CHUNK_SIZE, per_chunk=True, official_names=True)
     if kind in ("coco", "odvg", "odinw"):
-        return EvalSettings(keep_duplicates=True, max_dets=MMDET_MAX_DETS)
+        return EvalSettings(official_names=True, max_dets=MMDET_MAX_DETS)
     if kind == "refexp":
         return EvalSettings(rec_rule=default_rec_rule(model))
     return EvalSettings()

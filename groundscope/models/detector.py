@@ -103,7 +103,7 @@ class GroundingDetector:
         batch_size: int = 4,
         chunk_size: int | None = None,
         per_chunk: bool = False,
-        keep_duplicates: bool = False,
+        official_names: bool = False,
         caption_prompt: dict | None = None,
     ) -> Detections | list[Detections]:
         """Open-vocabulary detection.
@@ -123,8 +123,9 @@ class GroundingDetector:
             per_chunk: keep the top `max_detections` of each chunk and concatenate the chunks (mmdetection's
                 chunked prediction, ~9,300 boxes an image for LVIS at 40 names), instead of the top
                 `max_detections` over all chunks. Detections then come chunk by chunk, each chunk's best first.
-            keep_duplicates: prompt a name that repeats an earlier one (after cleaning) under its own class id,
-                as the official code does, instead of sending its boxes to the first occurrence.
+            official_names: prompt the names as the official code does: one that repeats an earlier one (after
+                cleaning) under its own class id, instead of sending its boxes to the first occurrence; a blank
+                one as text with no tokens (never detected), instead of an error.
             caption_prompt: per class name, {"prefix", "name", "suffix"} to prompt it with (mmdetection's ODinW
                 ``caption_prompt``: "there is a package on the porch."); only the name's tokens score it.
         """
@@ -137,7 +138,7 @@ class GroundingDetector:
             key = tuple(cl)
             if key not in chunk_cache:
                 chunk_cache[key] = chunk_classes(self.tokenizer, cl, self.max_text_len, chunk_size=chunk_size,
-                                                 keep_duplicates=keep_duplicates, caption_prompt=caption_prompt)
+                                                 official_names=official_names, caption_prompt=caption_prompt)
             prompts.append(chunk_cache[key])
 
         def reduce(out_logits, out_boxes, prompt):

@@ -230,7 +230,7 @@ def test_chunk_size_and_duplicates_in_prompts(tokenizer):
     assert [p.entity_ids for p in kept] == [[0, 1], [2, 3], [4]]
     assert [p.text for p in kept] == ["bow. bow.", "cat. dog.", "fish."]
     with pytest.raises(Exception, match="chunk_size"):
-        chunk_classes(tokenizer, ["a " * 200] * 2, 64, chunk_size=2)
+        chunk_classes(tokenizer, ["a " * 200, "b " * 200], 64, chunk_size=2)
     # ODinW35's ChessPieces lists a blank class "  ": the official text keeps its ". ", with no tokens for it
     with pytest.raises(Exception, match="empty"):
         chunk_classes(tokenizer, ["  ", "black bishop"], 256)

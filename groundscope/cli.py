@@ -189,6 +189,10 @@ def detect(
     box_threshold: float = typer.Option(0.3, "--box-threshold", "-t", min=0.0, max=1.0, help="Minimum score."),
     max_detections: int = typer.Option(300, "--max-detections", "-k", min=1, help="Top-k (box, class) pairs per image."),
     nms: Optional[float] = typer.Option(None, "--nms", min=0.0, max=1.0, help="Class-wise NMS IoU (off by default)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Class names per prompt (the LVIS "
+                                             "protocol: 40); default: as many as fit in the text limit (faster)."),
+    per_chunk: bool = typer.Option(False, "--per-chunk", help="Keep --max-detections per prompt chunk and "
+                                   "concatenate the chunks (mmdetection's chunked prediction)."),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
@@ -199,7 +203,8 @@ def detect(
     run_task(
         images, "detect", model, device, out, batch_size,
         lambda det, ims: det.detect(
-            ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size
+            ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size,
+            **({"chunk_size": chunk_size} if chunk_size else {}), **({"per_chunk": True} if per_chunk else {}),
         ),
         precision,
     )
@@ -242,6 +247,9 @@ def refer(
     images: list[Path] = typer.Argument(..., help="Image files or directories."),
     expression: str = typer.Option(..., "--expression", "-e", help='e.g. "the cat on the left".'),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Boxes to return, best first."),
+    rec_rule: str = typer.Option("mean", "--rec-rule", help="Which tokens score a box: mean (the whole "
+                                 "expression), mmgdino (the best token, MM-GDINO's evaluation) or llmdet (the first "
+                                 "noun phrase, LLMDet's; needs NLTK)."),
     model: str = ModelOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -249,11 +257,22 @@ def refer(
     out: Path = OutOpt,
 ) -> None:
     """Referring expression comprehension: the one box an expression describes."""
+    from groundscope.prompts import REC_RULES
+    from groundscope.rec_subject import RecSubjectError, nltk_tagger
+
     if not expression.strip(" ."):
         raise fail("--expression is empty; pass the words that single out one object")
+    if rec_rule not in REC_RULES:
+        raise fail(f"--rec-rule must be one of {', '.join(REC_RULES)}, not {rec_rule!r}")
+    if rec_rule == "llmdet":
+        try:
+            nltk_tagger()
+        except RecSubjectError as e:
+            raise fail(str(e))
     run_task(
         images, "refer", model, device, out, batch_size,
-        lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size),
+        lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size,
+                                   **({} if rec_rule == "mean" else {"rec_rule": rec_rule})),
         precision,
     )
 

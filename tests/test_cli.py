@@ -66,6 +66,25 @@ def test_classes_file_ground_and_refer(tiny_mm_dir, example_photo, tmp_path):
     assert [d["label"] for d in rec["detections"]] == ["the cat", "the cat"]
 
 
+def test_detect_chunk_size_per_chunk_and_refer_rule(tiny_mm_dir, example_photo, tmp_path):
+    """--chunk-size 1 --per-chunk keeps --max-detections boxes for each class (one prompt a class); --rec-rule
+    mmgdino scores the expression by its best token, so the scores differ from the default mean rule."""
+    res = runner.invoke(app, ["detect", str(example_photo), "-c", "cat,sofa,lamp", "-m", str(tiny_mm_dir), "-t", "0",
+                              "-k", "2", "--chunk-size", "1", "--per-chunk", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    dets = json.loads((tmp_path / "d" / "chelsea.json").read_text())["detections"]
+    assert [d["label"] for d in dets] == ["cat", "cat", "sofa", "sofa", "lamp", "lamp"]
+    scores = {}
+    for rule in ("mean", "mmgdino"):
+        res = runner.invoke(app, ["refer", str(example_photo), "-e", "the cat", "-m", str(tiny_mm_dir),
+                                  "--rec-rule", rule, "-o", str(tmp_path / rule)])
+        assert res.exit_code == 0, res.output
+        scores[rule] = json.loads((tmp_path / rule / "chelsea.json").read_text())["detections"][0]["score"]
+    assert scores["mmgdino"] > scores["mean"]  # the best token is at least the mean, and random tokens differ
+    res = runner.invoke(app, ["refer", str(example_photo), "-e", "the cat", "-m", str(tiny_mm_dir), "--rec-rule", "x"])
+    assert res.exit_code == 2 and "--rec-rule" in res.output
+
+
 def test_argument_errors_exit_2(tiny_mm_dir, example_photo, tmp_path):
     res = runner.invoke(app, ["detect", str(example_photo), "-m", str(tiny_mm_dir), "-o", str(tmp_path)])
     assert res.exit_code == 2 and "no classes given" in res.output

@@ -41,10 +41,10 @@ def test_irm_loss_hand_value():
     gt = torch.tensor([[R, R, 0], [R, R, 0], [0, 0, 1.0]])
     assert torch.allclose(relation_matrix(STUDENT), gs, atol=1e-6)
     assert torch.allclose(relation_matrix(TEACHER), gt, atol=1e-6)
-    # squared Frobenius norm of the difference, per entry (9 entries), x100
-    expected = 100 * (2 * ((a - R) ** 2 + R**2 + b**2) + (2 * 0.25 + (R - 1) ** 2)) / 9
+    # squared Frobenius norm of the difference SUMMED over the 9 entries (the reference's torch.norm(.) ** 2), x100
+    expected = 100 * (2 * ((a - R) ** 2 + R**2 + b**2) + (2 * 0.25 + (R - 1) ** 2))
     assert rkd_irm_loss(STUDENT, TEACHER).item() == pytest.approx(expected, rel=1e-5)
-    assert expected == pytest.approx(25.293, abs=0.001)
+    assert expected == pytest.approx(227.639, abs=0.001)  # the old per-entry mean gave 25.293 (9x weaker)
     # The same embeddings scaled give the same loss (both sides are normalised); one region has no relations.
     assert rkd_irm_loss(3 * STUDENT, TEACHER).item() == pytest.approx(expected, rel=1e-5)
     assert rkd_irm_loss(STUDENT[:1], TEACHER[:1]).item() == 0.0
@@ -54,31 +54,97 @@ def test_pseudo_max_score_loss_hand_case():
     logits = torch.tensor([[2.0, -1.0, 0.0, 5.0]])
     target = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     valid = torch.tensor([[True, True, True, False]])  # the last column is padding: not counted
-    expected = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log(2)) / 3
+    # summed over the valid columns, as the reference's reduction='sum' over its classes (was the mean: / 3)
+    expected = math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log(2)
     assert pseudo_max_score_loss(logits, target, valid).item() == pytest.approx(expected, rel=1e-6)
-    # two pseudo-boxes: the mean of their per-box losses
+    # two pseudo-boxes of one image: the mean of their per-box losses (the reference's loss_i / len(labels))
     two = pseudo_max_score_loss(torch.cat([logits, -logits]), torch.cat([target, target]), torch.cat([valid, valid]))
-    other = (math.log1p(math.exp(2)) + math.log1p(math.exp(1)) + math.log(2)) / 3
+    other = math.log1p(math.exp(2)) + math.log1p(math.exp(1)) + math.log(2)
     assert two.item() == pytest.approx((expected + other) / 2, rel=1e-6)
     assert pseudo_max_score_loss(logits[:0], target[:0]).item() == 0.0
 
 
-def test_weight_transfer_shapes_and_frozen_projection():
+def test_pseudo_max_score_loss_is_the_reference_reduction_over_images():
+    """Per image the mean over its labels' pseudo-boxes, then the mean over images (custom_fast_rcnn.py
+    ~L270-295), each box's BCE summed over the classes (~L350-351)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    labels = torch.tensor([1, 4, 0, 6, 2])
+    targets = F.one_hot(labels, 7).float()
+    image = torch.tensor([0, 0, 2, 2, 2])  # image 0 holds 2 labels, image 2 three
+
+    def reference(score, label):  # _psuedo_maxscore_loss: BCE(reduction='sum') against a one-hot target
+        t = score.new_zeros(score.shape[0])
+        t[label] = 1.0
+        return F.binary_cross_entropy_with_logits(score, t, reduction="sum")
+
+    per_image = [[0, 1], [2, 3, 4]]
+    expected = sum(sum(reference(logits[i], labels[i]) / len(ix) for i in ix) for ix in per_image) / len(per_image)
+    got = pseudo_max_score_loss(logits, targets, image_index=image)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # not the mean over all five boxes (images with more labels would weigh more)
+    flat = sum(reference(logits[i], labels[i]) for i in range(5)) / 5
+    assert abs(got.item() - flat.item()) > 1e-3
+    with pytest.raises(ValueError, match="image_index"):
+        pseudo_max_score_loss(logits, targets, image_index=image[:3])
+
+
+def _reference_distil_losses(student, teacher):
+    """custom_fast_rcnn.py ~L168-180 with weights 1, on res5_roi_heads.py ~L49-51's normalised embeddings."""
+    import torch.nn.functional as F
+
+    s, t = F.normalize(student, p=2, dim=1), F.normalize(teacher, p=2, dim=1)
+    l1 = F.l1_loss(s, t, reduction="mean") * 100
+    g_s, g_t = F.normalize(s @ s.t(), dim=1), F.normalize(t @ t.t(), dim=1)
+    return l1, torch.norm(g_s - g_t) ** 2 * 100
+
+
+def test_distillation_losses_equal_the_reference_at_batch_size():
+    torch.manual_seed(1)
+    for n in (2, 10, 40):  # the reference's 2 and 8 images per GPU x 5 regions
+        s, t = torch.randn(n, 16), torch.randn(n, 16)
+        l1, irm = _reference_distil_losses(s, t)
+        assert rkd_l1_loss(s, t).item() == pytest.approx(l1.item(), rel=1e-5)
+        assert rkd_irm_loss(s, t).item() == pytest.approx(irm.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="same shape"):
+        rkd_irm_loss(torch.randn(3, 4), torch.randn(3, 5))
+
+
+def _reference_transfer_embedding(head, x):
+    """WeightTransferZeroShotClassifier.forward up to the normalisation (zero_shot_classifier.py ~L166-173),
+    written from the reference's own layers: fc1/fc2 on linear.weight, fc3/fc4 residual, LeakyReLU(0.1)."""
+    wt, relu = head.transfer, torch.nn.LeakyReLU(0.1)
+    transfer_weights = wt.fc2(relu(wt.fc1(head.proj.weight)))
+    res_x = wt.fc4(relu(wt.fc3(x)))
+    return res_x + torch.nn.functional.linear(x, weight=transfer_weights)
+
+
+def test_weight_transfer_is_the_reference_form():
     head = RkdHead(RkdHeadConfig(d_model=8, teacher_dim=6, weight_transfer=True))
-    h = torch.randn(2, 5, 8)
-    text = torch.randn(3, 6)
-    assert head.embed(h).shape == (2, 5, 6)
-    assert head.logits(h, text).shape == (2, 5, 3)
-    assert head.transfer_logits(h, text).shape == (2, 5, 3)
-    assert head.transfer(head.proj.weight).shape == head.proj.weight.shape  # MLP(W): (D, d) -> (D, d)
+    wt = head.transfer
+    # shapes: fc1 d -> D and fc2 D -> d on W's rows, fc3 d -> 1024 and fc4 1024 -> D (the old MLP was d -> d -> d)
+    assert (wt.fc1.in_features, wt.fc1.out_features, wt.fc2.in_features, wt.fc2.out_features) == (8, 6, 6, 8)
+    assert (wt.fc3.in_features, wt.fc3.out_features, wt.fc4.in_features, wt.fc4.out_features) == (8, 1024, 1024, 6)
+    assert wt.transfer_weight(head.proj.weight).shape == head.proj.weight.shape  # T is (D, d) like W
+    torch.manual_seed(0)
+    h, text = torch.randn(2, 5, 8), torch.randn(3, 6)
+    x = h.reshape(10, 8)
+    ref = _reference_transfer_embedding(head, x)
+    assert torch.allclose(wt(x, head.proj.weight), ref, atol=1e-5)
+    # the classifier: scale * cos(embedding, text) + bias
+    cos = torch.nn.functional.normalize(ref, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    expected = head.transfer_scale.exp() * cos + head.transfer_bias
+    assert torch.allclose(head.transfer_logits(h, text).reshape(10, 3), expected, atol=1e-5)
+    # it replaces the RKD classifier (no averaging of the two)
+    assert torch.allclose(head.probabilities(h, text), head.transfer_logits(h, text).sigmoid(), atol=1e-6)
+    assert torch.allclose(head.class_logits(h, text), head.transfer_logits(h, text))
     head.transfer_logits(h, text).sum().backward()
     assert head.proj.weight.grad is None  # W gets no gradient through the transfer head
-    assert head.transfer.fc1.weight.grad is not None and head.transfer.fc1.weight.grad.abs().sum() > 0
-    # leaky ReLU with slope 0.1 between the two layers
-    x = torch.randn(4, 8)
-    manual = head.transfer.fc2(torch.where(head.transfer.fc1(x) > 0, head.transfer.fc1(x), 0.1 * head.transfer.fc1(x)))
-    assert torch.allclose(head.transfer(x), manual, atol=1e-6)
+    assert all(getattr(wt, n).weight.grad.abs().sum() > 0 for n in ("fc1", "fc2", "fc3", "fc4"))
     plain = RkdHead(RkdHeadConfig(d_model=8, teacher_dim=6))
+    assert torch.allclose(plain.probabilities(h, text), plain.logits(h, text).sigmoid())
     with pytest.raises(RuntimeError, match="without weight transfer"):
         plain.transfer_logits(h, text)
 
@@ -93,6 +159,29 @@ def test_head_saves_and_loads(tmp_path):
     (tmp_path / "bad").mkdir()
     with pytest.raises(ValueError, match="not an RKD head folder"):
         RkdHead.load(tmp_path / "bad")
+
+
+def test_heads_saved_by_the_old_code(tmp_path):
+    """A weight-transfer head of the old d -> d -> d MLP is refused with 'retrain'; a plain one still loads."""
+    from safetensors.torch import save_file
+
+    old_cfg = {"d_model": 8, "teacher_dim": 6, "weight_transfer": True, "score_weight": 0.5, "teacher": "t",
+               "text_template": "{}"}
+    old_state = {"proj.weight": torch.randn(6, 8), "proj.bias": torch.randn(6), "logit_scale": torch.tensor(2.3),
+                 "bias": torch.tensor(-5.0), "transfer.fc1.weight": torch.randn(8, 8), "transfer.fc1.bias": torch.randn(8),
+                 "transfer.fc2.weight": torch.randn(8, 8), "transfer.fc2.bias": torch.randn(8),
+                 "transfer_scale": torch.tensor(2.3), "transfer_bias": torch.tensor(-5.0)}
+    for name, cfg, state in (("wt", old_cfg, old_state),
+                             ("plain", {**old_cfg, "weight_transfer": False},
+                              {k: v for k, v in old_state.items() if not k.startswith("transfer")})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        save_file(state, str(tmp_path / name / "head.safetensors"))
+    with pytest.raises(ValueError, match="retrain it"):
+        RkdHead.load(tmp_path / "wt")
+    plain = RkdHead.load(tmp_path / "plain")
+    assert plain.config.text_template == "{}"  # an old head keeps the template it was trained with
+    assert torch.equal(plain.proj.weight, old_state["proj.weight"])
 
 
 def test_inference_rule_is_the_weighted_geometric_mean_in_the_token_logits():
@@ -248,8 +337,9 @@ def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeyp
     # A random tiny detector's boxes seldom fit a pseudo-box (GIoU >= 0.5); any fit lets the loss run here.
     monkeypatch.setattr(rkd_module, "PSEUDO_MIN_GIOU", -1.0)
 
+    # stage 1 (the reference's RKD + PIS run): W trains; stage 2 below (weight transfer) starts from its model
     cfg = config_from_dict(_rkd_config(tiny_dir, world, teacher_dir, tmp_path / "run", pseudo=True,
-                                       weight_transfer=True, score_weight=0.5))
+                                       score_weight=0.5))
     trainer = build_trainer(cfg)
     assert isinstance(trainer, RkdTrainer)
     assert any(n.startswith("rkd.proj") for g in trainer.groups for n in g["names"])
@@ -257,7 +347,7 @@ def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeyp
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["type"] == "train"]
     assert len(train) == 2
-    for key in ("rkd.l1", "rkd.irm", "rkd.head", "rkd.transfer", "rkd.pms"):
+    for key in ("rkd.l1", "rkd.irm", "rkd.head", "rkd.pms"):
         assert all(math.isfinite(r[key]) for r in train), key
     assert all(r["rkd.l1"] > 0 and r["rkd.irm"] > 0 for r in train)
     assert any(r.get("rkd.pseudo_boxes", 0) > 0 for r in train)
@@ -265,7 +355,7 @@ def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeyp
     model_dir = Path(summary["model_dir"])
     assert (model_dir / "rkd_head" / "head.safetensors").exists() and (model_dir / "rkd_head" / "teacher").is_dir()
     det = load_detector(model_dir)
-    assert det.rkd is not None and det.rkd.head.transfer is not None
+    assert det.rkd is not None and det.rkd.head.transfer is None
     image = world / "images" / "000000.png"
     with_head = det.detect(image, ["red circle", "blue star"], max_detections=5)
     rkd, det.rkd = det.rkd, None
@@ -283,6 +373,21 @@ def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeyp
     resumed.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     for a, b in zip(resumed.rkd_head.state_dict().values(), trainer.rkd_head.state_dict().values()):
         assert torch.equal(a, b)
+
+    # stage 2: weight transfer from stage 1's model: its W is loaded and stays frozen for every loss (official
+    # zero_shot_classifier.py ~L115-116); the transfer classifier replaces the RKD classifier
+    w1 = rkd.head.proj.weight.detach().clone()  # the exported head (det.rkd was set to None above)
+    cfg2 = _rkd_config(model_dir, world, teacher_dir, tmp_path / "run2", pseudo=True, weight_transfer=True)
+    cfg2["train"]["max_steps"] = 1
+    stage2 = build_trainer(config_from_dict(cfg2))
+    assert stage2.w_frozen and torch.equal(stage2.rkd_head.proj.weight.detach().cpu(), w1)
+    names = {n for g in stage2.groups for n in g["names"]}
+    assert not any(n.startswith("rkd.proj") for n in names) and any(n.startswith("rkd.transfer.fc3") for n in names)
+    stage2.fit()
+    assert torch.equal(stage2.rkd_head.proj.weight.detach().cpu(), w1)
+    row = [json.loads(x) for x in (tmp_path / "run2" / "log.jsonl").read_text().splitlines()
+           if json.loads(x)["type"] == "train"][-1]
+    assert "rkd.transfer" in row and "rkd.head" not in row and row["rkd.l1"] > 0
 
 
 def test_image_labels_enter_the_prompt_without_boxes(tiny_dir, world, teacher_dir, tmp_path):

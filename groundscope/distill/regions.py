@@ -28,6 +28,8 @@ import torch
 from groundscope.detections import Detections
 
 MANIFEST = "manifest.json"
+REFERENCE_PROPOSAL_PROMPTS = ("all objects", "all entities", "all visible objects and entities",
+                              "all obscure objects and entities")
 REGION_DIR = "regions"
 
 
@@ -42,7 +44,8 @@ class RegionSettings:
     teacher: str
     detector: str
     k: int = 5
-    proposal_prompts: list[str] = field(default_factory=lambda: ["all objects", "all entities", "all visible entities and objects", "all obscure entities and objects"])
+    # official: tools/get_rkd_clip_feat.py ~L41 (TEXT_QUERIES), in its word order
+    proposal_prompts: list[str] = field(default_factory=lambda: list(REFERENCE_PROPOSAL_PROMPTS))
     proposal_top: int = 50
     nms_iou: float = 0.5
     pseudo_template: str = "every {}"

@@ -24,6 +24,9 @@ from PIL import Image
 
 from groundscope.distill.teacher import crop_regions
 
+# The synthetic CLIP learns bare class names (no "a photo of a"): RKD runs with it set rkd.text_template: "{}".
+SYNTH_TEXT_TEMPLATE = "{}"
+
 
 def read_crops(coco_file: str | Path, max_images: int | None = None) -> tuple[list[Image.Image], list[np.ndarray], list[int], list[str]]:
     """(images, per-annotation (image index, box xyxy) pairs, label indices, class names) of a COCO file."""
@@ -148,7 +151,7 @@ def teacher_accuracy(teacher_dir: str | Path, coco_file: str | Path, max_images:
     from groundscope.data.vocab import novel_classes
     from groundscope.distill.teacher import Teacher
 
-    t = Teacher(teacher_dir)
+    t = Teacher(teacher_dir, text_template=SYNTH_TEXT_TEMPLATE)
     images, items, labels, names = read_crops(coco_file, max_images)
     crops = [c for it in items for c in crop_regions(images[int(it[0])], it[1:][None])]
     emb = t.embed_images(crops)

@@ -4,6 +4,13 @@
 Loading goes through `groundscope.models.loading.resolve`-style rules: a local folder loads as is; a hub id loads
 from the cache (offline) or the hub. The image processor and tokenizer are loaded separately (AutoImageProcessor,
 AutoTokenizer) so a teacher saved with any tokenizer class works.
+
+Text follows the reference (hanoonaR/object-centric-ovd): class names are embedded as "a photo of a {}"
+(docs/DATASETS.md ~L263, tools/dump_clip_features.py ~L28-29, no full stop). CLIP text is padded to the batch's
+longest (its EOS pooling ignores padding); SigLIP was trained on text padded to its full length (64 tokens) and
+pools the last position, so SigLIP teachers are tokenised with ``padding="max_length"`` as its model card says.
+Image crops go through the teacher's own image processor (CLIP: resize of the short side + centre crop, what the
+reference's ``clip.load`` preprocess does, tools/get_rkd_clip_feat.py ~L140).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from PIL import Image
 
 from groundscope.models.loading import ModelLoadError
 
+DEFAULT_TEXT_TEMPLATE = "a photo of a {}"  # official: docs/DATASETS.md ~L263
+MAX_LENGTH_PADDED = ("siglip", "siglip2")  # model types whose text tower expects padding="max_length"
+
 
 class Teacher:
     """A CLIP-like model in eval mode.
@@ -26,10 +36,14 @@ class Teacher:
     Args:
         source: hub id or local folder.
         device: torch device.
-        text_template: format string turning a class name into the text that is embedded.
+        text_template: format string turning a class name into the text that is embedded (the reference's
+            "a photo of a {}" by default).
     """
 
-    def __init__(self, source: str | os.PathLike, device: str | torch.device = "cpu", text_template: str = "{}"):
+    def __init__(self, source: str | os.PathLike, device: str | torch.device = "cpu",
+                 text_template: str = DEFAULT_TEXT_TEMPLATE):
+        if "{}" not in text_template:
+            raise ValueError(f"text_template '{text_template}' must contain {{}} where the class name goes")
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         self.source = str(source)
@@ -48,6 +62,12 @@ class Teacher:
             if not hasattr(self.model, name):
                 raise ModelLoadError(f"teacher '{self.source}' ({type(self.model).__name__}) has no {name}(); "
                                      "RKD needs a CLIP-like image-text model (CLIPModel, SiglipModel, ...)")
+
+    @property
+    def padding(self) -> str | bool:
+        """The tokenizer's padding for this teacher: "max_length" for SigLIP, the batch's longest otherwise."""
+        model_type = str(getattr(self.model.config, "model_type", ""))
+        return "max_length" if model_type in MAX_LENGTH_PADDED else True
 
     @property
     def dim(self) -> int:
@@ -73,7 +93,7 @@ class Teacher:
         out = []
         for s in range(0, len(names), batch_size):
             texts = [self.text_template.format(n) for n in names[s : s + batch_size]]
-            tok = self.tokenizer(texts, padding=True, return_tensors="pt")
+            tok = self.tokenizer(texts, padding=self.padding, truncation=True, return_tensors="pt")
             inputs = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
             feats = self.model.get_text_features(**inputs)
             feats = getattr(feats, "pooler_output", feats)

@@ -8,13 +8,23 @@ How RKD's Faster R-CNN parts map onto Grounding DINO (the reference, hanoonaR/ob
   (OV-DETR and DK-DETR distil the same thing). So the student embedding of a teacher region is ``W h_q`` for the
   final decoder hidden state ``h_q`` (d_model) of the query matched to that region (Hungarian on L1 + GIoU of the
   boxes, `groundscope.train.rkd`).
-* **Classifier.** As in the reference, W also classifies: ``logit(q, c) = s * cos(W h_q, t_c) + b`` against the
-  teacher's text embedding ``t_c`` of the class name, with a learned scale ``s`` and bias ``b``. It trains on the
-  base boxes (sigmoid focal loss, the grounding loss's per-class twin) and through RKD's L1 + IRM losses.
-* **Weight transfer.** A second classifier whose projection is ``MLP(W)`` (2 layers, leaky ReLU 0.1, applied to
-  each row of W, W detached: the reference freezes W after its RKD stage; here no gradient of the transfer head
-  reaches W, which is the same thing within one run). It trains on the base boxes and on the pseudo-boxes
-  (pseudo max score loss). Its probability and the RKD classifier's are averaged.
+* **Classifier.** As in the reference's ZeroShotClassifier (official: ovd/modeling/roi_heads/
+  zero_shot_classifier.py ~L68-86), W also classifies: ``logit(q, c) = s * cos(W h_q, t_c) + b`` against the
+  teacher's text embedding ``t_c`` of the class name. It trains on the base boxes and on the pseudo-boxes (pseudo
+  max score loss) and through RKD's L1 + IRM losses. Departure: the reference fixes ``s = 50`` with no bias and a
+  sigmoid cross-entropy; here ``s`` and ``b`` are learned (start 10 and -5, p ~ 0.01 at cos 0) and the loss is
+  the grounding loss's sigmoid focal loss, because a DETR scores 900 queries per image, not 512 sampled RoIs.
+* **Weight transfer** (official: zero_shot_classifier.py ~L89-185, WeightTransferZeroShotClassifier). It REPLACES
+  the classifier above. With ``W`` (D, d) the frozen projection: ``T = fc2(LeakyReLU_0.1(fc1(W)))`` with fc1
+  d -> D and fc2 D -> d applied to each row of W (~L119-121, ~L166-168), so T is (D, d); a residual branch
+  ``r(h) = fc4(LeakyReLU_0.1(fc3(h)))`` with fc3 d -> 1024 and fc4 1024 -> D (~L123-124, ~L170-172); the region
+  embedding is ``r(h) + T h`` (no bias, ~L173) and classifies like the RKD classifier. W receives no gradient
+  from any loss (``requires_grad=False`` in the reference, ~L115-116): the reference trains it in a previous RKD
+  run (configs/coco/COCO_OVD_RKD_PIS_WeightTransfer.yaml starts from coco_ovd_rkd.pth), and so does groundscope
+  when ``model.path`` is a model exported by an RKD run (`RkdTrainer` loads its W and freezes it). Departure:
+  started from a detector without an RKD head, W has nothing to be copied from, so it trains in the same run
+  through the L1 + IRM losses only (never through a classifier); start from an RKD run's model to restore the
+  reference's two stages.
 * **Inference rule.** For class prompts (``detect``), the score of (query, class) becomes the geometric mean
   ``g^(1 - lam) * c^lam`` of the grounding score ``g`` (mean sigmoid over the class's tokens, the published rule)
   and the head's probability ``c``, with ``lam = score_weight`` (default 0.5, saved with the head); the combined
@@ -23,7 +33,9 @@ How RKD's Faster R-CNN parts map onto Grounding DINO (the reference, hanoonaR/ob
   names, not free phrases).
 
 Files (``<model>/rkd_head/``): ``config.json``, ``head.safetensors``, ``teacher/`` (the teacher's text side
-when it was a local folder small enough to copy; otherwise ``config.json`` names the hub id).
+when it was a local folder small enough to copy; otherwise ``config.json`` names the hub id). Heads with weight
+transfer saved before it followed the reference (a d -> d -> d MLP, no residual branch) are refused on load with
+a message to retrain; heads without weight transfer load unchanged.
 """
 
 from __future__ import annotations
@@ -52,7 +64,9 @@ class RkdHeadConfig:
         weight_transfer: whether the transfer classifier exists.
         score_weight: lam of the inference rule (0 = grounding only, 1 = head only).
         teacher: the teacher's hub id or folder (the saved copy when there is one).
-        text_template: how a class name becomes the teacher's text ("{}" or "a photo of a {}.").
+        text_template: how a class name becomes the teacher's text (the reference's "a photo of a {}",
+            docs/DATASETS.md ~L263; a config saved without it keeps the old "{}").
+        residual_dim: width of the weight-transfer residual branch (the reference's 1024).
     """
 
     d_model: int
@@ -61,19 +75,31 @@ class RkdHeadConfig:
     score_weight: float = 0.5
     teacher: str = ""
     text_template: str = "{}"
+    residual_dim: int = 1024
 
 
-class TransferMLP(nn.Module):
-    """Row-wise 2-layer MLP with leaky ReLU (slope 0.1): (D, d) weights of W -> (D, d) weights of the transfer
-    classifier's projection."""
+class WeightTransfer(nn.Module):
+    """The reference's weight-transfer function and residual branch (official: zero_shot_classifier.py
+    ~L118-124, ~L165-173).
 
-    def __init__(self, d_model: int):
+    Shapes: ``weight`` (D, d) the frozen projection W; ``h`` (..., d) query features -> (..., D) embeddings.
+    """
+
+    def __init__(self, d_model: int, teacher_dim: int, residual_dim: int = 1024):
         super().__init__()
-        self.fc1 = nn.Linear(d_model, d_model)
-        self.fc2 = nn.Linear(d_model, d_model)
+        self.fc1 = nn.Linear(d_model, teacher_dim)  # each row of W: d -> D
+        self.fc2 = nn.Linear(teacher_dim, d_model)  # D -> d: T is (D, d) like W
+        self.fc3 = nn.Linear(d_model, residual_dim)  # residual branch on the features
+        self.fc4 = nn.Linear(residual_dim, teacher_dim)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def transfer_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """(D, d) W -> (D, d) T = fc2(LeakyReLU_0.1(fc1(W)))."""
         return self.fc2(F.leaky_relu(self.fc1(weight), 0.1))
+
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(..., d), (D, d) -> (..., D): ``fc4(LeakyReLU_0.1(fc3(h))) + T h`` (T without bias, as the reference)."""
+        residual = self.fc4(F.leaky_relu(self.fc3(h), 0.1))
+        return residual + F.linear(h, self.transfer_weight(weight))
 
 
 class RkdHead(nn.Module):
@@ -89,7 +115,8 @@ class RkdHead(nn.Module):
         # sigmoid(10 * cos - 5): a neutral start (p ~ 0.01 at cos 0, 0.5 at cos 0.5)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.bias = nn.Parameter(torch.tensor(-5.0))
-        self.transfer = TransferMLP(config.d_model) if config.weight_transfer else None
+        self.transfer = (WeightTransfer(config.d_model, config.teacher_dim, config.residual_dim)
+                         if config.weight_transfer else None)
         if self.transfer is not None:
             self.transfer_scale = nn.Parameter(torch.tensor(math.log(10.0)))
             self.transfer_bias = nn.Parameter(torch.tensor(-5.0))
@@ -104,19 +131,22 @@ class RkdHead(nn.Module):
         return self.logit_scale.exp() * z @ F.normalize(text, dim=-1).T + self.bias
 
     def transfer_logits(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(..., d_model), (C, D) -> (..., C) logits of the weight-transfer classifier (projection MLP(W))."""
+        """(..., d_model), (C, D) -> (..., C) logits of the weight-transfer classifier."""
         if self.transfer is None:
             raise RuntimeError("this RKD head was built without weight transfer")
-        weight = self.transfer(self.proj.weight.detach())  # W gets no gradient from this head
-        z = F.normalize(F.linear(h, weight), dim=-1)
+        # W is frozen for every loss (official ~L115-116); detached here too, so no path reaches it even when the
+        # single-run departure lets the distillation losses train it
+        z = F.normalize(self.transfer(h, self.proj.weight.detach()), dim=-1)
         return self.transfer_scale.exp() * z @ F.normalize(text, dim=-1).T + self.transfer_bias
 
+    def class_logits(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(..., d_model), (C, D) -> (..., C): the head's classifier -- the weight-transfer one when it exists
+        (it replaces the RKD classifier, official custom_fast_rcnn.py ~L106-110), else the RKD classifier."""
+        return self.transfer_logits(h, text) if self.transfer is not None else self.logits(h, text)
+
     def probabilities(self, h: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(..., C) class probabilities: the RKD classifier's, averaged with the transfer classifier's."""
-        p = self.logits(h, text).sigmoid()
-        if self.transfer is not None:
-            p = 0.5 * (p + self.transfer_logits(h, text).sigmoid())
-        return p
+        """(..., C) class probabilities: sigmoid of `class_logits` (official predict_probs ~L243-250)."""
+        return self.class_logits(h, text).sigmoid()
 
     # ------------------------------------------------------------------ files
     def save(self, out_dir: str | Path, teacher_source: str | Path | None = None) -> Path:
@@ -151,7 +181,19 @@ class RkdHead(nn.Module):
         except (OSError, ValueError, TypeError) as e:
             raise ValueError(f"'{folder}' is not an RKD head folder (config.json: {e}); retrain or remove it") from e
         head = cls(cfg)
-        head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        try:
+            state = load_file(str(folder / "head.safetensors"))
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"'{folder}': cannot read head.safetensors ({e}); retrain or remove the folder") from e
+        if cfg.weight_transfer and "transfer.fc3.weight" not in state:
+            raise ValueError(
+                f"'{folder}' holds a weight-transfer head saved before groundscope followed the reference's form "
+                "(fc1 d->D, fc2 D->d on W plus the fc3/fc4 residual branch); retrain it with rkd.weight_transfer, "
+                "or remove the folder to use the detector alone")
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"'{folder}': head.safetensors does not fit its config.json ({e}); retrain it") from e
         return head.to(device).eval()
 
     def teacher_path(self, folder: str | Path) -> str:

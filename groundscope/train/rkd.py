@@ -6,16 +6,21 @@ Per batch, on top of the grounding loss (`Trainer`):
   one-to-one to the final decoder layer's boxes (Hungarian on L1 + GIoU; no class cost, the regions are
   class-agnostic); the matched queries' features projected by the head's W are the student embeddings; L1 over
   the regions and IRM over all regions of the batch (`groundscope.train.rkd_loss`).
-* **CLIP-text classifiers**: the head classifies every query against the teacher's text embeddings of the
+* **CLIP-text classifier**: the head classifies every query against the teacher's text embeddings of the
   prompt's class names (sigmoid focal loss, target = the class of the query's Hungarian-matched base box,
-  normalised by the number of boxes like the grounding loss).
+  normalised by the number of boxes like the grounding loss). With weight transfer that classifier is the
+  transfer one alone: it replaces the RKD classifier, as in the reference (official: custom_fast_rcnn.py ~L106-110).
 * **Pseudo max score** (``rkd.pseudo``): the image-level labels are put into the detection prompt without boxes
   (their tokens are left out of the grounding loss, as an unannotated class must not be taught "absent"); each
   cached pseudo-box picks the decoder query whose box fits it best (GIoU >= 0.5, not a base box's query) and that
   query's token-level scores are pushed towards the label's tokens (BCE against the one-hot label over the
-  prompt's tokens); with weight transfer, the transfer classifier's class scores too.
-* **Weight transfer** (``rkd.weight_transfer``): the transfer classifier (projection MLP(W), W receives no
-  gradient from it) trains on the base boxes and the pseudo-boxes.
+  prompt's tokens, summed over the tokens as the reference sums over its classes); the head's classifier's class
+  scores the same way (the reference's PMS acts on its classifier, custom_fast_rcnn.py ~L343-351).
+* **Weight transfer** (``rkd.weight_transfer``): the transfer classifier (`groundscope.models.rkd_head`) trains
+  on the base boxes and the pseudo-boxes. When ``model.path`` is a model exported by an RKD run, its head's W
+  is loaded and frozen for every loss (the reference's second stage, official zero_shot_classifier.py ~L113-116
+  and configs/coco/COCO_OVD_RKD_PIS_WeightTransfer.yaml); otherwise W trains through L1 + IRM only (a
+  single-run departure, see `groundscope.models.rkd_head`).
 
 The exported model folder holds the detector plus ``rkd_head/`` (`groundscope.models.rkd_head`); `load_detector`
 loads both and `detect` combines the scores by the head's rule.
@@ -96,11 +101,38 @@ class RkdTrainer(Trainer):
         self.teacher_source = teacher_source
         self.rkd_head = RkdHead(RkdHeadConfig(int(self.model.config.d_model), self.teacher.dim, r.weight_transfer,
                                               r.score_weight, str(teacher_source), r.text_template)).to(self.device)
+        # A detector exported by an RKD run brings its head: start from it (the reference's weight-transfer stage
+        # starts from the RKD stage's checkpoint) and, with weight transfer, freeze its W.
+        prior = getattr(self.detector, "rkd", None)
+        self.detector.rkd = None  # proposals, pseudo-boxes and training use the grounding scores alone
+        self.w_frozen = False
+        if prior is not None:
+            loaded = self._init_from(prior.head)
+            if r.weight_transfer:
+                self.rkd_head.proj.requires_grad_(False)
+                self.w_frozen = True
+            self.console.print(f"RKD head: {', '.join(loaded)} from the RKD head of '{self.cfg.model.path}'"
+                               + ("; W frozen (weight transfer)" if self.w_frozen else ""), highlight=False)
+        if r.weight_transfer:  # the RKD classifier is replaced: its scale and bias have no loss left
+            self.rkd_head.logit_scale.requires_grad_(False)
+            self.rkd_head.bias.requires_grad_(False)
         self.trainable = _RkdJoint(self.model, self.rkd_head)
         self.frozen = apply_freeze(self.trainable, config.model.freeze)
         self._frozen_modules = frozen_modules(self.trainable, config.model.freeze)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._regions: dict[str, ImageRegions] = {}
+
+    def _init_from(self, prior: RkdHead) -> list[str]:
+        """Copy the tensors of an earlier run's head that exist here with the same shape; returns their names."""
+        c, p = self.rkd_head.config, prior.config
+        if (p.d_model, p.teacher_dim) != (c.d_model, c.teacher_dim):
+            raise ConfigError(f"model.path '{self.cfg.model.path}' holds an RKD head of d_model {p.d_model} -> "
+                              f"teacher_dim {p.teacher_dim}; this run needs {c.d_model} -> {c.teacher_dim} (teacher "
+                              f"'{self.teacher_source}'): use the same teacher, or remove that model's rkd_head/")
+        mine = self.rkd_head.state_dict()
+        theirs = {k: v for k, v in prior.state_dict().items() if k in mine and mine[k].shape == v.shape}
+        self.rkd_head.load_state_dict(theirs, strict=False)
+        return sorted(theirs)
 
     def _setup_data(self):
         dataset = super()._setup_data()
@@ -198,9 +230,9 @@ class RkdTrainer(Trainer):
         num_boxes = max(float(sum(len(t) for t in batch.targets)), 1.0)
         extra: dict[str, torch.Tensor] = {}
 
-        # CLIP-text classifiers on base boxes (unboxed classes are not negatives either).
+        # The head's CLIP-text classifier on base boxes (unboxed classes are not negatives either); with weight
+        # transfer it is the transfer classifier alone (it replaces the RKD classifier in the reference).
         head_loss = feats.new_zeros((), dtype=torch.float32)
-        transfer_loss = feats.new_zeros((), dtype=torch.float32)
         texts = []
         for b, prompt in enumerate(batch.prompts):
             names = list(prompt.labels)
@@ -213,14 +245,9 @@ class RkdTrainer(Trainer):
             q, t = matches[b]
             if len(q):
                 target[q, batch.targets[b].entity.to(feats.device)[t]] = 1.0
-            logits = self.rkd_head.logits(feats[b].float(), text)[:, keep]
+            logits = self.rkd_head.class_logits(feats[b].float(), text)[:, keep]
             head_loss = head_loss + sigmoid_focal_loss(logits, target[:, keep]).sum() / num_boxes
-            if self.rkd_head.transfer is not None:
-                tl = self.rkd_head.transfer_logits(feats[b].float(), text)[:, keep]
-                transfer_loss = transfer_loss + sigmoid_focal_loss(tl, target[:, keep]).sum() / num_boxes
-        extra["rkd.head"] = r.head_weight * head_loss
-        if self.rkd_head.transfer is not None:
-            extra["rkd.transfer"] = r.head_weight * transfer_loss
+        extra["rkd.transfer" if self.rkd_head.transfer is not None else "rkd.head"] = r.head_weight * head_loss
 
         # Distillation: matched queries' projections vs the teacher's region embeddings.
         if r.distill:
@@ -239,7 +266,7 @@ class RkdTrainer(Trainer):
 
         # Pseudo max score on the pseudo-boxes' queries.
         if r.pseudo:
-            tok_logits, tok_targets, tok_valid, cls_logits, cls_targets = [], [], [], [], []
+            tok_logits, tok_targets, tok_valid, cls_logits, cls_targets, image_of = [], [], [], [], [], []
             for b, (rec, reg) in enumerate(zip(records, regions)):
                 if reg is None or not len(reg.pseudo_boxes):
                     continue
@@ -266,10 +293,10 @@ class RkdTrainer(Trainer):
                     tok_logits.append(last.logits[b, q])
                     tok_targets.append(onehot)
                     tok_valid.append(valid)
-                    if self.rkd_head.transfer is not None:
-                        cls_logits.append(self.rkd_head.transfer_logits(feats[b, q].float(), texts[b]))
-                        cls_targets.append(torch.nn.functional.one_hot(torch.tensor(e), len(prompt.labels))
-                                           .float().to(feats.device))
+                    image_of.append(b)
+                    cls_logits.append(self.rkd_head.class_logits(feats[b, q].float(), texts[b]))
+                    cls_targets.append(torch.nn.functional.one_hot(torch.tensor(e), len(prompt.labels))
+                                       .float().to(feats.device))
             extra["rkd.pms"] = feats.new_zeros((), dtype=torch.float32)  # logged as 0 when no query fits a pseudo-box
             parts["rkd.pseudo_boxes"] = float(len(tok_logits))
             if tok_logits:
@@ -277,9 +304,15 @@ class RkdTrainer(Trainer):
                 logits = torch.stack(tok_logits).float()
                 valid = torch.stack(tok_valid)
                 logits = torch.where(valid, logits, torch.zeros_like(logits))
-                pms = pseudo_max_score_loss(logits, torch.stack(tok_targets), valid)
-                if cls_logits:
-                    pms = pms + sum(pseudo_max_score_loss(lg[None], tg[None]) for lg, tg in zip(cls_logits, cls_targets)) / len(cls_logits)
+                images = torch.as_tensor(image_of, device=feats.device)
+                # the reference's reductions: summed over the columns, mean over an image's pseudo-boxes, mean
+                # over the images that have one (custom_fast_rcnn.py ~L280, ~L295, ~L350-351)
+                pms = pseudo_max_score_loss(logits, torch.stack(tok_targets), valid, images)
+                # the head's classifier (prompts differ in length: one (1, C_b) row per pseudo-box, regrouped)
+                per_image: dict[int, list[torch.Tensor]] = {}
+                for b, lg, tg in zip(image_of, cls_logits, cls_targets):
+                    per_image.setdefault(b, []).append(pseudo_max_score_loss(lg[None], tg[None]))
+                pms = pms + torch.stack([torch.stack(v).mean() for v in per_image.values()]).mean()
                 extra["rkd.pms"] = r.pseudo_weight * pms
 
         for k, v in extra.items():

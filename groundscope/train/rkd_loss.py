@@ -1,11 +1,20 @@
 """RKD's three losses: point-wise L1 and inter-embedding relationship (IRM) distillation, and the pseudo max score
-loss on image-level labels.
+loss on image-level labels, with the reference's reductions (hanoonaR/object-centric-ovd).
 
-The definitions follow the reference (hanoonaR/object-centric-ovd): both embeddings L2-normalised; L1 is the
-mean absolute difference x 100 (the reference scales both distillation losses by 100 before its 0.15 weights, so
-the weights in configs are the reference's); IRM compares the row-normalised Gram matrices of all regions of the
-batch (squared Frobenius norm per entry x 100); the pseudo max score loss is a binary cross-entropy of one box's scores
-against the one-hot image-level label, averaged over pseudo-boxes.
+The reductions matter because the reference's weights (0.15, 0.15, 0.1) only mean what they mean there under the
+same reductions:
+
+* L1 (official: ovd/modeling/roi_heads/custom_fast_rcnn.py ~L168-172): ``F.l1_loss(..., reduction='mean')`` over
+  all N x D entries of the L2-normalised embeddings (normalised in res5_roi_heads.py ~L49-51), times
+  ``rkd_temperature`` = 100.
+* IRM (custom_fast_rcnn.py ~L175-180): ``torch.norm(G_s - G_t) ** 2`` -- the squared Frobenius norm SUMMED over the
+  N x N entries of the row-normalised Gram matrices of the batch's regions, times 100. The term therefore grows
+  with N^2 (the reference has 5 regions per image).
+* Pseudo max score (custom_fast_rcnn.py ~L343-351, ~L270-295): per pseudo-box, binary cross-entropy of the chosen
+  proposal's scores against the one-hot label SUMMED over the classes (``reduction='sum'``); averaged over the
+  image's labels, then over the images of the batch.
+
+`DISTILL_SCALE` is the reference's ``rkd_temperature``; the configs' weights multiply on top of it.
 """
 
 from __future__ import annotations
@@ -13,7 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DISTILL_SCALE = 100.0
+DISTILL_SCALE = 100.0  # official: custom_fast_rcnn.py ~L39 rkd_temperature=100
+
+
+def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    if student.ndim != 2 or student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} embeddings must both be "
+                         "(N, D) of the same shape: one teacher embedding per student region")
 
 
 def rkd_l1_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -22,40 +37,42 @@ def rkd_l1_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     Args:
         student: (N, D) region embeddings of the detector (projected to the teacher's dimension).
         teacher: (N, D) the teacher's embeddings of the same regions.
-    Returns: scalar, ``100 * mean |s/|s| - t/|t||`` (0 when N = 0).
+    Returns: scalar, ``100 * mean over the N x D entries of |s/|s| - t/|t||`` (0 when N = 0), the reference's
+    ``F.l1_loss(reduction='mean')``.
     """
-    if student.shape != teacher.shape:
-        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} embeddings differ in shape")
+    _check_pair(student, teacher)
     if student.shape[0] == 0:
         return student.sum() * 0.0
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
-    return DISTILL_SCALE * (s - t).abs().mean()
+    return DISTILL_SCALE * F.l1_loss(s, t, reduction="mean")
 
 
 def relation_matrix(x: torch.Tensor) -> torch.Tensor:
-    """(N, D) -> (N, N): Gram matrix of the L2-normalised rows, each row then L2-normalised."""
+    """(N, D) -> (N, N): Gram matrix of the L2-normalised rows, each row then L2-normalised
+    (official: custom_fast_rcnn.py ~L177-178, ``normalize(x @ x.T, 1)`` on normalised embeddings)."""
     x = F.normalize(x.float(), dim=-1)
     return F.normalize(x @ x.T, dim=-1)
 
 
 def rkd_irm_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Inter-embedding relationship distillation over all N regions of a batch: the student's regions must relate
-    to each other as the teacher's do. Returns ``100 * ||G_s - G_t||_F^2 / N^2`` (0 when N < 2).
+    to each other as the teacher's do.
 
-    The squared Frobenius norm is averaged over the N^2 entries so the term does not grow with the batch: summed,
-    with 20 regions per batch (4 images x 5) and the reference's weight, it measured 144 against L1's 1.5 and the
-    grounding loss's ~5, and gradient clipping then left the detection losses almost no say.
+    Args:
+        student, teacher: (N, D) as in `rkd_l1_loss`.
+    Returns: scalar, ``100 * ||G_s - G_t||_F^2`` summed over the N x N entries, as the reference (0 when N < 2,
+    where there is no relation to match).
     """
-    if student.shape != teacher.shape:
-        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} embeddings differ in shape")
+    _check_pair(student, teacher)
     if student.shape[0] < 2:
         return student.sum() * 0.0
     diff = relation_matrix(student) - relation_matrix(teacher)
-    return DISTILL_SCALE * diff.pow(2).mean()
+    return DISTILL_SCALE * diff.pow(2).sum()
 
 
-def pseudo_max_score_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def pseudo_max_score_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None,
+                          image_index: torch.Tensor | None = None) -> torch.Tensor:
     """Image-level supervision through pseudo-boxes.
 
     Args:
@@ -63,16 +80,27 @@ def pseudo_max_score_loss(logits: torch.Tensor, targets: torch.Tensor, valid: to
             class-level head's logits).
         targets: (P, L) 1 at the image-level label's tokens (its class), 0 elsewhere.
         valid: (P, L) bool, the columns that count (the prompt's real tokens); all when None.
-    Returns: scalar, BCE-with-logits averaged over the valid columns of each pseudo-box, then over pseudo-boxes
-    (0 when P = 0).
+        image_index: (P,) int, the image of each pseudo-box; all from one image when None.
+    Returns: scalar: per pseudo-box the BCE-with-logits SUMMED over its valid columns (the reference's
+    ``reduction='sum'`` over its C + 1 classes), averaged over each image's pseudo-boxes, then over the images
+    (the reference's ``loss_i / len(labels)`` and ``loss / B``); 0 when P = 0.
     """
-    if logits.shape != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+    if logits.shape != targets.shape or logits.ndim != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (P, L)")
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    if valid is None:
-        return bce.mean()
-    valid = valid.float()
-    per_box = (bce * valid).sum(-1) / valid.sum(-1).clamp(min=1.0)
-    return per_box.mean()
+    if valid is not None:
+        if valid.shape != logits.shape:
+            raise ValueError(f"valid {tuple(valid.shape)} must have the shape of logits {tuple(logits.shape)}")
+        bce = bce * valid.float()
+    per_box = bce.sum(-1)  # (P,)
+    if image_index is None:
+        return per_box.mean()
+    image_index = torch.as_tensor(image_index, device=per_box.device).long().reshape(-1)
+    if image_index.shape[0] != per_box.shape[0]:
+        raise ValueError(f"image_index has {image_index.shape[0]} entries for {per_box.shape[0]} pseudo-boxes")
+    images, inverse = torch.unique(image_index, return_inverse=True)
+    sums = per_box.new_zeros(len(images)).index_add(0, inverse, per_box)
+    counts = per_box.new_zeros(len(images)).index_add(0, inverse, torch.ones_like(per_box))
+    return (sums / counts).mean()

@@ -8,7 +8,8 @@ AutoTokenizer) so a teacher saved with any tokenizer class works.
 Text follows the reference (hanoonaR/object-centric-ovd): class names are embedded as "a photo of a {}"
 (docs/DATASETS.md ~L263, tools/dump_clip_features.py ~L28-29, no full stop). CLIP text is padded to the batch's
 longest (its EOS pooling ignores padding); SigLIP was trained on text padded to its full length (64 tokens) and
-pools the last position, so SigLIP teachers are tokenised with ``padding="max_length"`` as its model card says.
+pools the last position, so SigLIP teachers are tokenised with ``padding="max_length"`` as its model card says
+(and, for SigLIP v1, without an attention mask, as its tokenizer returns none).
 Image crops go through the teacher's own image processor (CLIP: resize of the short side + centre crop, what the
 reference's ``clip.load`` preprocess does, tools/get_rkd_clip_feat.py ~L140).
 """
@@ -66,8 +67,11 @@ class Teacher:
     @property
     def padding(self) -> str | bool:
         """The tokenizer's padding for this teacher: "max_length" for SigLIP, the batch's longest otherwise."""
-        model_type = str(getattr(self.model.config, "model_type", ""))
-        return "max_length" if model_type in MAX_LENGTH_PADDED else True
+        return "max_length" if self._model_type in MAX_LENGTH_PADDED else True
+
+    @property
+    def _model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", ""))
 
     @property
     def dim(self) -> int:
@@ -94,7 +98,10 @@ class Teacher:
         for s in range(0, len(names), batch_size):
             texts = [self.text_template.format(n) for n in names[s : s + batch_size]]
             tok = self.tokenizer(texts, padding=self.padding, truncation=True, return_tensors="pt")
-            inputs = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+            # SigLIP (v1) was trained on full-length padded text without an attention mask (its tokenizer returns
+            # input_ids only); other teachers take the mask
+            keys = ("input_ids",) if self._model_type == "siglip" else ("input_ids", "attention_mask")
+            inputs = {k: v.to(self.device) for k, v in tok.items() if k in keys}
             feats = self.model.get_text_features(**inputs)
             feats = getattr(feats, "pooler_output", feats)
             out.append(F.normalize(feats.float(), dim=-1).cpu())

@@ -1,0 +1,159 @@
+"""RKD's teacher path with a real CLIP tokenizer (byte-level BPE from a vocab.json + merges.txt written here) and
+CLIP's image processor (short-side resize + centre crop), against the reference's text and preprocessing:
+"a photo of a {}" (docs/DATASETS.md ~L263), CLIP's preprocess (tools/get_rkd_clip_feat.py ~L140), SigLIP text
+padded to its full length, and the reference's proposal prompts (tools/get_rkd_clip_feat.py ~L41)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+WORDS = ["a", "photo", "of", "cat", "red", "circle"]
+SIDE = 32
+
+
+def _clip_tokenizer(folder: Path, max_length: int = 77):
+    """A CLIPTokenizer over single characters plus the merges that make WORDS whole tokens."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = []
+    for w in WORDS:  # left-to-right merges: c-a, ca-t</w> ...
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            if pieces[0] not in vocab:
+                vocab.append(pieces[0])
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)  # read from the two files
+
+
+def _processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE})
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+
+    out = tmp_path_factory.mktemp("clip")
+    tok = _clip_tokenizer(out / "tok")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=77,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=tok.pad_token_id),
+                     vision_config=dict(image_size=SIDE, patch_size=8, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2), projection_dim=8)
+    CLIPModel(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    _processor().save_pretrained(out)
+    return out
+
+
+def test_clip_tokenizer_is_real_bpe(clip_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(clip_dir))
+    assert tok.tokenize("a photo of a cat") == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
+    assert tok.tokenize("cats")[-1] == "s</w>"  # unseen word: split by the merges, not an [UNK]
+
+
+def test_teacher_embeds_the_reference_prompt(clip_dir):
+    from transformers import AutoTokenizer, CLIPModel
+
+    from groundscope.distill.teacher import Teacher
+
+    teacher = Teacher(clip_dir)
+    assert teacher.text_template == "a photo of a {}" and teacher.padding is True
+    model, tok = CLIPModel.from_pretrained(str(clip_dir)).eval(), AutoTokenizer.from_pretrained(str(clip_dir))
+
+    def manual(texts):
+        ids = tok(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.get_text_features(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+        return F.normalize(getattr(out, "pooler_output", out), dim=-1)
+
+    got = teacher.embed_texts(["cat", "red circle"])
+    assert torch.allclose(got, manual(["a photo of a cat", "a photo of a red circle"]), atol=1e-5)
+    assert not torch.allclose(got, manual(["cat", "red circle"]), atol=1e-3)  # the old "{}" template
+    # batch padding does not change a name's embedding (CLIP pools at its EOS token)
+    assert torch.allclose(teacher.embed_texts(["cat"]), got[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="must contain"):
+        Teacher(clip_dir, text_template="a photo")
+
+
+def test_teacher_crops_go_through_clips_centre_crop(clip_dir):
+    from transformers import CLIPModel
+
+    from groundscope.distill.teacher import Teacher
+
+    rng = np.random.default_rng(0)
+    crop = Image.fromarray(rng.integers(0, 256, (40, 100, 3), dtype=np.uint8))  # wide: the sides are cut off
+    # the reference's preprocess (torchvision Resize(short side, bicubic) + CenterCrop + Normalize), by hand
+    w, h = crop.size
+    resized = crop.resize((int(SIDE * w / h), SIDE), Image.BICUBIC)
+    left = int(round((resized.size[0] - SIDE) / 2.0))
+    centre = np.asarray(resized.crop((left, 0, left + SIDE, SIDE)), dtype=np.float32) / 255.0
+    proc = _processor()
+    px = (torch.from_numpy(centre).permute(2, 0, 1) - torch.tensor(proc.image_mean)[:, None, None]) / \
+        torch.tensor(proc.image_std)[:, None, None]
+    assert torch.allclose(proc(images=[crop], return_tensors="pt")["pixel_values"][0], px, atol=2e-2)
+    model = CLIPModel.from_pretrained(str(clip_dir)).eval()
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=px[None])
+    expected = F.normalize(getattr(out, "pooler_output", out), dim=-1)
+    got = Teacher(clip_dir).embed_images([crop])
+    assert got.shape == (1, 8)
+    assert torch.allclose(got, expected, atol=2e-3)
+
+
+def test_siglip_teacher_pads_to_max_length(tmp_path):
+    from transformers import SiglipConfig, SiglipModel
+
+    from groundscope.distill.teacher import Teacher
+
+    tok = _clip_tokenizer(tmp_path / "tok", max_length=16)
+    torch.manual_seed(0)
+    cfg = SiglipConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=16),
+                       vision_config=dict(image_size=SIDE, patch_size=8, hidden_size=16, intermediate_size=32,
+                                          num_hidden_layers=1, num_attention_heads=2))
+    model = SiglipModel(cfg).eval()
+    model.save_pretrained(tmp_path / "siglip")
+    tok.save_pretrained(tmp_path / "siglip")
+    _processor().save_pretrained(tmp_path / "siglip")
+    teacher = Teacher(tmp_path / "siglip")
+    assert teacher.padding == "max_length"
+
+    def manual(padding):
+        ids = tok(["a photo of a cat", "a photo of a red circle"], padding=padding, max_length=16, return_tensors="pt")
+        with torch.no_grad():
+            out = model.get_text_features(input_ids=ids["input_ids"])  # SigLIP: no attention mask, as trained
+        return F.normalize(getattr(out, "pooler_output", out), dim=-1)
+
+    got = teacher.embed_texts(["cat", "red circle"])
+    assert torch.allclose(got, manual("max_length"), atol=1e-5)
+    # SigLIP pools the last position: padded to the batch's longest, a short name's embedding is another one
+    assert not torch.allclose(got, manual(True), atol=1e-3)
+
+
+def test_proposal_prompts_are_the_references():
+    from groundscope.distill.regions import RegionSettings
+
+    assert RegionSettings(teacher="t", detector="d").proposal_prompts == [
+        "all objects", "all entities", "all visible objects and entities", "all obscure objects and entities"]

@@ -147,12 +147,15 @@ def test_video_frames_folder(dam_dir, tiny_mm_dir, photo, tmp_path, monkeypatch)
                               "-o", str(tmp_path / "video.png")])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout.strip().splitlines()[-1])
-    assert rec["frames"] == [0, 1, 2] and rec["total_frames"] == 3
+    # always 8 frames, official np.linspace(0, n - 1, 8, dtype=int): a 3-frame video repeats its frames
+    official = [int(i) for i in np.linspace(0, 2, 8, dtype=int)]
+    assert official == [0, 0, 0, 0, 1, 1, 1, 2]
+    assert rec["frames"] == official and rec["total_frames"] == 3
     (r,) = rec["regions"]
-    assert r["text"] and r["frame_boxes"] == [[40, 30, 100, 90]] * 3 and r["frames"] == [0, 1, 2]
+    assert r["text"] and r["frame_boxes"] == [[40, 30, 100, 90]] * 8 and r["frames"] == official
     assert Image.open(tmp_path / "video.png").height > 0
 
-    # the model gets one video: the three frames in time order, each with its own mask
+    # the model gets one video: the eight sampled frames in time order, each with its own mask
     describer = load_describer(dam_dir, device="cpu")
     seen = {}
     real = describer.model.generate
@@ -164,11 +167,11 @@ def test_video_frames_folder(dam_dir, tiny_mm_dir, photo, tmp_path, monkeypatch)
     monkeypatch.setattr(describer.model, "generate", spy)
     boxes = [{"box": (10 + 20 * k, 30, 60 + 20 * k, 90)} for k in range(3)]
     out = describer.describe_video(frames, boxes)
-    assert out.ok and out.frame_boxes == [[10 + 20 * k, 30, 60 + 20 * k, 90] for k in range(3)]
+    assert out.ok and out.frame_boxes == [[10 + 20 * k, 30, 60 + 20 * k, 90] for k in official]
     (clip,), (clip_masks,) = seen["images"], seen["masks"]
-    assert len(clip) == 3 and all(np.array_equal(clip[k], np.asarray(Image.open(frames / f"{k:03d}.png")))
-                                  for k in range(3))
-    assert [int(np.nonzero(m.any(0))[0][0]) for m in clip_masks] == [10, 30, 50]
+    assert len(clip) == 8 and all(np.array_equal(clip[j], np.asarray(Image.open(frames / f"{k:03d}.png")))
+                                  for j, k in enumerate(official))
+    assert [int(np.nonzero(m.any(0))[0][0]) for m in clip_masks] == [10 + 20 * k for k in official]
     assert describer.describe_video(frames, boxes[:2]).error.startswith("region: 2 per-frame regions")
 
     # --track: the detector's REC box of every frame
@@ -176,14 +179,17 @@ def test_video_frames_folder(dam_dir, tiny_mm_dir, photo, tmp_path, monkeypatch)
 
     det = load_detector(tiny_mm_dir)
     tracked = describer.describe_video(frames, expression="the astronaut", detector=det, track=True)
-    expected = [[float(v) for v in d.xyxy[0]] for d in det.refer([np.asarray(Image.open(f)) for f in
-                                                                   sorted(frames.iterdir())], "the astronaut")]
+    files = sorted(frames.iterdir())
+    expected = [[float(v) for v in d.xyxy[0]] for d in det.refer([np.asarray(Image.open(files[k])) for k in
+                                                                   official], "the astronaut")]
     assert tracked.ok and tracked.frame_boxes == expected and tracked.expression == "the astronaut"
 
 
 def test_video_file_is_sampled_uniformly(tmp_path):
     av = pytest.importorskip("av")
-    assert sample_indices(3, 8) == [0, 1, 2] and sample_indices(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    # official np.linspace(0, n - 1, 8, dtype=int) truncates (the old rounding gave 0, 3, 5, 8, 11, 14, 16, 19) and
+    # repeats frames of a short video (the old sampling gave [0, 1, 2])
+    assert sample_indices(3, 8) == [0, 0, 0, 0, 1, 1, 1, 2] and sample_indices(20, 8) == [0, 2, 5, 8, 10, 13, 16, 19]
     path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=10)
@@ -195,7 +201,7 @@ def test_video_file_is_sampled_uniformly(tmp_path):
         for packet in stream.encode():
             out.mux(packet)
     clip = load_video(path, 8)
-    assert clip.total == 20 and clip.indices == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert clip.total == 20 and clip.indices == [0, 2, 5, 8, 10, 13, 16, 19]
     assert len(clip.frames) == 8 and clip.frames[0].shape == (48, 64, 3)
     # frame k is grey 12k: the sampled frames are the right ones, in order (within codec error)
     assert [round(float(f.mean()) / 12) for f in clip.frames] == clip.indices

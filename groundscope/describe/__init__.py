@@ -27,6 +27,7 @@ from groundscope.describe.focal import (
     region_to_mask,
 )
 from groundscope.describe.model import (
+    GENERATION_PRESETS,
     IGNORE_INDEX,
     IMAGE_TOKEN,
     IMAGE_TOKEN_INDEX,
@@ -37,12 +38,14 @@ from groundscope.describe.model import (
     LocalizedVisionBackbone,
     Merge2x2,
     Projector,
+    generation_preset,
     load_dam,
 )
 
 __all__ = [
-    "IGNORE_INDEX", "IMAGE_TOKEN", "IMAGE_TOKEN_INDEX", "CropBox", "DamConfig", "DamError", "DamModel", "DamOutput",
-    "Describer", "FocalPrompt", "LocalizedVisionBackbone", "Merge2x2", "Projector", "Region", "RegionDescription",
-    "RegionError", "VideoClip", "filled_box", "focal_batch", "focal_crop", "focal_pixels", "focal_prompt",
-    "load_dam", "load_describer", "load_video", "region_to_mask", "sample_indices",
+    "GENERATION_PRESETS", "IGNORE_INDEX", "IMAGE_TOKEN", "IMAGE_TOKEN_INDEX", "CropBox", "DamConfig", "DamError",
+    "DamModel", "DamOutput", "Describer", "FocalPrompt", "LocalizedVisionBackbone", "Merge2x2", "Projector", "Region",
+    "RegionDescription", "RegionError", "VideoClip", "filled_box", "focal_batch", "focal_crop", "focal_pixels",
+    "focal_prompt", "generation_preset", "load_dam", "load_describer", "load_video", "region_to_mask",
+    "sample_indices",
 ]

@@ -18,12 +18,14 @@ the batch: its `RegionDescription` has ``error`` set (naming the region and the 
 are described.
 
 Videos (`describe_video`): a video file (read with PyAV), a folder of frames (sorted by name) or a list of frames;
-`num_frames` frames (default: the model's, 8 for DAM-3B-Video) are sampled uniformly, each frame gets its own focal
-prompt with its own mask, and the frames' tokens enter the prompt in time order.
+`num_frames` frames (default: the model's, 8 for DAM-3B-Video) are sampled as the official
+``np.linspace(0, n - 1, 8, dtype=int)`` (repeated for a shorter video), each frame gets its own focal prompt with its
+own mask, and the frames' tokens enter the prompt in time order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from groundscope.describe.focal import RegionError, focal_crop, region_to_mask
-from groundscope.describe.model import DamError, DamModel, load_dam
+from groundscope.describe.model import DamError, DamModel, generation_preset, load_dam, seed_everything
 from groundscope.images import ImageInput, ImageLoadError, load_image
 
 DEFAULT_DESCRIBER = "dam-nano"
@@ -130,13 +132,40 @@ def _auto_device(device: str | torch.device) -> str | torch.device:
     return "mps" if mps is not None and mps.is_available() else "cpu"
 
 
-def _auto_dtype(dtype: torch.dtype | str | None, device: str | torch.device) -> torch.dtype:
+def released_dtype(folder: str | os.PathLike | None) -> torch.dtype:
+    """The dtype a DAM folder's weights were saved in: its top config's ``model_dtype`` ("torch.float16"), else
+    the LM config's ``dtype`` / ``torch_dtype``; float16 (what the official loader always uses) when neither names
+    one."""
+    import json
+
+    names = []
+    if folder is not None:
+        root = Path(folder)
+        for cfg, keys in ((root / "config.json", ("model_dtype",)), (root / "llm" / "config.json",
+                                                                      ("dtype", "torch_dtype"))):
+            try:
+                data = json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                continue
+            names += [data.get(k) for k in keys]
+    for name in names:
+        value = getattr(torch, str(name).replace("torch.", ""), None) if name else None
+        if value in (torch.float16, torch.bfloat16, torch.float32):
+            return value
+    return torch.float16
+
+
+def _auto_dtype(dtype: torch.dtype | str | None, device: str | torch.device,
+                folder: str | os.PathLike | None = None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        # DAM-3B is released in bfloat16; use it where the device has it, float32 elsewhere (CPU).
-        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        # On a GPU: the released weights' dtype (the official load_pretrained_model always runs float16,
+        # model_utils.py ~64, ~93-98: pass dtype="float16" for exactly that); bfloat16 falls back to float16
+        # where the GPU lacks it. On CPU / MPS: float32.
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            value = released_dtype(folder)
+            return torch.float16 if value == torch.bfloat16 and not torch.cuda.is_bf16_supported() else value
         return torch.float32
     value = getattr(torch, str(dtype).replace("torch.", ""), None)
     if not isinstance(value, torch.dtype):
@@ -145,7 +174,8 @@ def _auto_dtype(dtype: torch.dtype | str | None, device: str | torch.device) -> 
 
 
 def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: str | torch.device = "auto",
-                   dtype: torch.dtype | str | None = "auto", revision: str | None = None) -> "Describer":
+                   dtype: torch.dtype | str | None = "auto", revision: str | None = None,
+                   prompt: str | None = None) -> "Describer":
     """Load a DAM model as a `Describer`.
 
     Args:
@@ -153,8 +183,11 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
             hub id (``nvidia/DAM-3B``, ``nvidia/DAM-3B-Video``; downloaded with huggingface_hub's
             snapshot_download, cache first) or a local folder in the released DAM layout (`DamModel.save` writes one).
         device: "auto" (cuda, then mps, then cpu), or a torch device.
-        dtype: "auto" (bfloat16 on a GPU that has it, else float32), a torch dtype or its name.
+        dtype: "auto" (on a GPU the released weights' dtype, `released_dtype`; float32 on CPU), a torch dtype or
+            its name ("float16": the official loader's).
         revision: hub revision for hub ids.
+        prompt: the image prompt (one ``<image>``); default: the registry entry's for a registry name or its hub
+            id (DAM-3B-Video's joint-checkpoint prompt), else the folder's.
     Raises:
         ModelLoadError: unknown name, the bundled model not built, not cached while offline, unreachable hub, a
             folder that is not a DAM folder.
@@ -162,14 +195,23 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
     from groundscope.models.loading import ModelLoadError, _fetch, resolve
 
     source, display = resolve(name_or_path, kind="describer")
+    from groundscope.models.registry import REGISTRY
+
     local = _fetch(source, display, revision, kind="describer")
     device = _auto_device(device)
     try:
-        dtype = _auto_dtype(dtype, device)
+        dtype = _auto_dtype(dtype, device, local)
     except ValueError as e:
         raise ModelLoadError(str(e)) from e
     try:
         model = load_dam(local, device=device, dtype=dtype)
+        entry = REGISTRY.get(str(name_or_path)) or next(
+            (e for e in REGISTRY.values() if e.kind == "describer" and not e.bundled and e.source == str(source)),
+            None)
+        settings = {**((entry.dam_config or {}) if entry is not None else {}),
+                    **({"prompt": prompt} if prompt is not None else {})}
+        if settings:
+            model.config = dataclasses.replace(model.config, **settings)  # checked by DamConfig.__post_init__
     except DamError as e:
         raise ModelLoadError(f"model '{display}': {e}") from e
     return Describer(model, name=display, path=local)
@@ -248,13 +290,12 @@ def _given_box(region: Any) -> list[float] | None:
 
 # ---------------------------------------------------------------------------------------------- video input
 def sample_indices(total: int, num_frames: int) -> list[int]:
-    """`num_frames` indices spread uniformly over `total` frames, first and last included (all of them when there
-    are no more than `num_frames`)."""
+    """Always `num_frames` indices over `total` frames, as the official
+    ``np.linspace(0, total - 1, 8, dtype=int)`` (examples/dam_video_with_sam2.py ~195): truncated, first and last
+    included, frames repeated when the video has fewer (DAM-3B-Video reads exactly 8)."""
     if total <= 0:
         return []
-    if total <= num_frames:
-        return list(range(total))
-    return [int(i) for i in np.linspace(0, total - 1, num_frames).round().astype(int)]
+    return [int(i) for i in np.linspace(0, total - 1, num_frames, dtype=int)]
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -362,13 +403,24 @@ class Describer:
         return f"Describer({self.name!r}, device={self.device})"
 
     def _generate(self, images: list, masks: list, gen: dict) -> list[str]:
-        return self.model.generate(images, masks, **{k: v for k, v in gen.items() if v is not None})
+        return self.model.generate(images, masks, **{k: v for k, v in gen.items() if v is not None and k != "seed"})
+
+    @staticmethod
+    def _settings(preset: str | None, **given) -> dict:
+        """Generation settings: those given, then the named preset's (`GENERATION_PRESETS`); a seed in them
+        seeds every generator once, before the first region (as the official evaluation seeds its run)."""
+        gen = {**(generation_preset(preset) if preset is not None else {}),
+               **{k: v for k, v in given.items() if v is not None}}
+        if gen.get("seed") is not None:
+            seed_everything(int(gen["seed"]))
+        return gen
 
     # ------------------------------------------------------------------ images
     def describe(self, images: ImageInput | Sequence[ImageInput], regions: Any = None, *, mask: Any = None,
                  box: Sequence[float] | None = None, points: Any = None, prompt: str | None = None,
                  temperature: float | None = None, top_p: float | None = None, max_new_tokens: int | None = None,
-                 batch_size: int = 8, callback: Callable[[int], None] | None = None):
+                 batch_size: int = 8, callback: Callable[[int], None] | None = None, seed: int | None = None,
+                 preset: str | None = None):
         """Describe regions of one image or of a batch of images.
 
         Args:
@@ -380,6 +432,9 @@ class Describer:
             batch_size: regions per vision forward pass.
             callback: called with the number of regions finished (described or failed) as they finish
                 (progress bars).
+            seed: seeds Python, NumPy and torch once before the first region (sampling reproducible).
+            preset: a named set of generation settings (`GENERATION_PRESETS`: "dlc-bench" is the published
+                DLC-Bench run's temperature 0.2, no top-p, seed 123); arguments given win over it.
         Returns:
             one `RegionDescription` (single-region form), a list of them (one image), or a list of lists (a list of
             images), in the order given. Bad regions carry ``error`` instead of text.
@@ -401,7 +456,8 @@ class Describer:
         else:
             per_image = [list(regions) if isinstance(regions, (list, tuple)) else [regions]]
             imgs = [images]
-        gen = {"prompt": prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        gen = self._settings(preset, prompt=prompt, temperature=temperature, top_p=top_p,
+                             max_new_tokens=max_new_tokens, seed=seed)
         results: list[list[RegionDescription | None]] = [[None] * len(r) for r in per_image]
         jobs = []  # (image index, region index, rgb, mask, box, name)
         for j, (img, regs) in enumerate(zip(imgs, per_image)):
@@ -472,7 +528,8 @@ class Describer:
     def describe_video(self, video: Any, region: Any = None, *, num_frames: int | None = None,
                        expression: str | None = None, detector: Any = None, track: bool = False,
                        prompt: str | None = None, temperature: float | None = None, top_p: float | None = None,
-                       max_new_tokens: int | None = None) -> RegionDescription:
+                       max_new_tokens: int | None = None, seed: int | None = None,
+                       preset: str | None = None) -> RegionDescription:
         """Describe one region through a video.
 
         Args:
@@ -482,11 +539,13 @@ class Describer:
             num_frames: frames sampled uniformly (default: the model's num_frames, 8); ignored for a `VideoClip`.
             expression / detector: find the region with the detector's referring-expression top-1 box, in the first
                 sampled frame (used for every frame) or, with `track`, in every sampled frame.
+            seed / preset: as `describe`'s.
         Returns:
             a `RegionDescription` with ``frames`` (the sampled indices) and ``frame_boxes``; on a bad frame region
             or an unreadable video, ``error`` says which and why.
         """
-        gen = {"prompt": prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        gen = self._settings(preset, prompt=prompt, temperature=temperature, top_p=top_p,
+                             max_new_tokens=max_new_tokens, seed=seed)
         name = expression if expression is not None else (_safe_name(region, "region") if region is not None
                                                            else "region")
         if (expression is None) == (region is None):

@@ -49,6 +49,36 @@ VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligenc
 DAM_DIRS = ("llm", "vision_tower", "mm_projector", "context_provider")
 
 
+# Named generation settings. "dlc-bench": the published DLC-Bench run (official evaluation/get_model_outputs.py
+# ~67-71, ~103, ~126-132: temperature 0.2, top_p None, num_beams 1, max_new_tokens 512, every seed set to 123
+# once before the first region). top_p None adds no nucleus filter; top_p 1.0 is the same in transformers.
+GENERATION_PRESETS: dict[str, dict] = {
+    "dlc-bench": {"temperature": 0.2, "top_p": 1.0, "max_new_tokens": 512, "seed": 123},
+    "official-default": {"temperature": 0.2, "top_p": 0.5, "max_new_tokens": 512},  # get_description's defaults
+    "greedy": {"temperature": 0.0},
+}
+
+
+def generation_preset(name: str) -> dict:
+    """The settings of a named preset (a copy); raises DamError naming the known ones."""
+    if name not in GENERATION_PRESETS:
+        raise DamError(f"unknown generation preset {name!r}; use one of {sorted(GENERATION_PRESETS)}")
+    return dict(GENERATION_PRESETS[name])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every CUDA device too), as the official evaluation does (~126-132)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
 class DamError(RuntimeError):
     """A DAM model cannot be built, loaded or used; the message says why and what to do."""
 
@@ -76,7 +106,17 @@ class DamConfig:
             the square input) or "square" (centred on the region, padded past the border; for models trained so).
         focal_crop: False for the ablation without the focal crop (the full image and mask only: the crop pass
             then sees the full image, which `treat_image_as_cimage` False answers with the full pass's features).
-        temperature / top_p / max_new_tokens: generation defaults (the reference's).
+        context_provider: the context provider's own settings, as its ``context_provider/config.json`` names them
+            (``num_attention_heads``, ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``,
+            ``num_hidden_layers``, ``context_provider_layer_indices``); the official ContextProvider builds its
+            layers from that config, not the tower's (context_provider.py ~95-112, ~183-189, ~245-253, ~314-316).
+            None (a DAM groundscope builds): the vision tower's values, one layer per tower layer.
+        pixel_dtype: "float16": focal pixels are rounded to float16 before the tower, as the official
+            ``get_image_tensor`` casts them (describe_anything_model.py ~144-162) whatever the model's dtype;
+            "float32" keeps them unrounded (groundscope's own DAMs, trained so). A released folder (no
+            ``groundscope_dam`` block) loads with "float16".
+        temperature / top_p / max_new_tokens: generation defaults (the reference's ``get_description``:
+            0.2 / 0.5 / 512; describe_anything_model.py ~125). ``GENERATION_PRESETS`` has DLC-Bench's.
     """
 
     vision: str | None = None
@@ -101,6 +141,8 @@ class DamConfig:
     min_crop: int = 48
     crop_mode: str = "clamp"
     focal_crop: bool = True
+    context_provider: dict | None = None
+    pixel_dtype: str = "float32"
     temperature: float = 0.2
     top_p: float = 0.5
     max_new_tokens: int = 512
@@ -112,7 +154,8 @@ class DamConfig:
             raise DamError("prompt needs exactly one '<image>' and video_prompt an '{images}' placeholder")
         for name, value, allowed in (("projector", self.projector, PROJECTORS), ("gate", self.gate, ("raw", "tanh")),
                                      ("select_feature", self.select_feature, ("cls_patch", "patch")),
-                                     ("crop_mode", self.crop_mode, CROP_MODES)):
+                                     ("crop_mode", self.crop_mode, CROP_MODES),
+                                     ("pixel_dtype", self.pixel_dtype, ("float16", "float32"))):
             if value not in allowed:
                 raise DamError(f"DamConfig.{name} = {value!r}; use one of {list(allowed)}")
 
@@ -161,6 +204,22 @@ class ContextAdapter(nn.Module):
         return h + self._g(self.mlp_gate) * self.mlp.fc2(self.act(self.mlp.fc1(self.mlp_norm(h))))
 
 
+CONTEXT_KEYS = ("num_attention_heads", "intermediate_size", "hidden_act", "layer_norm_eps", "num_hidden_layers",
+                "context_provider_layer_indices")
+
+
+def context_settings(vision_config, context: dict | None, num_layers: int) -> dict:
+    """The context provider's settings (`CONTEXT_KEYS`): those of `context` (its config.json), the vision
+    tower's for any it lacks (official ContextProviderConfig's defaults are ViT-B's, never the tower's; a
+    released config always names them)."""
+    tower = {"num_attention_heads": vision_config.num_attention_heads,
+             "intermediate_size": vision_config.intermediate_size, "hidden_act": vision_config.hidden_act,
+             "layer_norm_eps": vision_config.layer_norm_eps, "num_hidden_layers": num_layers,
+             "context_provider_layer_indices": None}
+    given = {k: v for k, v in (context or {}).items() if k in CONTEXT_KEYS and v is not None}
+    return {**tower, **given}
+
+
 class LocalizedVisionBackbone(nn.Module):
     """DAM's localized vision backbone around a ViT-like model (`SiglipVisionModel`; any model whose vision
     transformer has ``embeddings.patch_embedding`` and ``encoder.layers``, e.g. CLIP's, whose ``pre_layrnorm``
@@ -172,7 +231,7 @@ class LocalizedVisionBackbone(nn.Module):
 
     def __init__(self, vision: nn.Module, feature_layer: int = -2, select_feature: str = "cls_patch",
                  gate: str = "raw", masked_cross_attn: bool = False, treat_image_as_cimage: bool = False,
-                 mask_mean: float = 0.5, mask_std: float = 0.5):
+                 mask_mean: float = 0.5, mask_std: float = 0.5, context: dict | None = None):
         super().__init__()
         self.vision = vision
         inner = self._inner
@@ -191,10 +250,24 @@ class LocalizedVisionBackbone(nn.Module):
         self.mask_embed = nn.Conv2d(1, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride)
         for p in self.mask_embed.parameters():
             nn.init.zeros_(p)
-        # One adapter per layer, as released; with feature_layer -2 the last one is never run.
+        self.context = context_settings(cfg, context, n)
+        ctx = self.context
+        if conv.out_channels % ctx["num_attention_heads"]:
+            raise DamError(f"context provider: hidden size {conv.out_channels} is not divisible by "
+                           f"{ctx['num_attention_heads']} heads")
+        # The official CrossAttnContextProviderEndToAll (context_provider.py ~314-316) builds one layer per
+        # `num_hidden_layers` when context_provider_layer_indices is None. With indices set, its filter compares
+        # enumerate()'s (i, i) tuples with the integer indices and keeps no layer, so the crop pass then runs
+        # without cross-attention (modeling_siglip.py ~737: `if context_provider_layers:`); we do the same.
+        count = ctx["num_hidden_layers"] if ctx.get("context_provider_layer_indices") is None else 0
+        if 0 < count < self.num_run:
+            raise DamError(f"context provider has {count} layers but the crop pass runs {self.num_run} tower "
+                           "layers, each followed by its own context layer (official modeling_siglip.py ~739 "
+                           "indexes them by tower layer); set num_hidden_layers to the tower's")
+        # Released: one layer per tower layer; with feature_layer -2 the last one is never run.
         self.adapters = nn.ModuleList(
-            ContextAdapter(conv.out_channels, cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_act,
-                           cfg.layer_norm_eps, gate) for _ in range(n))
+            ContextAdapter(conv.out_channels, ctx["num_attention_heads"], ctx["intermediate_size"],
+                           ctx["hidden_act"], ctx["layer_norm_eps"], gate) for _ in range(count))
 
     @property
     def _inner(self) -> nn.Module:
@@ -232,7 +305,7 @@ class LocalizedVisionBackbone(nn.Module):
         for i, layer in enumerate(inner.encoder.layers[: self.num_run]):
             out = layer(h, None)
             h = out[0] if isinstance(out, tuple) else out
-            if context is not None:
+            if context is not None and len(self.adapters):
                 h = self.adapters[i](h, context, context_mask)
         return self._select(h)
 
@@ -342,7 +415,7 @@ class DamModel(nn.Module):
                            f"{vision.config.image_size}; set it to the vision model's input size")
         backbone = LocalizedVisionBackbone(vision, config.feature_layer, config.select_feature, config.gate,
                                            config.masked_cross_attn, config.treat_image_as_cimage,
-                                           config.image_mean[0], config.image_std[0])
+                                           config.image_mean[0], config.image_std[0], config.context_provider)
         projector = Projector(config.projector, backbone.mask_embed.out_channels,
                               llm.get_input_embeddings().weight.shape[1])
         return cls(config, backbone, projector, llm, tokenizer)
@@ -367,8 +440,11 @@ class DamModel(nn.Module):
     def focal_inputs(self, images: Sequence, masks: Sequence) -> tuple[torch.Tensor, list[int]]:
         """`focal_batch` with this model's input processing: ((M, 8, S, S), frames per region)."""
         cfg = self.config
-        return focal_batch(images, masks, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resample,
-                           cfg.image_aspect_ratio, cfg.min_crop, cfg.focal_crop, cfg.crop_mode)
+        pixels, frames = focal_batch(images, masks, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.resample,
+                                     cfg.image_aspect_ratio, cfg.min_crop, cfg.focal_crop, cfg.crop_mode)
+        if cfg.pixel_dtype == "float16":  # official get_image_tensor: .to(dtype=torch.float16), ~144-162
+            pixels = pixels.half().float()
+        return pixels, frames
 
     # ------------------------------------------------------------------ text
     def user_message(self, frames: int, prompt: str | None = None) -> str:
@@ -475,10 +551,14 @@ class DamModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, images: Sequence, masks: Sequence, prompt: str | None = None, temperature: float | None = None,
-                 top_p: float | None = None, max_new_tokens: int | None = None, **kwargs) -> list[str]:
+                 top_p: float | None = None, max_new_tokens: int | None = None, seed: int | None = None,
+                 **kwargs) -> list[str]:
         """Descriptions of N regions (see `focal_inputs`). The vision pass is batched over every frame; the LM
-        generates each region on its own, so no padding sits inside a prompt. ``temperature`` 0 is greedy."""
+        generates each region on its own, so no padding sits inside a prompt. ``temperature`` 0 is greedy;
+        `seed` seeds every generator first (`seed_everything`)."""
         cfg = self.config
+        if seed is not None:
+            seed_everything(seed)
         pixels, frames = self.focal_inputs(images, masks)
         visual = self.visual_tokens(pixels)
         batch = self.tokenize(frames, None, prompt)
@@ -536,10 +616,9 @@ class DamModel(nn.Module):
         vc = bb.vision.config
         ccfg = None if base_vlm else part("context_provider", ctx, {
             "model_type": "context_provider", "architectures": ["ContextProvider"],
-            "context_provider_type": "cross_attn_end_to_all", "hidden_size": vc.hidden_size,
-            "intermediate_size": vc.intermediate_size, "num_hidden_layers": len(bb.adapters),
-            "num_attention_heads": vc.num_attention_heads, "hidden_act": vc.hidden_act,
-            "layer_norm_eps": vc.layer_norm_eps, "patch_size": bb.patch_size, "zero_init_output": True,
+            "context_provider_type": "cross_attn_end_to_all", "hidden_size": vc.hidden_size, **bb.context,
+            "num_channels": 3, "num_mask_channels": 1, "image_size": cfg.image_size,
+            "patch_size": bb.patch_size, "zero_init_output": True,
             "masked_cross_attn": cfg.masked_cross_attn, "treat_image_as_cimage": cfg.treat_image_as_cimage})
         dtype = next(self.llm.parameters()).dtype
         _write_json(out / "config.json", {
@@ -631,6 +710,11 @@ def _config_from_folder(root: Path, top: dict) -> DamConfig:
     if ctx and (ctx.get("context_image_as_queries") or ctx.get("context_provider_type") != "cross_attn_end_to_all"):
         raise DamError(f"{root}/context_provider: only the 'cross_attn_end_to_all' context provider with crop "
                        "queries is supported (DAM-3B's)")
+    if ctx:
+        values["context_provider"] = {k: ctx[k] for k in CONTEXT_KEYS if k in ctx}
+    # Released folders round pixels to float16 as the official code does; our saved configs say what they used.
+    values["pixel_dtype"] = (top.get("groundscope_dam") or {}).get("pixel_dtype",
+                                                                   "float32" if "groundscope_dam" in top else "float16")
     values.update(masked_cross_attn=bool(ctx.get("masked_cross_attn", False)),
                   treat_image_as_cimage=bool(ctx.get("treat_image_as_cimage", False)),
                   vision=str(root / "vision_tower"), llm=str(root / "llm"))
@@ -658,10 +742,15 @@ def load_dam(path: str | Path, device: torch.device | str = "cpu", dtype: torch.
     config = _config_from_folder(root, json.loads((root / "config.json").read_text()))
     try:
         llm = AutoModelForCausalLM.from_pretrained(root / "llm", dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(root / "llm")
+        # As official language_model/builder.py ~117-123: the slow tokenizer, legacy=False, right padding. Under
+        # transformers 5 "slow" reads tokenizer.json as well (a folder without tokenizer.model loads).
+        tokenizer = AutoTokenizer.from_pretrained(root / "llm", use_fast=False, legacy=False, padding_side="right")
         vision = AutoModel.from_config(AutoConfig.from_pretrained(root / "vision_tower"))
     except (OSError, ValueError) as e:
         raise DamError(f"cannot load the LM or vision tower of {root}: {e}") from e
+    if llm.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        # official model_utils.py ~91: model.resize_token_embeddings(len(tokenizer)), whichever way it goes
+        llm.resize_token_embeddings(len(tokenizer))
     model = DamModel.from_parts(config, vision, llm, tokenizer)
     bb = model.backbone
     state, own = _read_state(root / "vision_tower"), set(bb.vision.state_dict())

@@ -18,6 +18,7 @@ class ModelEntry:
     bundled: bool = False
     kind: str = "detector"  # "detector" (load_detector) or "describer" (groundscope.describe.load_describer)
     build_hint: str = ""  # for a bundled model that may be absent from an install: how to build it
+    dam_config: dict | None = None  # describers: DamConfig fields a released folder does not carry (its prompt)
 
 
 KINDS = ("detector", "describer")
@@ -82,6 +83,9 @@ REGISTRY: dict[str, ModelEntry] = {
             "dam-3b-video", "nvidia/DAM-3B-Video", "DAM", "SigLIP + VILA-1.5 3B LM",
             "Describe Anything 3B for videos: 8 frames, each with its own mask, described together",
             kind="describer",
+            # A single image gets the joint checkpoint's prompt: official dam_server.py ~178-182
+            # (--image_video_joint_checkpoint), evaluation/get_model_outputs.py ~29-32 (query "joint").
+            dam_config={"prompt": "Image: <image>\nGiven the image above, describe the object in the masked region."},
         ),
     ]
 }

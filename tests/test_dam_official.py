@@ -257,3 +257,28 @@ def test_dlc_bench_preset_is_the_published_run(dam, official):
     assert a == b
     with pytest.raises(Exception, match="unknown generation preset"):
         describer.describe(inp["image1"], regions, preset="nope")
+
+
+def test_describe_cli_preset_seeds_once_and_samples_as_the_published_run(official, dam, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from groundscope.cli import app
+    from groundscope.describe import Describer
+
+    inp = official["inputs"]
+    Image.fromarray(inp["image1"]).save(tmp_path / "image.png")
+    Image.fromarray(inp["mask1"]).save(tmp_path / "mask.png")
+    args = ["describe", str(tmp_path / "image.png"), "-m", str(official["root"]), "--mask", str(tmp_path / "mask.png"),
+            "--mask", str(tmp_path / "mask.png"), "--max-new-tokens", "8", "--device", "cpu", "--json"]
+    runner = CliRunner()
+    res = runner.invoke(app, args + ["--preset", "dlc-bench"])
+    assert res.exit_code == 0, res.output
+    texts = [r["text"] for r in json.loads(res.stdout.strip().splitlines()[-1])["regions"]]
+    want = Describer(dam).describe(inp["image1"], [{"mask": inp["mask1"]}] * 2, temperature=0.2, top_p=1.0,
+                                   seed=123, max_new_tokens=8)
+    assert texts == [r.text for r in want]
+    same = runner.invoke(app, args + ["--temperature", "0.2", "--top-p", "1", "--seed", "123"])
+    assert [r["text"] for r in json.loads(same.stdout.strip().splitlines()[-1])["regions"]] == texts
+    bad = runner.invoke(app, args + ["--preset", "nope"])
+    assert bad.exit_code == 2 and "dlc-bench" in bad.output

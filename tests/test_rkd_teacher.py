@@ -157,3 +157,13 @@ def test_proposal_prompts_are_the_references():
 
     assert RegionSettings(teacher="t", detector="d").proposal_prompts == [
         "all objects", "all entities", "all visible objects and entities", "all obscure objects and entities"]
+
+
+def test_training_config_defaults_are_the_references():
+    """`rkd:` in a training config starts from the reference's teacher prompt and proposal prompts."""
+    from groundscope.distill.regions import REFERENCE_PROPOSAL_PROMPTS
+    from groundscope.train.config import RkdSection
+
+    section = RkdSection()
+    assert section.text_template == "a photo of a {}"
+    assert section.proposal_prompts == list(REFERENCE_PROPOSAL_PROMPTS)

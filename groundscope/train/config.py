@@ -249,13 +249,14 @@ class RkdSection:
 
     enabled: bool = _spec(False, doc="train with the RKD head (distillation projection + CLIP-text classifier)")
     teacher: str | None = _spec(None, doc="CLIP-like teacher: hub id or folder (CLIPModel, SiglipModel, ...)")
-    text_template: str = _spec("{}", doc="how a class name becomes the teacher's text, e.g. 'a photo of a {}.'")
+    text_template: str = _spec("a photo of a {}", doc="how a class name becomes the teacher's text (the reference's: "
+                                                      "'a photo of a {}'; a teacher that learnt bare names: '{}')")
     regions: str | None = _spec(None, doc="region cache folder (`groundscope distill embed-regions`); built "
                                           "here with the settings below when it does not exist yet")
     k: int = _spec(5, min=1, doc="class-agnostic regions per image (the reference: 5)")
     proposal_prompts: list[str] = _spec(
-        factory=lambda: ["all objects", "all entities", "all visible entities and objects",
-                         "all obscure entities and objects"],
+        factory=lambda: ["all objects", "all entities", "all visible objects and entities",
+                         "all obscure objects and entities"],
         doc="prompts whose boxes are the class-agnostic proposals (the reference prompts MViT with these)")
     proposal_top: int = _spec(50, min=1, doc="boxes kept per proposal prompt before NMS")
     image_labels: str | None = _spec(None, doc="image-level labels: a COCO file (each image's category names) or "
@@ -267,7 +268,9 @@ class RkdSection:
     irm_weight: float = _spec(0.15, min=0.0, doc="weight of the IRM loss (x100 inside; reference: 0.15)")
     pseudo: bool = _spec(False, doc="the pseudo max score loss on pseudo-boxes of image-level labels")
     pseudo_weight: float = _spec(0.1, min=0.0, doc="weight of the pseudo max score loss (reference: 0.1)")
-    weight_transfer: bool = _spec(False, doc="add the weight-transfer classifier (projection = MLP(W))")
+    weight_transfer: bool = _spec(False, doc="the reference's transfer classifier (fc1/fc2 on a frozen W + fc3/fc4 "
+                                            "residual); it replaces the RKD classifier; W is frozen when model.path "
+                                            "is an RKD run's model")
     head_weight: float = _spec(1.0, min=0.0, doc="weight of the CLIP-text classifiers' focal loss on base boxes")
     score_weight: float = _spec(0.5, min=0.0, max=1.0, doc="lam of the inference rule g^(1-lam) * head^lam")
 

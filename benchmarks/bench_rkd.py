@@ -19,7 +19,8 @@ also proposes the regions and pseudo-boxes. Arms (all `groundscope train configs
 * ``rkd``       + L1 and IRM distillation of the teacher's region embeddings.
 * ``pl``        head + pseudo max score loss on pseudo-boxes of the image-level labels (no distillation).
 * ``rkd_pl``    distillation + pseudo-labels.
-* ``full``      distillation + pseudo-labels + weight transfer.
+* ``full``      distillation + pseudo-labels + weight transfer, started from the ``rkd_pl`` arm's model (the
+  reference's two stages: W comes from an RKD run and stays frozen while the transfer classifier trains).
 
 Each is scored with ``groundscope eval synth`` on a test world drawn with seed 3 (used by no training here).
 Results: ``OUT/results.json`` and ``benchmarks/results/rkd_synth.md``.
@@ -107,6 +108,10 @@ def main() -> None:
             print(f"{name}: trained before, skipped", flush=True)
             continue
         what, overrides = ARMS[name]
+        if name == "full":  # the reference's second stage starts from the first's W (see the module docstring)
+            if not (out / "rkd_pl" / "model").exists():
+                raise SystemExit("the full arm starts from the rkd_pl arm's model: run --arms rkd_pl first")
+            overrides = [*overrides, f"model.path={out / 'rkd_pl' / 'model'}"]
         seconds = run([exe, "train", "configs/rkd_synth.yaml",
                        *sets(*common, *overrides, f"train.out_dir={out / name}")], log)
         results.setdefault("train", {})[name] = {"overrides": [*common, *overrides], "minutes": round(seconds / 60, 1)}

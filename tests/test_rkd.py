@@ -53,15 +53,61 @@ def test_irm_loss_hand_value():
 def test_pseudo_max_score_loss_hand_case():
     logits = torch.tensor([[2.0, -1.0, 0.0, 5.0]])
     target = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
-    valid = torch.tensor([[True, True, True, False]])  # the last column is padding: not counted
-    # summed over the valid columns, as the reference's reduction='sum' over its classes (was the mean: / 3)
+    classes = torch.tensor([[0, 1, 2, -1]])  # three one-token classes; the last column is padding: not counted
+    # summed over the classes, as the reference's reduction='sum' over its classes (was the mean: / 3)
     expected = math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log(2)
-    assert pseudo_max_score_loss(logits, target, valid).item() == pytest.approx(expected, rel=1e-6)
+    assert pseudo_max_score_loss(logits, target, classes).item() == pytest.approx(expected, rel=1e-6)
+    assert pseudo_max_score_loss(logits[:, :3], target[:, :3]).item() == pytest.approx(expected, rel=1e-6)
     # two pseudo-boxes of one image: the mean of their per-box losses (the reference's loss_i / len(labels))
-    two = pseudo_max_score_loss(torch.cat([logits, -logits]), torch.cat([target, target]), torch.cat([valid, valid]))
+    two = pseudo_max_score_loss(torch.cat([logits, -logits]), torch.cat([target, target]), torch.cat([classes, classes]))
     other = math.log1p(math.exp(2)) + math.log1p(math.exp(1)) + math.log(2)
     assert two.item() == pytest.approx((expected + other) / 2, rel=1e-6)
     assert pseudo_max_score_loss(logits[:0], target[:0]).item() == 0.0
+
+
+def test_pseudo_max_score_loss_counts_a_class_once_whatever_its_tokens():
+    """Token logits: a class of two tokens enters the sum once (the mean of its tokens' BCE), separators and
+    padding not at all, so the sum runs over the classes as the reference's over its C + 1 columns."""
+    sp = lambda x: math.log1p(math.exp(x))  # BCE-with-logits: target 1 -> sp(-x), target 0 -> sp(x)
+    # tokens: [CLS] red circle . cat . [SEP] pad; classes "red circle" (label) and "cat"
+    logits = torch.tensor([[0.3, 2.0, 1.0, -0.7, -1.0, 0.4, 0.9, -float("inf")]])
+    target = torch.tensor([[0.0, 1, 1, 0, 0, 0, 0, 0]])
+    classes = torch.tensor([[-1, 0, 0, -1, 1, -1, -1, -1]])
+    expected = (sp(-2.0) + sp(-1.0)) / 2 + sp(-1.0)
+    got = pseudo_max_score_loss(logits, target, classes)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # the old reduction summed over every real token: the class of two tokens twice, the separators too
+    old = sp(-2.0) + sp(-1.0) + sp(-1.0) + sp(0.3) + sp(-0.7) + sp(0.4) + sp(0.9)
+    assert abs(got.item() - old) > 1.0
+    # the -inf padding does not poison the gradient
+    x = logits.clone().requires_grad_(True)
+    pseudo_max_score_loss(x, target, classes).backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0, [0, 3, 5, 6, 7]].abs().sum() == 0
+    with pytest.raises(ValueError, match="column_class"):
+        pseudo_max_score_loss(logits, target, classes[:, :4])
+
+
+def test_trainer_token_classes_follow_the_prompt():
+    from groundscope.prompts import chunk_classes
+    from groundscope.train.rkd import RkdTrainer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+    prompt = chunk_classes(tok, ["red circle", "cat"], 256)[0]
+    n = prompt.num_tokens
+    mask = torch.zeros(n + 2, dtype=torch.bool)
+    mask[:n] = True
+    classes = RkdTrainer._token_classes(prompt, mask, 12 + n)
+    assert classes.shape == (12 + n,)
+    for c, toks in enumerate(prompt.token_spans):
+        assert toks and (classes[toks] == c).all()
+    inside = {t for toks in prompt.token_spans for t in toks}
+    assert all(int(classes[t]) == -1 for t in range(12 + n) if t not in inside)  # specials, " . ", padding
+    onehot = RkdTrainer._token_onehot(prompt, 0, 12 + n, "cpu")
+    assert onehot.sum() == len(prompt.token_spans[0]) and (onehot[prompt.token_spans[0]] == 1).all()
+    # a token outside the text mask is counted nowhere
+    mask[prompt.token_spans[1][0]] = False
+    assert RkdTrainer._token_classes(prompt, mask, 12 + n)[prompt.token_spans[1][0]] == -1
 
 
 def test_pseudo_max_score_loss_is_the_reference_reduction_over_images():

@@ -13,9 +13,9 @@ Per batch, on top of the grounding loss (`Trainer`):
 * **Pseudo max score** (``rkd.pseudo``): the image-level labels are put into the detection prompt without boxes
   (their tokens are left out of the grounding loss, as an unannotated class must not be taught "absent"); each
   cached pseudo-box picks the decoder query whose box fits it best (GIoU >= 0.5, not a base box's query) and that
-  query's token-level scores are pushed towards the label's tokens (BCE against the one-hot label over the
-  prompt's tokens, summed over the tokens as the reference sums over its classes); the head's classifier's class
-  scores the same way (the reference's PMS acts on its classifier, custom_fast_rcnn.py ~L343-351).
+  query's token-level scores are pushed towards the label's tokens (BCE against the one-hot label, summed over
+  the prompt's classes as the reference sums over its classes, a class of several tokens counting once as the
+  mean over its tokens); the head's classifier's class scores the same way (the reference's PMS acts on its classifier, custom_fast_rcnn.py ~L343-351).
 * **Weight transfer** (``rkd.weight_transfer``): the transfer classifier (`groundscope.models.rkd_head`) trains
   on the base boxes and the pseudo-boxes. When ``model.path`` is a model exported by an RKD run, its head's W
   is loaded and frozen for every loss (the reference's second stage, official zero_shot_classifier.py ~L113-116
@@ -207,6 +207,25 @@ class RkdTrainer(Trainer):
         return torch.stack([self._text_cache[n] for n in names])
 
     # ------------------------------------------------------------------ loss
+    @staticmethod
+    def _token_onehot(prompt, entity: int, length: int, device) -> torch.Tensor:
+        """(L,) 1 at the tokens of `entity`, 0 elsewhere."""
+        onehot = torch.zeros(length, device=device)
+        onehot[[t for t in prompt.token_spans[entity] if t < length]] = 1.0
+        return onehot
+
+    @staticmethod
+    def _token_classes(prompt, text_mask: torch.Tensor, length: int) -> torch.Tensor:
+        """(L,) long: the prompt class of each token (-1 for special tokens, separators, padding and tokens
+        outside `text_mask` (T,)), what `pseudo_max_score_loss` sums over."""
+        classes = torch.full((length,), -1, dtype=torch.long, device=text_mask.device)
+        for c, toks in enumerate(prompt.token_spans):
+            toks = [t for t in toks if t < min(length, text_mask.shape[0])]
+            if toks:
+                classes[toks] = c
+        classes[: text_mask.shape[0]][~text_mask] = -1
+        return classes
+
     def _batch_loss(self, batch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
         r = self.cfg.rkd
         out, dn = self._detector_forward(batch, autocast)
@@ -266,7 +285,7 @@ class RkdTrainer(Trainer):
 
         # Pseudo max score on the pseudo-boxes' queries.
         if r.pseudo:
-            tok_logits, tok_targets, tok_valid, cls_logits, cls_targets, image_of = [], [], [], [], [], []
+            tok_logits, tok_targets, tok_classes, cls_logits, cls_targets, image_of = [], [], [], [], [], []
             for b, (rec, reg) in enumerate(zip(records, regions)):
                 if reg is None or not len(reg.pseudo_boxes):
                     continue
@@ -285,14 +304,9 @@ class RkdTrainer(Trainer):
                     q = int(col.argmax())
                     if float(col[q]) < PSEUDO_MIN_GIOU:
                         continue
-                    length = last.logits.shape[-1]
-                    valid = torch.zeros(length, dtype=torch.bool, device=feats.device)
-                    valid[: out.text_mask.shape[1]] = out.text_mask[b]
-                    onehot = torch.zeros(length, device=feats.device)
-                    onehot[prompt.token_spans[e]] = 1.0
                     tok_logits.append(last.logits[b, q])
-                    tok_targets.append(onehot)
-                    tok_valid.append(valid)
+                    tok_targets.append(self._token_onehot(prompt, e, last.logits.shape[-1], feats.device))
+                    tok_classes.append(self._token_classes(prompt, out.text_mask[b], last.logits.shape[-1]))
                     image_of.append(b)
                     cls_logits.append(self.rkd_head.class_logits(feats[b, q].float(), texts[b]))
                     cls_targets.append(torch.nn.functional.one_hot(torch.tensor(e), len(prompt.labels))
@@ -300,14 +314,12 @@ class RkdTrainer(Trainer):
             extra["rkd.pms"] = feats.new_zeros((), dtype=torch.float32)  # logged as 0 when no query fits a pseudo-box
             parts["rkd.pseudo_boxes"] = float(len(tok_logits))
             if tok_logits:
-                # -inf logits at padding are masked out through `valid`; replace them so the BCE stays finite
-                logits = torch.stack(tok_logits).float()
-                valid = torch.stack(tok_valid)
-                logits = torch.where(valid, logits, torch.zeros_like(logits))
                 images = torch.as_tensor(image_of, device=feats.device)
-                # the reference's reductions: summed over the columns, mean over an image's pseudo-boxes, mean
-                # over the images that have one (custom_fast_rcnn.py ~L280, ~L295, ~L350-351)
-                pms = pseudo_max_score_loss(logits, torch.stack(tok_targets), valid, images)
+                # the reference's reductions: summed over the prompt's classes (a class = the mean over its
+                # tokens), mean over an image's pseudo-boxes, mean over the images that have one
+                # (custom_fast_rcnn.py ~L280, ~L295, ~L350-351)
+                pms = pseudo_max_score_loss(torch.stack(tok_logits), torch.stack(tok_targets),
+                                            torch.stack(tok_classes), images)
                 # the head's classifier (prompts differ in length: one (1, C_b) row per pseudo-box, regrouped)
                 per_image: dict[int, list[torch.Tensor]] = {}
                 for b, lg, tg in zip(image_of, cls_logits, cls_targets):

@@ -12,7 +12,10 @@ same reductions:
   with N^2 (the reference has 5 regions per image).
 * Pseudo max score (custom_fast_rcnn.py ~L343-351, ~L270-295): per pseudo-box, binary cross-entropy of the chosen
   proposal's scores against the one-hot label SUMMED over the classes (``reduction='sum'``); averaged over the
-  image's labels, then over the images of the batch.
+  image's labels, then over the images of the batch. Grounding DINO scores tokens, not classes: a class of
+  several tokens enters the sum once, as the mean of its tokens' BCE, and tokens of no class (special tokens,
+  separators, padding) are not counted, as the reference has no column for them (its background column is a
+  constant: zero weights, no bias).
 
 `DISTILL_SCALE` is the reference's ``rkd_temperature``; the configs' weights multiply on top of it.
 """
@@ -71,30 +74,56 @@ def rkd_irm_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return DISTILL_SCALE * diff.pow(2).sum()
 
 
-def pseudo_max_score_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None,
+def class_bce(logits: torch.Tensor, targets: torch.Tensor, column_class: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-box BCE-with-logits SUMMED over the classes (the reference's ``reduction='sum'`` over its C + 1
+    classes, custom_fast_rcnn.py ~L350-351).
+
+    Args:
+        logits: (P, L) scores of the pseudo-boxes' queries: token-level logits of the prompt, or a class-level
+            head's logits.
+        targets: (P, L) 1 at the label's columns, 0 elsewhere.
+        column_class: (P, L) int, the class each column belongs to (-1: counted nowhere: padding, special tokens,
+            the " . " separators). A class of several tokens counts once, as the mean of its tokens' BCE, so a
+            class weighs the same whatever its length, as a class's one column does in the reference. None: every
+            column is a class of its own (class-level logits).
+    Returns: (P,) the per-box loss.
+    """
+    if logits.shape != targets.shape or logits.ndim != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (P, L)")
+    logits = logits.float()
+    if column_class is None:
+        return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none").sum(-1)
+    column_class = torch.as_tensor(column_class, device=logits.device).long()
+    if column_class.shape != logits.shape:
+        raise ValueError(f"column_class {tuple(column_class.shape)} must have the shape of logits "
+                         f"{tuple(logits.shape)}: the class of each column, -1 where none")
+    counted = column_class >= 0
+    # padding holds -inf logits (nan BCE, nan gradients): columns counted nowhere are zeroed before the BCE
+    logits = torch.where(counted, logits, torch.zeros_like(logits))
+    bce = F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none") * counted.float()
+    index = column_class.clamp(min=0)
+    width = int(index.max()) + 1 if index.numel() else 1
+    sums = bce.new_zeros(bce.shape[0], width).scatter_add(1, index, bce)
+    counts = bce.new_zeros(bce.shape[0], width).scatter_add(1, index, counted.float())
+    return (sums / counts.clamp(min=1.0)).sum(-1)
+
+
+def pseudo_max_score_loss(logits: torch.Tensor, targets: torch.Tensor, column_class: torch.Tensor | None = None,
                           image_index: torch.Tensor | None = None) -> torch.Tensor:
     """Image-level supervision through pseudo-boxes.
 
     Args:
-        logits: (P, L) scores of the query that holds each pseudo-box (token-level logits of the prompt, or a
-            class-level head's logits).
-        targets: (P, L) 1 at the image-level label's tokens (its class), 0 elsewhere.
-        valid: (P, L) bool, the columns that count (the prompt's real tokens); all when None.
+        logits, targets, column_class: as in `class_bce`.
         image_index: (P,) int, the image of each pseudo-box; all from one image when None.
-    Returns: scalar: per pseudo-box the BCE-with-logits SUMMED over its valid columns (the reference's
-    ``reduction='sum'`` over its C + 1 classes), averaged over each image's pseudo-boxes, then over the images
-    (the reference's ``loss_i / len(labels)`` and ``loss / B``); 0 when P = 0.
+    Returns: scalar: per pseudo-box `class_bce` (summed over its classes), averaged over each image's
+    pseudo-boxes, then over the images (the reference's ``loss_i / len(labels)`` and ``loss / B``,
+    custom_fast_rcnn.py ~L280, ~L295); 0 when P = 0.
     """
     if logits.shape != targets.shape or logits.ndim != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (P, L)")
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    if valid is not None:
-        if valid.shape != logits.shape:
-            raise ValueError(f"valid {tuple(valid.shape)} must have the shape of logits {tuple(logits.shape)}")
-        bce = bce * valid.float()
-    per_box = bce.sum(-1)  # (P,)
+    per_box = class_bce(logits, targets, column_class)  # (P,)
     if image_index is None:
         return per_box.mean()
     image_index = torch.as_tensor(image_index, device=per_box.device).long().reshape(-1)

@@ -14,29 +14,60 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-WORDS = ["a", "photo", "of", "cat", "red", "circle"]
+CORPUS = ["a photo of a cat", "a photo of a red circle", "a photo of a blue star", "a red cat", "a blue circle",
+          "a photo of a dog", "all objects", "all entities"]
 SIDE = 32
 
 
+def _train_bpe(corpus: list[str], num_merges: int = 200) -> list[tuple[str, str]]:
+    """A small byte-level BPE training (Sennrich et al.'s algorithm as CLIP's tokenizer applies it: words in
+    bytes_to_unicode characters, the last character marked with </w>): merge the most frequent adjacent pair
+    (ties: the smallest pair) until no pair occurs twice. Returns the merges in the order learnt."""
+    from collections import Counter
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_char = bytes_to_unicode()
+    words = Counter(w for line in corpus for w in line.lower().split())
+    seqs = {w: [byte_char[b] for b in w.encode("utf-8")] for w in words}
+    for w in seqs:
+        seqs[w][-1] += "</w>"
+    merges = []
+    for _ in range(num_merges):
+        pairs = Counter()
+        for w, seq in seqs.items():
+            for a, b in zip(seq, seq[1:]):
+                pairs[a, b] += words[w]
+        if not pairs or max(pairs.values()) < 2:
+            break
+        best = min(pairs, key=lambda ab: (-pairs[ab], ab))
+        merges.append(best)
+        for w, seq in seqs.items():
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[w] = out
+    return merges
+
+
 def _clip_tokenizer(folder: Path, max_length: int = 77):
-    """A CLIPTokenizer over single characters plus the merges that make WORDS whole tokens."""
+    """A CLIPTokenizer read from the vocab.json + merges.txt of `_train_bpe` on CORPUS (CLIP's file layout:
+    the byte characters, the same with </w>, the merged tokens, then the special tokens)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars]
-    merges = []
-    for w in WORDS:  # left-to-right merges: c-a, ca-t</w> ...
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            if pieces[0] not in vocab:
-                vocab.append(pieces[0])
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    merges = _train_bpe(CORPUS)
+    vocab = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n",
+                                       encoding="utf-8")
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)  # read from the two files
 
 
@@ -69,8 +100,14 @@ def test_clip_tokenizer_is_real_bpe(clip_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(clip_dir))
+    assert type(tok).__name__.startswith("CLIPTokenizer")
+    # words seen at least twice in the training corpus became whole tokens; "star" (once) stays in pieces
     assert tok.tokenize("a photo of a cat") == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
+    assert tok.tokenize("A Photo of a RED circle") == ["a</w>", "photo</w>", "of</w>", "a</w>", "red</w>", "circle</w>"]
+    assert len(tok.tokenize("star")) > 1
     assert tok.tokenize("cats")[-1] == "s</w>"  # unseen word: split by the merges, not an [UNK]
+    ids = tok("a photo of a cat")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 7
 
 
 def test_teacher_embeds_the_reference_prompt(clip_dir):
@@ -141,7 +178,8 @@ def test_siglip_teacher_pads_to_max_length(tmp_path):
     assert teacher.padding == "max_length"
 
     def manual(padding):
-        ids = tok(["a photo of a cat", "a photo of a red circle"], padding=padding, max_length=16, return_tensors="pt")
+        length = {"max_length": 16} if padding == "max_length" else {}
+        ids = tok(["a photo of a cat", "a photo of a red circle"], padding=padding, return_tensors="pt", **length)
         with torch.no_grad():
             out = model.get_text_features(input_ids=ids["input_ids"])  # SigLIP: no attention mask, as trained
         return F.normalize(getattr(out, "pooler_output", out), dim=-1)

@@ -205,3 +205,23 @@ def test_training_config_defaults_are_the_references():
     section = RkdSection()
     assert section.text_template == "a photo of a {}"
     assert section.proposal_prompts == list(REFERENCE_PROPOSAL_PROMPTS)
+
+
+def test_crops_are_the_references_pil_crop():
+    """tools/get_rkd_clip_feat.py ~L67-69 crops ``image.crop(box)`` on the float box (PIL rounds each
+    coordinate); the guards only act where that crop would be empty or leave the image."""
+    from groundscope.distill.teacher import crop_regions
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    boxes = np.array([[10.4, 10.6, 50.5, 40.2], [0.2, 3.5, 79.6, 59.4], [33.7, 2.49, 41.51, 20.5]])
+    for crop, box in zip(crop_regions(image, boxes), boxes):
+        ref = image.crop(tuple(box))
+        assert crop.size == ref.size and np.array_equal(np.asarray(crop), np.asarray(ref)), box
+    # the old floor/ceil crop was a pixel larger on the fractional sides
+    assert crop_regions(image, boxes[:1])[0].size == (40, 29)
+    # degenerate or outside boxes still give pixels, inside the image
+    thin, outside, empty = crop_regions(image, np.array([[5.0, 5.0, 5.2, 30.0], [70.0, 50.0, 200.0, 90.0],
+                                                          [100.0, 100.0, 120.0, 120.0]]))
+    assert thin.size == (2, 25) and outside.size == (10, 10) and empty.size == (2, 2)
+    assert np.array_equal(np.asarray(outside), np.asarray(image.crop((70, 50, 80, 60))))

@@ -10,8 +10,9 @@ Text follows the reference (hanoonaR/object-centric-ovd): class names are embedd
 longest (its EOS pooling ignores padding); SigLIP was trained on text padded to its full length (64 tokens) and
 pools the last position, so SigLIP teachers are tokenised with ``padding="max_length"`` as its model card says
 (and, for SigLIP v1, without an attention mask, as its tokenizer returns none).
-Image crops go through the teacher's own image processor (CLIP: resize of the short side + centre crop, what the
-reference's ``clip.load`` preprocess does, tools/get_rkd_clip_feat.py ~L140).
+Regions are cropped as the reference crops them (PIL's ``crop`` of the box, no margin, `crop_regions`) and go
+through the teacher's own image processor (CLIP: resize of the short side + centre crop, what the reference's
+``clip.load`` preprocess does, tools/get_rkd_clip_feat.py ~L140).
 """
 
 from __future__ import annotations
@@ -111,16 +112,30 @@ class Teacher:
 
 
 def crop_regions(image: Image.Image, boxes_xyxy: np.ndarray, min_side: int = 2) -> list[Image.Image]:
-    """Tight crops of `boxes_xyxy` (K, 4) absolute pixels, clamped to the image; a box thinner than `min_side`
-    is widened around its centre so the teacher always gets pixels."""
+    """Tight crops of `boxes_xyxy` (K, 4) absolute pixels, as the reference crops (``image.crop(box)`` on the
+    float box, tools/get_rkd_clip_feat.py ~L67-69: PIL rounds each coordinate to the nearest pixel).
+
+    Departures, only where the reference's crop would be empty or reach outside the image: coordinates are
+    clamped to the image (PIL would pad with black), and a box under `min_side` pixels on a side is widened
+    around its centre (the reference's CLIP preprocess fails on an empty crop and its ``except: pass`` then
+    drops all the image's regions).
+    """
     w, h = image.size
     crops = []
     for x0, y0, x1, y1 in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4):
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        bw, bh = max(x1 - x0, min_side), max(y1 - y0, min_side)
-        a = int(np.clip(np.floor(cx - bw / 2), 0, w - 1))
-        b = int(np.clip(np.floor(cy - bh / 2), 0, h - 1))
-        c = int(np.clip(np.ceil(cx + bw / 2), a + 1, w))
-        d = int(np.clip(np.ceil(cy + bh / 2), b + 1, h))
+        a, b, c, d = (int(round(v)) for v in (x0, y0, x1, y1))  # PIL's Image.crop rounding
+        a, c = _fit(a, c, w, min_side)
+        b, d = _fit(b, d, h, min_side)
         crops.append(image.crop((a, b, c, d)))
     return crops
+
+
+def _fit(lo: int, hi: int, size: int, min_side: int) -> tuple[int, int]:
+    """An integer span [lo, hi) inside [0, size), at least min(min_side, size) wide (widened around its centre)."""
+    lo, hi = max(0, min(lo, size)), max(0, min(hi, size))
+    want = min(min_side, size)
+    if hi - lo < want:
+        centre = (lo + hi) / 2
+        lo = int(np.clip(np.floor(centre - want / 2), 0, size - want))
+        hi = lo + want
+    return lo, hi

@@ -88,7 +88,9 @@ def tokens_for_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[int
 
 
 def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: int | None,
-           allow_tokenless: bool = False) -> Prompt:
+           tokenless_ok: Sequence[bool] | None = None) -> Prompt:
+    """Tokenise `text` and find each entity's tokens; an entity without tokens is an error unless its
+    `tokenless_ok` entry says otherwise (a blank class name under `official_names`)."""
     input_ids, offsets = _tokenize(tokenizer, text)
     if max_tokens is not None and input_ids.shape[1] > max_tokens:
         raise PromptError(
@@ -96,9 +98,10 @@ def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: i
             f"'{text[:80]}{'...' if len(text) > 80 else ''}'; shorten it, or split it into sentences"
         )
     token_spans = []
-    for label, spans in zip(labels, entity_spans):
+    tokenless_ok = tokenless_ok if tokenless_ok is not None else [False] * len(labels)
+    for label, spans, ok in zip(labels, entity_spans, tokenless_ok, strict=True):
         toks = tokens_for_spans(offsets, spans)
-        if not toks and not allow_tokenless:
+        if not toks and not ok:
             raise PromptError(f"'{label}' produces no tokens (only whitespace or characters the tokenizer drops)")
         token_spans.append(toks)
     return Prompt(text, input_ids, [list(s) for s in entity_spans], token_spans, list(entity_ids), list(labels), offsets)
@@ -137,6 +140,12 @@ def _unique_classes(classes: Sequence[str], official_names: bool = False) -> tup
 Enhancement = dict  # {"prefix": str, "name": str, "suffix": str}, every key optional
 
 
+def _class_part(name: str, enh: Enhancement | None) -> tuple[str, str, str]:
+    """(prefix, shown name, suffix) of one class's part of a class prompt."""
+    enh = enh or {}
+    return enh.get("prefix", ""), enh.get("name", name), enh.get("suffix", "")
+
+
 def class_prompt(
     tokenizer,
     classes: Sequence[str],
@@ -156,15 +165,14 @@ def class_prompt(
     enhancements = list(enhancements) if enhancements is not None else [None] * len(classes)
     text, spans = "", []
     for name, enh in zip(classes, enhancements, strict=True):
-        enh = enh or {}
-        text += enh.get("prefix", "")
-        shown = enh.get("name", name)
+        prefix, shown, suffix = _class_part(name, enh)
+        text += prefix
         spans.append([(len(text), len(text) + len(shown))])
-        text += shown + enh.get("suffix", "") + ". "
+        text += shown + suffix + ". "
     text = text.rstrip()  # "a. b." (the official string ends with ". "; the tokens are the same)
-    blank = any(not c.strip() for c in classes)  # only official_names lets a blank name through
+    blank = [not c.strip() for c in classes]  # only official_names lets a blank name through to here
     return _build(tokenizer, text, spans, class_ids, list(labels if labels is not None else classes), max_tokens,
-                  allow_tokenless=blank)
+                  tokenless_ok=blank)
 
 
 def chunk_classes(
@@ -214,8 +222,8 @@ def chunk_classes(
         return prompts
     # BERT's basic tokenizer splits on whitespace and punctuation, so "a. b." tokenises to tokens(a) + [.] +
     # tokens(b) + [.]: per-class counts add up exactly. The built prompt is re-checked against the limit.
-    counts = [len(tokenizer((e or {}).get("prefix", "") + (e or {}).get("name", t) + (e or {}).get("suffix", "") + ".",
-                            add_special_tokens=False)["input_ids"]) for t, e in zip(texts, enh)]
+    counts = [len(tokenizer("".join(_class_part(t, e)) + ".", add_special_tokens=False)["input_ids"])
+              for t, e in zip(texts, enh)]
     chunks: list[list[int]] = []
     current: list[int] = []
     used = 0

@@ -18,6 +18,7 @@ grammar (a left-to-right, non-overlapping, greedy match over the tag sequence), 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Callable, Sequence
 
 Tagged = Sequence[tuple[str, str]]
@@ -61,6 +62,7 @@ def subject_spans(text: str, subject: str | None) -> list[tuple[int, int]]:
     return spans or [(0, len(text) - 1)]
 
 
+@lru_cache(maxsize=1)  # loaded once, not per expression (a failure is not cached: it raises)
 def nltk_tagger() -> tuple[Callable[[str], Tagged], frozenset[str]]:
     """NLTK's word tokeniser + POS tagger and its English stopwords, or a RecSubjectError saying what to install."""
     fix = ("install NLTK and its data (pip install nltk && python -m nltk.downloader punkt punkt_tab "

@@ -17,10 +17,10 @@ from rich.markup import escape
 
 from groundscope.evaluate.coco import evaluate_coco
 from groundscope.evaluate.lvis import evaluate_lvis
-from groundscope.evaluate.odinw import evaluate_odinw, load_odinw_manifest
+from groundscope.evaluate.odinw import BUILTIN_MANIFESTS, evaluate_odinw, load_odinw_manifest
 from groundscope.evaluate.phrase import evaluate_phrase
 from groundscope.evaluate.plot import draw_pr_curve
-from groundscope.evaluate.refexp import evaluate_refexp
+from groundscope.evaluate.refexp import OVERLAPS, evaluate_refexp
 from groundscope.evaluate.report import coco_tables, lvis_tables, metrics_table, odinw_table, write_json
 from groundscope.evaluate.run import DATASET_KINDS, DETECTION_KINDS, JOURNAL, run_evaluation
 from groundscope.evaluate.protocols import PLAIN, official_settings
@@ -194,8 +194,8 @@ def refexp(
                                 "evaluator: generalized IoU >= the threshold)."),
 ) -> None:
     """RefCOCO / RefCOCO+ / RefCOCOg (MDETR format): Precision@1, @5, @10."""
-    if overlap not in ("iou", "giou"):
-        raise fail(f"--overlap must be iou or giou, not {overlap!r}")
+    if overlap not in OVERLAPS:
+        raise fail(f"--overlap must be one of {', '.join(OVERLAPS)}, not {overlap!r}")
     with input_errors():
         metrics = evaluate_refexp(annotations, results, iou_threshold=iou, overlap=overlap)
     _finish(metrics, out, [metrics_table(f"referring expressions: {annotations.name}", metrics)])
@@ -299,8 +299,8 @@ def run(
         raise fail(f"--dataset must be one of {', '.join(RUN_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
         stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
-    if dataset == "odinw" and manifest not in ("odinw13", "odinw35"):
-        raise fail("--dataset odinw needs --manifest odinw13 or odinw35 (the official lists)")
+    if dataset == "odinw" and manifest not in BUILTIN_MANIFESTS:
+        raise fail(f"--dataset odinw needs --manifest {' or '.join(BUILTIN_MANIFESTS)} (the official lists)")
     if dataset != "odinw" and images is None:
         raise fail("--images is needed: the folder the annotation file's image names are relative to")
     settings = run_settings(dataset, model, protocol, chunk_size, max_dets, rec_rule, overlap)

@@ -18,7 +18,6 @@ from typing import Any
 
 from rich.console import Console
 
-from groundscope.evaluate.coco import MMDET_MAX_DETS
 from groundscope.evaluate.odinw import OdinwDataset, builtin_odinw, evaluate_odinw
 from groundscope.evaluate.protocols import EvalSettings, official_settings
 from groundscope.evaluate.report import write_json
@@ -92,7 +91,7 @@ def run_odinw(
         run_evaluation(load, "coco", ann, images, out_dir / ds.name, settings=dataset_settings(ds, base),
                        categories=categories, console=console, **run_kwargs)
         triples.append((ds.name, ann, out_dir / ds.name / "results.json"))
-    result = evaluate_odinw(triples, max_dets=base.max_dets or MMDET_MAX_DETS, round_to=ROUND_TO)
+    result = evaluate_odinw(triples, max_dets=base.max_dets, round_to=ROUND_TO)
     result["manifest"] = manifest
     write_json(out_dir / "odinw.json", result)
     return result

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from groundscope.evaluate.coco import COCO_MAX_DETS, MMDET_MAX_DETS
+from groundscope.evaluate.refexp import OVERLAPS
 from groundscope.prompts import REC_RULES
 
 LVIS_CHUNK_SIZE = 40
@@ -64,8 +65,8 @@ class EvalSettings:
             raise ValueError(f"max_dets must be three positive caps, not {list(self.max_dets)}")
         if self.rec_rule not in REC_RULES:
             raise ValueError(f"rec_rule must be one of {', '.join(REC_RULES)}, not {self.rec_rule!r}")
-        if self.overlap not in ("iou", "giou"):
-            raise ValueError(f"overlap must be iou or giou, not {self.overlap!r}")
+        if self.overlap not in OVERLAPS:
+            raise ValueError(f"overlap must be one of {', '.join(OVERLAPS)}, not {self.overlap!r}")
 
     def record(self) -> dict:
         """The settings as JSON values (the journal header and metrics.json carry them)."""
@@ -86,6 +87,10 @@ class EvalSettings:
         if self.caption_prompt:
             out["caption_prompt"] = self.caption_prompt
         return out
+
+    def refer_kwargs(self) -> dict:
+        """The `GroundingDetector.refer` arguments that differ from its defaults (see `detect_kwargs`)."""
+        return {} if self.rec_rule == "mean" else {"rec_rule": self.rec_rule}
 
 
 PLAIN = EvalSettings()

@@ -285,8 +285,7 @@ def _call(
         out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections,
                               **settings.detect_kwargs())
     elif ds.kind == "refexp":
-        extra = {} if settings.rec_rule == "mean" else {"rec_rule": settings.rec_rule}
-        out = detector.refer(paths, [it.text for it in batch], top_k=top_k, **extra)
+        out = detector.refer(paths, [it.text for it in batch], top_k=top_k, **settings.refer_kwargs())
     else:
         out = detector.ground(
             paths,
@@ -366,7 +365,8 @@ def run_evaluation(
     if settings is None:
         settings = official_settings(dataset, model_name or getattr(detector, "name", None))
     if categories is not None:
-        unknown = [c for c, _ in categories if c not in set(ds.category_ids)]
+        known_ids = set(ds.category_ids)
+        unknown = [c for c, _ in categories if c not in known_ids]
         if ds.kind not in DETECTION_KINDS or unknown or not categories:
             raise EvaluationInputError(ds.source, f"has no category ids {unknown} to prompt for" if unknown
                                        else "categories are for non-empty detection datasets only")

@@ -133,11 +133,6 @@ def grid_boxes(side: int, device=None, encoding: str = "xyxy") -> torch.Tensor:
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, wh, wh], -1).reshape(-1, 4)
 
 
-def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
-
 def memory_levels(memory: torch.Tensor, valid: torch.Tensor, shapes: list[tuple[int, int]]) -> list[list[torch.Tensor]]:
     """Split flattened encoder memory into per-image, per-level maps cropped to the valid (unpadded) area.
 
@@ -244,7 +239,9 @@ class CaptionHead(nn.Module):
         embedded as xyxy (LLMDet: grounding_dino.py ~L952, ~L1007) unless the head says cxcywh."""
         boxes = boxes.detach()
         if self.config.box_encoding == "xyxy":
-            boxes = _cxcywh_to_xyxy(boxes)
+            from groundscope.train.box_ops import cxcywh_to_xyxy  # lazily, as best_queries: train imports models
+
+            boxes = cxcywh_to_xyxy(boxes)
         return self.region_projector(query_features, boxes)[:, None]
 
     def cross_attention_input(self, memory: torch.Tensor, memory_valid: torch.Tensor,

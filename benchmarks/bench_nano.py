@@ -24,7 +24,8 @@ import numpy as np
 from groundscope.data.synth import generate_world
 from groundscope.detections import box_iou
 from groundscope.evaluate.synth import evaluate_synth_world
-from groundscope.models.loading import BUNDLED_DIR, load_detector
+from groundscope.models.hub import BUNDLED_DIR
+from groundscope.models.loading import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"base_AP50": 0.8, "novel_AP50": 0.6, "synonyms_AP50": 0.4, "rec_P@1": 0.8}

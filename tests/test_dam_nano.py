@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import groundscope as gs
 from groundscope.cli import app
 from groundscope.evaluate.dlc import description_subject
-from groundscope.models.loading import BUNDLED_DIR
+from groundscope.models.hub import BUNDLED_DIR
 from groundscope.models.registry import REGISTRY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -231,11 +231,11 @@ def test_auto_dtype_on_a_gpu_is_the_released_weights(official, tmp_path, monkeyp
 def test_each_checkpoint_gets_its_own_image_prompt(official, monkeypatch, name, key):
     """DAM-3B-Video on one image: "Image: <image>\\nGiven the image above, ..." (dam_server.py ~178-182,
     get_model_outputs.py query "joint"); DAM-3B: "<image>\\nDescribe the masked region in detail."."""
-    import groundscope.models.loading as loading
+    import groundscope.models.hub as hub
     from groundscope.describe import load_describer
 
-    monkeypatch.setattr(loading, "_fetch", lambda source, *a, **k: str(official["root"]))
-    for model_name in (name, loading.resolve(name, kind="describer")[0]):  # the registry name and its hub id
+    monkeypatch.setattr(hub, "fetch", lambda source, *a, **k: str(official["root"]))
+    for model_name in (name, hub.resolve(name, kind="describer")[0]):  # the registry name and its hub id
         describer = load_describer(model_name, device="cpu")
         assert describer.model.user_message(1) == official["expected"]["prompts"][key]["query"]
         inp = official["inputs"]

@@ -119,7 +119,7 @@ def _cli():
     import typer
     from typer.testing import CliRunner
 
-    from groundscope.train.cli import register
+    from groundscope.cli.train import register
 
     app = typer.Typer()
     register(app)

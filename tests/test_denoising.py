@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from groundscope.train.box_ops import cxcywh_to_xyxy
+from groundscope.box_ops import cxcywh_to_xyxy
 from groundscope.train.denoising import build_denoising, denoising_attn_mask, noise_boxes
 from groundscope.train.targets import Target
 from conftest import TINY_NANO as TINY

@@ -107,7 +107,9 @@ def test_cli_argument_and_model_errors_exit_2(dam_dir, tmp_path, monkeypatch):
     res = runner.invoke(app, ["describe", image, "-m", str(dam_dir), "-e", "the cat", "--track"])
     assert res.exit_code == 2 and "--track" in res.output
     # the bundled dam-nano, not built in this install: the error says how to build it
-    monkeypatch.setattr(loading, "BUNDLED_DIR", tmp_path)
+    import groundscope.models.hub as hub
+
+    monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path)
     res = runner.invoke(app, ["describe", image, "--box", "1,2,30,40"])
     assert res.exit_code == 2 and "'dam-nano' is missing" in res.output and "bundle_dam_nano.py" in res.output
     with pytest.raises(ModelLoadError, match="is a describer.*load_describer"):

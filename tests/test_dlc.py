@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from groundscope.data.captions import describe
 from groundscope.data.records import ImageRecord, Instance
 from groundscope.data.scene import SceneObject
-from groundscope.evaluate.cli import eval_app
+from groundscope.cli.evaluate import eval_app
 from groundscope.evaluate.dlc import (
     DlcJudgeError,
     OpenAIJudge,

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from groundscope.evaluate import COCO_KEYS
-from groundscope.evaluate.cli import eval_app
+from groundscope.cli.evaluate import eval_app
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from groundscope.detections import Detections
 from groundscope.evaluate import EvaluationInputError, run_evaluation
 from groundscope.evaluate.coco import MMDET_MAX_DETS, coco_keys
 from groundscope.evaluate.protocols import PLAIN
-from groundscope.evaluate.cli import eval_app
+from groundscope.cli.evaluate import eval_app
 from groundscope.evaluate.run import prompt_name
 
 # ------------------------------------------------------------------------------------------------ data

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from groundscope.data.synth import generate_world
 from groundscope.detections import Detections
 from groundscope.evaluate import EvaluationInputError
-from groundscope.evaluate.cli import eval_app
+from groundscope.cli.evaluate import eval_app
 from groundscope.evaluate.synth import evaluate_synth_world
 
 

@@ -232,7 +232,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_bf16_keeps_heads_fp32_and_detections_close_on_nano():
     """nano is a trained model (the synthetic world), so its scores are not the near-ties of random weights."""
-    from groundscope.models.loading import BUNDLED_DIR
+    from groundscope.models.hub import BUNDLED_DIR
 
     if not (BUNDLED_DIR / "nano" / "config.json").exists():
         pytest.skip("the bundled nano model is not in this installation")

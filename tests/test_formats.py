@@ -27,7 +27,7 @@ from groundscope.data import (
     write_odvg_grounding,
     write_refexp,
 )
-from groundscope.data.cli import register
+from groundscope.cli.data import register
 from groundscope.data.records import build_caption
 from groundscope.data.synth import generate_world
 

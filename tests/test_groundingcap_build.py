@@ -1,4 +1,4 @@
-"""`groundscope groundingcap` / `groundscope.data.groundingcap_build`: (image, detailed caption) -> GroundingCap.
+"""`groundscope groundingcap` / `groundscope.label.groundingcap`: (image, detailed caption) -> GroundingCap.
 
 The detector is the tiny random model of conftest, so boxes are arbitrary: the tests check structure (the file
 reads back, spans point at their phrase, cleaning happened, thresholds hold, bad inputs are named), not boxes.
@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from groundscope.data.caption_clean import clean_caption, clean_region_phrase, is_speculative
 from groundscope.data.errors import DataFormatError
 from groundscope.data.groundingcap import read_groundingcap
-from groundscope.data.groundingcap_build import (
+from groundscope.label.groundingcap import (
     BuildSummary,
     CaptionItem,
     NLPUnavailableError,

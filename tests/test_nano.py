@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import groundscope as gs
 from groundscope.cli import app
 from groundscope.detections import box_iou
-from groundscope.models.loading import BUNDLED_DIR, ModelLoadError
+from groundscope.models.hub import BUNDLED_DIR, ModelLoadError
 from groundscope.models.registry import REGISTRY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

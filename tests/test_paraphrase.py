@@ -179,7 +179,7 @@ def test_build_nano_extend_cli(tmp_path):
     from transformers import AutoTokenizer
     from typer.testing import CliRunner
 
-    from groundscope.train.cli import register
+    from groundscope.cli.train import register
     from groundscope.train.nano import build_nano
 
     app = typer.Typer()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from groundscope.evaluate.cli import eval_app
+from groundscope.cli.evaluate import eval_app
 from groundscope.evaluate.odinw import builtin_odinw
 
 REPO = Path(__file__).resolve().parents[1]

@@ -284,7 +284,7 @@ def teacher_dir(tmp_path_factory) -> Path:
 def test_teacher_embeds_crops_and_names(teacher_dir, world):
     from PIL import Image
 
-    from groundscope.distill.teacher import Teacher, crop_regions
+    from groundscope.models.teacher import Teacher, crop_regions
 
     t = Teacher(teacher_dir)
     img = Image.open(world / "images" / "000000.png")
@@ -315,7 +315,7 @@ def test_detect_each_equals_one_detect_per_class(tiny_dir, world):
 
 def test_region_cache_is_reused_on_a_rerun(tiny_dir, teacher_dir, world, tmp_path, monkeypatch):
     from groundscope.distill import regions as R
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
     from groundscope.models.loading import load_detector
 
     det = load_detector(tiny_dir)
@@ -377,7 +377,7 @@ def _rkd_config(tiny_dir, world, teacher_dir, out, **rkd) -> dict:
 def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeypatch):
     from groundscope.models.loading import load_detector
     from groundscope.train import rkd as rkd_module
-    from groundscope.train.loop import build_trainer
+    from groundscope.train.trainers import build_trainer
     from groundscope.train.rkd import RkdTrainer
 
     # A random tiny detector's boxes seldom fit a pseudo-box (GIoU >= 0.5); any fit lets the loss run here.
@@ -437,7 +437,7 @@ def test_rkd_training_end_to_end(tiny_dir, world, teacher_dir, tmp_path, monkeyp
 
 
 def test_image_labels_enter_the_prompt_without_boxes(tiny_dir, world, teacher_dir, tmp_path):
-    from groundscope.train.loop import build_trainer
+    from groundscope.train.trainers import build_trainer
 
     cfg = config_from_dict(_rkd_config(tiny_dir, world, teacher_dir, tmp_path / "run", pseudo=True))
     trainer = build_trainer(cfg)

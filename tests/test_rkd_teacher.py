@@ -113,7 +113,7 @@ def test_clip_tokenizer_is_real_bpe(clip_dir):
 def test_teacher_embeds_the_reference_prompt(clip_dir):
     from transformers import AutoTokenizer, CLIPModel
 
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
 
     teacher = Teacher(clip_dir)
     assert teacher.text_template == "a photo of a {}" and teacher.padding is True
@@ -137,7 +137,7 @@ def test_teacher_embeds_the_reference_prompt(clip_dir):
 def test_teacher_crops_go_through_clips_centre_crop(clip_dir):
     from transformers import CLIPModel
 
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
 
     rng = np.random.default_rng(0)
     crop = Image.fromarray(rng.integers(0, 256, (40, 100, 3), dtype=np.uint8))  # wide: the sides are cut off
@@ -162,7 +162,7 @@ def test_teacher_crops_go_through_clips_centre_crop(clip_dir):
 def test_siglip_teacher_pads_to_max_length(tmp_path):
     from transformers import SiglipConfig, SiglipModel
 
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
 
     tok = _clip_tokenizer(tmp_path / "tok", max_length=16)
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_training_config_defaults_are_the_references():
 def test_crops_are_the_references_pil_crop():
     """tools/get_rkd_clip_feat.py ~L67-69 crops ``image.crop(box)`` on the float box (PIL rounds each
     coordinate); the guards only act where that crop would be empty or leave the image."""
-    from groundscope.distill.teacher import crop_regions
+    from groundscope.models.teacher import crop_regions
 
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))

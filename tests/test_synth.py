@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from groundscope.data import read_coco, read_groundingcap, read_odvg, read_refexp
-from groundscope.data.cli import register
+from groundscope.cli.data import register
 from groundscope.data.expressions import parse, resolve
 from groundscope.data.scene import SceneObject
 from groundscope.data.synth import IMAGE_SIDE, MAX_OBJECTS, MIN_BOX_SIDE, generate_world

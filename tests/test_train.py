@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from groundscope.train.box_ops import cxcywh_to_xyxy, generalized_box_iou, paired_generalized_box_iou, xyxy_to_cxcywh
+from groundscope.box_ops import cxcywh_to_xyxy, generalized_box_iou, paired_generalized_box_iou, xyxy_to_cxcywh
 from groundscope.train.checkpoint import atomic_save, load_checkpoint
 from groundscope.train.config import ConfigError, config_from_dict, load_config
 from groundscope.train.losses import GroundingLoss, LossWeights, Predictions, sigmoid_focal_loss
@@ -514,7 +514,7 @@ def test_cli_train_and_config_errors(world, tiny_dir, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from groundscope.train.cli import register
+    from groundscope.cli.train import register
 
     app = typer.Typer()
     register(app)

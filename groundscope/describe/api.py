@@ -192,12 +192,12 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
         ModelLoadError: unknown name, the bundled model not built, not cached while offline, unreachable hub, a
             folder that is not a DAM folder.
     """
-    from groundscope.models.loading import ModelLoadError, _fetch, resolve
-
-    source, display = resolve(name_or_path, kind="describer")
+    from groundscope.models import hub
+    from groundscope.models.hub import ModelLoadError
     from groundscope.models.registry import REGISTRY
 
-    local = _fetch(source, display, revision, kind="describer")
+    source, display = hub.resolve(name_or_path, kind="describer")
+    local = hub.fetch(source, display, revision, kind="describer")
     device = _auto_device(device)
     try:
         dtype = _auto_dtype(dtype, device, local)

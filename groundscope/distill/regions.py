@@ -4,7 +4,7 @@ region's crop, and pseudo-boxes for the image-level labels, cached on disk one f
 * Proposals: the detector prompted with generic prompts (the reference prompts an MViT with "all objects", "all
   entities", ...; we prompt our own detector), the top `proposal_top` boxes of each prompt, class-agnostic NMS at
   0.5, the best K (5 in the reference).
-* Teacher: tight crops of the K boxes through the teacher's image encoder (`groundscope.distill.teacher`).
+* Teacher: tight crops of the K boxes through the teacher's image encoder (`groundscope.models.teacher`).
 * Pseudo-boxes: for every image-level label c, the detector's top-1 box for the prompt ``pseudo_template`` (the
   reference: "every {c}") when its score exceeds `pseudo_threshold` (0.95 on COCO in the reference; a detector
   whose scores run lower needs a lower one).
@@ -210,12 +210,12 @@ def embed_regions(
 
     Args:
         detector: a `GroundingDetector` (proposals and pseudo-boxes).
-        teacher: a `groundscope.distill.teacher.Teacher`.
+        teacher: a `groundscope.models.teacher.Teacher`.
         filenames: image paths relative to `image_root`, as the training annotation file names them.
         labels: image-level labels per file name (pseudo-boxes are made for these).
         on_image: called with (filename, reused) after each image (progress bars).
     """
-    from groundscope.distill.teacher import crop_regions
+    from groundscope.models.teacher import crop_regions
     from groundscope.images import ImageLoadError, load_image
 
     out = Path(out)

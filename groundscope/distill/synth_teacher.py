@@ -7,7 +7,7 @@ every class name, and the crop must pick its own name (the image-to-text half of
 as the negatives; with 64 names, the text-to-image half would add nothing). Crops are jittered (box edges moved
 by up to 15 % of the side) because the regions it will embed are detector proposals, not exact boxes.
 
-The saved folder loads with `groundscope.distill.teacher.Teacher` like any hub CLIP (model, image processor,
+The saved folder loads with `groundscope.models.teacher.Teacher` like any hub CLIP (model, image processor,
 tokenizer).
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from groundscope.distill.teacher import crop_regions
+from groundscope.models.teacher import crop_regions
 
 # The synthetic CLIP learns bare class names (no "a photo of a"): RKD runs with it set rkd.text_template: "{}".
 SYNTH_TEXT_TEMPLATE = "{}"
@@ -149,7 +149,7 @@ def teacher_accuracy(teacher_dir: str | Path, coco_file: str | Path, max_images:
     """Zero-shot top-1 accuracy of the saved teacher on the exact crops of `coco_file`: overall and split by
     whether the class name appears in `novel` (the synthetic world's held-out combinations)."""
     from groundscope.data.vocab import novel_classes
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
 
     t = Teacher(teacher_dir, text_template=SYNTH_TEXT_TEMPLATE)
     images, items, labels, names = read_crops(coco_file, max_images)

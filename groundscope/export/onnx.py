@@ -47,31 +47,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from groundscope.export.onnx_format import (DYNAMIC_AXES, INPUT_NAMES, METADATA_CONFIG, METADATA_TOKENIZER,
+                                           OUTPUT_NAMES)
 from groundscope.models import staged
 
-INPUT_NAMES = (
-    "pixel_values",
-    "pixel_mask",
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "text_self_attention_mask",
-    "position_ids",
-)
-OUTPUT_NAMES = ("logits", "pred_boxes")
-DYNAMIC_AXES = {
-    "pixel_values": {0: "batch", 2: "height", 3: "width"},
-    "pixel_mask": {0: "batch", 1: "height", 2: "width"},
-    "input_ids": {0: "batch", 1: "text"},
-    "attention_mask": {0: "batch", 1: "text"},
-    "token_type_ids": {0: "batch", 1: "text"},
-    "text_self_attention_mask": {0: "batch", 1: "text", 2: "text"},
-    "position_ids": {0: "batch", 1: "text"},
-    "logits": {0: "batch"},
-    "pred_boxes": {0: "batch"},
-}
-METADATA_CONFIG = "groundscope.config"  # JSON: max_text_len, image_size, special_tokens, num_queries, model
-METADATA_TOKENIZER = "groundscope.tokenizer_json"  # the fast tokenizer's tokenizer.json, so the file stands alone
 DEFAULT_OPSET = 17
 EXAMPLE_TEXT = "cat. remote control. couch."
 # Odd, non-multiple-of-4 / -7 sizes, so every padding path of Swin runs while tracing.

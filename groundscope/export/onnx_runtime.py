@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from groundscope.detections import Detections
+from groundscope.export.onnx_format import METADATA_CONFIG, METADATA_TOKENIZER
 from groundscope.images import ImageInput, load_image, preprocess
 from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
 from groundscope.prompts import Prompt, caption_prompt, chunk_classes, expression_prompt, phrase_prompt
@@ -101,8 +102,6 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | os.PathLike, *, tokenizer=None, threads: int | None = None):
-        from groundscope.export.onnx import METADATA_CONFIG, METADATA_TOKENIZER
-
         self.path = Path(path)
         self.session = open_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map

@@ -100,7 +100,7 @@ def label_images(
     """Label ``paths`` (image files, in the order given) with ``settings`` and write ``out`` as ``fmt``.
 
     Args:
-        paths: image files (expand folders first, e.g. with ``groundscope.cli.expand_images``).
+        paths: image files (expand folders first, e.g. with ``groundscope.cli.common.expand_images``).
         out: the dataset file; ``out.partial.jsonl`` beside it logs finished chunks while the run lasts.
         fmt: "coco" or "odvg".
         settings: model, classes, thresholds and batch size (a resumed run must use the same).

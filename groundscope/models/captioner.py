@@ -33,14 +33,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from groundscope.box_ops import cxcywh_to_xyxy, pairwise_iou
+from groundscope.models.caption_prompt import (IGNORE_INDEX, SYSTEM_PROMPT, Layout, PromptError,
+                                               answer_ids, build_layout)
+from groundscope.models.region_cross_attn import RegionCrossAttention, sine_embedding
+
 HEAD_WEIGHTS = "caption_head.safetensors"
 HEAD_CONFIG = "caption_head.json"
 LORA_DIR = "lora"
 LM_DIR = "lm"
-from groundscope.models.caption_prompt import (IGNORE_INDEX, IMAGE_TOKEN, SYSTEM_PROMPT, Layout, PromptError,
-                                               answer_ids, build_layout)
-from groundscope.models.region_cross_attn import RegionCrossAttention, sine_embedding
-
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -239,8 +240,6 @@ class CaptionHead(nn.Module):
         embedded as xyxy (LLMDet: grounding_dino.py ~L952, ~L1007) unless the head says cxcywh."""
         boxes = boxes.detach()
         if self.config.box_encoding == "xyxy":
-            from groundscope.train.box_ops import cxcywh_to_xyxy  # lazily, as best_queries: train imports models
-
             boxes = cxcywh_to_xyxy(boxes)
         return self.region_projector(query_features, boxes)[:, None]
 
@@ -541,8 +540,6 @@ def best_queries(view: DetectorView, boxes_xyxy: torch.Tensor, size: tuple[int, 
         boxes_xyxy: (N, 4) pixel boxes on the original image.
         size: (height, width) of the original image.
     """
-    from groundscope.train.box_ops import cxcywh_to_xyxy, pairwise_iou
-
     h, w = size
     given = boxes_xyxy.float() / torch.tensor([w, h, w, h], dtype=torch.float32)
     iou, _ = pairwise_iou(given, cxcywh_to_xyxy(view.boxes[0].float().cpu()))

@@ -236,7 +236,7 @@ class RkdScorer:
 
     Args:
         head: a trained `RkdHead`.
-        teacher: a `groundscope.distill.teacher.Teacher` (its text side embeds class names).
+        teacher: a `groundscope.models.teacher.Teacher` (its text side embeds class names).
     """
 
     def __init__(self, head: RkdHead, teacher):
@@ -246,7 +246,7 @@ class RkdScorer:
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> "RkdScorer":
-        from groundscope.distill.teacher import Teacher
+        from groundscope.models.teacher import Teacher
 
         head = RkdHead.load(folder, device)
         return cls(head, Teacher(head.teacher_path(folder), device, head.config.text_template))

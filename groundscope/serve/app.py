@@ -10,7 +10,7 @@ Routes:
                       temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
     GET  /docs        the OpenAPI documentation FastAPI generates
 
-Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.cli.result_record`);
+Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.answers.result_record`);
 a describe answer is what `groundscope describe --json` prints.
 A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
 normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
@@ -37,12 +37,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from typer import BadParameter
 
 from groundscope import __version__
-from groundscope.cli import parse_box, result_record
+from groundscope.answers import RegionTextError, describe_record, parse_box, parse_points, region_name, result_record
 from groundscope.describe.api import RegionError, read_mask
-from groundscope.describe.cli import describe_record, parse_points, region_name
 from groundscope.images import ImageLoadError
 from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
 from groundscope.serve.announce import AnnounceRequests, claim
@@ -324,14 +322,14 @@ def create_app(
         for text in box or []:
             try:
                 regions.append({"box": parse_box(text)})
-            except BadParameter as e:
-                raise ApiError(400, f"form field 'box': {e.message}")
+            except RegionTextError as e:
+                raise ApiError(400, f"form field 'box': {e}")
         masks = [(m.filename or f"mask {i}", await m.read()) for i, m in enumerate(mask or [])]
         for text in points or []:
             try:
                 regions.append({"points": parse_points(text)})
-            except BadParameter as e:
-                raise ApiError(400, f"form field 'points': {e.message}")
+            except RegionTextError as e:
+                raise ApiError(400, f"form field 'points': {e}")
         if expression is not None and not expression.strip(" ."):
             raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
         if expression is not None and (regions or masks):

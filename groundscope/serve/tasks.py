@@ -27,7 +27,7 @@ from PIL import Image
 from groundscope.images import PreparedImage, preprocess
 from groundscope.models.detector import GroundingDetector
 
-# The CLI's defaults (groundscope/cli.py detect / ground / refer); tests/test_serve.py checks the answers match.
+# The CLI's defaults (groundscope/cli/detect.py detect / ground / refer); tests/test_serve.py checks the answers match.
 DETECT_DEFAULTS = {"box_threshold": 0.3, "max_detections": 300}
 GROUND_DEFAULTS = {"box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 100}
 REFER_DEFAULTS = {"top_k": 1}

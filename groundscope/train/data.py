@@ -46,7 +46,7 @@ from groundscope.data.paraphrase import paraphrase
 from groundscope.evaluate.run import prompt_name
 from groundscope.images import load_image, preprocess
 from groundscope.prompts import Prompt, PromptError, class_prompt, clean_class_name, expression_prompt, phrase_prompt
-from groundscope.train.box_ops import xyxy_to_cxcywh
+from groundscope.box_ops import xyxy_to_cxcywh
 from groundscope.train.distributed import shard
 from groundscope.train.targets import Target
 

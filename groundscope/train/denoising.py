@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 
 from groundscope.prompts import Prompt
-from groundscope.train.box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
+from groundscope.box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
 from groundscope.train.targets import Target
 
 

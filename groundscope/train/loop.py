@@ -228,7 +228,7 @@ class Trainer:
     The loop, optimizer, schedule, checkpoints, logs and Ctrl-C handling are shared with other tasks: a
     subclass (`groundscope.train.dam.DamTrainer` for ``task: dam``) replaces the task's parts, which are
     `_setup_model`, `_setup_data`, `_setup_loss`, `_lr_mults`, `_batch_loss`, `export` and `evaluate`
-    (and sets ``collate_fn``). `build_trainer` picks the class from ``config.task``.
+    (and sets ``collate_fn``). `groundscope.train.trainers.build_trainer` picks the class from ``config.task``.
 
     Args:
         config: a validated `TrainConfig`.
@@ -917,24 +917,3 @@ def _subset_annotations(path: Path, fmt: str, n: int, out_dir: Path) -> Path:
     ids = {im["id"] for im in data["images"]}
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
     return ckpt_io.atomic_write_text(json.dumps(data), out_dir / "val_subset.json")
-
-
-def build_trainer(config: TrainConfig, out_dir: str | Path | None = None, console: Console | None = None) -> Trainer:
-    """The trainer of ``config.task``: `Trainer` (detect), `groundscope.train.rkd.RkdTrainer` (detect with
-    ``rkd.enabled``) or `groundscope.train.dam.DamTrainer` (dam)."""
-    if config.task == "dam":
-        from groundscope.train.dam import DamTrainer
-
-        return DamTrainer(config, out_dir, console=console)
-    if config.rkd.enabled:
-        from groundscope.train.rkd import RkdTrainer
-
-        return RkdTrainer(config, out_dir, console=console)
-    return Trainer(config, out_dir, console=console)
-
-
-def train(config: TrainConfig, out_dir: str | Path | None = None, resume: bool | str | Path = False,
-          console: Console | None = None) -> dict:
-    """Build the task's trainer from `config` and run it; returns its summary."""
-    return build_trainer(config, out_dir, console=console).fit(resume=resume)
-

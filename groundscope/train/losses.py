@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from groundscope.train.box_ops import cxcywh_to_xyxy, paired_generalized_box_iou
+from groundscope.box_ops import cxcywh_to_xyxy, paired_generalized_box_iou
 from groundscope.train.denoising import DenoisingTargets
 from groundscope.train.matcher import HungarianMatcher
 from groundscope.train.targets import Target

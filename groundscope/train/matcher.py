@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from groundscope.train.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from groundscope.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from groundscope.train.targets import Target
 
 EPS = 1e-8

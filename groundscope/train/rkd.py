@@ -35,9 +35,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from groundscope.distill.regions import ImageRegions, RegionCache, RegionSettings, embed_regions, read_image_labels
-from groundscope.distill.teacher import Teacher
+from groundscope.models.teacher import Teacher
 from groundscope.models.rkd_head import RKD_HEAD_DIR, RkdHead, RkdHeadConfig
-from groundscope.train.box_ops import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
+from groundscope.box_ops import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxcywh
 from groundscope.train import distributed as dist_
 from groundscope.train.config import ConfigError
 from groundscope.train.data import PooledDataset

@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from groundscope.cli.common import console, fail, load_model
+
 
 def groundingcap(
     images: Annotated[Path, typer.Option("--images", help="Folder the captions' image names are relative to.")],
@@ -39,9 +41,8 @@ def groundingcap(
     """Build GroundingCap records: clean each caption, ground its noun phrases with the detector, write JSON lines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from groundscope.cli import _load_model, console, fail
     from groundscope.data.errors import DataFormatError
-    from groundscope.data.groundingcap_build import (
+    from groundscope.label.groundingcap import (
         BuildSummary,
         NLPUnavailableError,
         build_records,
@@ -62,7 +63,7 @@ def groundingcap(
         nlp = load_spacy(spacy_model)
     except NLPUnavailableError as e:
         raise fail(str(e))
-    detector = _load_model(model, device, precision)
+    detector = load_model(model, device, precision)
 
     summary = BuildSummary()
     with Progress(TextColumn("[bold]groundingcap"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

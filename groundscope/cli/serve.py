@@ -14,10 +14,11 @@ from typing import Optional
 
 import typer
 
+from groundscope.cli.common import DeviceOpt, ModelOpt, PrecisionOpt, console, fail, load_model, pick_device
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` command to `app`."""
-    from groundscope.cli import DeviceOpt, ModelOpt, PrecisionOpt, _device, _load_model, console, fail
 
     @app.command("serve")
     def serve(
@@ -54,14 +55,14 @@ def register(app: typer.Typer) -> None:
         from groundscope.serve.threads import in_fresh_thread
 
         # Loaded off the main thread, so only the batcher's worker keeps an OpenMP pool (serve/threads.py).
-        detector = in_fresh_thread(_load_model, model, device, precision)
+        detector = in_fresh_thread(load_model, model, device, precision)
         describe_model = None
         if describer is not None:
             from groundscope.describe.api import load_describer
             from groundscope.models.loading import ModelLoadError
 
             try:
-                describe_model = in_fresh_thread(load_describer, describer, device=_device(device))
+                describe_model = in_fresh_thread(load_describer, describer, device=pick_device(device))
             except ModelLoadError as e:
                 raise fail(str(e))
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,

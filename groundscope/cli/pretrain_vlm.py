@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from groundscope.train.cli import _fail, console
+from groundscope.cli.common import console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -85,13 +85,13 @@ def register(app: typer.Typer) -> None:
         from groundscope.train.base_vlm import POSITION_INITS, pretrain_base_vlm
 
         if (out / "config.json").exists() and not overwrite:
-            raise _fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
+            raise fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
         if projector not in ("mlp_downsample", "mlp2x_gelu"):
-            raise _fail(f"--projector must be mlp_downsample or mlp2x_gelu, not {projector!r}", 2)
+            raise fail(f"--projector must be mlp_downsample or mlp2x_gelu, not {projector!r}", 2)
         if crop_mode not in CROP_MODES:
-            raise _fail(f"--crop-mode must be {' or '.join(CROP_MODES)}, not {crop_mode!r}", 2)
+            raise fail(f"--crop-mode must be {' or '.join(CROP_MODES)}, not {crop_mode!r}", 2)
         if position_init not in POSITION_INITS:  # before any data is read
-            raise _fail(f"--position-init must be {' or '.join(POSITION_INITS)}, not {position_init!r}", 2)
+            raise fail(f"--position-init must be {' or '.join(POSITION_INITS)}, not {position_init!r}", 2)
         try:
             summary = pretrain_base_vlm(
                 data, lm, out, steps=steps, batch_size=batch_size, lr=lr, llm_lr_mult=llm_lr_mult, captions=captions,
@@ -104,9 +104,9 @@ def register(app: typer.Typer) -> None:
                 vision_attributes=[a.strip() for a in vision_attributes.split(",") if a.strip()],
                 vision_init=vision_init)
         except (DataFormatError, DamError, ValueError) as e:
-            raise _fail(str(e), 2)
+            raise fail(str(e), 2)
         except KeyboardInterrupt:
-            raise _fail("interrupted; nothing saved", 130)
+            raise fail("interrupted; nothing saved", 130)
         console.print(
             f"done: {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['seconds_per_step']:.2f} s/step), "
             f"loss {summary['first_loss']:.3f} -> {summary['last_loss_mean']:.3f}, {summary['params']:,} parameters "

@@ -20,35 +20,8 @@ from typing import Optional
 
 import typer
 
-
-def region_name(region: dict) -> str:
-    """How a region given on the command line (or in a /v1/describe form) is named in the output."""
-    if "box" in region:
-        return f"box {','.join(f'{v:g}' for v in region['box'])}"
-    if "mask" in region:
-        return f"mask {region['mask']}"
-    return "points " + ";".join(f"{x:g},{y:g}" for x, y in region["points"])
-
-
-def describe_record(image: str, model: str, width: int | None, height: int | None, results, **video) -> dict:
-    """The JSON object ``groundscope describe --json`` prints (and ``POST /v1/describe`` answers) for one image or
-    video; `video` holds a video's ``frames`` and ``total_frames``. No width and height for an unreadable image."""
-    record: dict = {"image": image, "model": model}
-    if width is not None:
-        record.update(width=width, height=height, **video)
-    record["regions"] = [r.to_dict() for r in results]
-    return record
-
-
-def parse_points(text: str) -> list[list[float]]:
-    """"x,y;x,y" pixels -> [[x, y], ...], or a typer.BadParameter naming the value."""
-    try:
-        pts = [[float(v) for v in p.split(",")] for p in text.replace(" ", "").split(";") if p]
-    except ValueError:
-        pts = []
-    if not pts or any(len(p) != 2 for p in pts):
-        raise typer.BadParameter(f"--points {text!r}: give x,y pixels, several separated by ';' (\"120,80;130,95\")")
-    return pts
+from groundscope.answers import describe_record, region_name
+from groundscope.cli.common import DeviceOpt, console, fail, load_model, parse_box, parse_points, pick_device, progress
 
 
 def _annotated_video(clip, results, outline_regions, text_panel, stack_below, texts):
@@ -74,7 +47,6 @@ def _annotated_video(clip, results, outline_regions, text_panel, stack_below, te
 
 def register(app: typer.Typer) -> None:
     """Add the ``describe`` command to `app`."""
-    from groundscope.cli import DeviceOpt, _device, _load_model, _progress, console, fail, parse_box
 
     @app.command("describe")
     def describe_cmd(
@@ -149,10 +121,10 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--preset {preset!r} is not a preset; use one of {', '.join(sorted(GENERATION_PRESETS))}")
         try:
             with console.status(f"loading {model} ..."):
-                describer = load_describer(model, device=_device(device))
+                describer = load_describer(model, device=pick_device(device))
         except ModelLoadError as e:
             raise fail(str(e))
-        det = _load_model(detector, device, precision) if expression is not None else None
+        det = load_model(detector, device, precision) if expression is not None else None
         gen = generation_preset(preset) if preset is not None else {}
         gen.update({k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature),
                                       ("top_p", top_p), ("seed", seed)) if v is not None})
@@ -171,7 +143,7 @@ def register(app: typer.Typer) -> None:
                 size, video_info = (w, h), {"frames": clip.indices, "total_frames": clip.total}
                 items = [("expression", expression)] if expression is not None else [("region", r) for r in regions]
                 results: list[RegionDescription] = []
-                with _progress() as bar:
+                with progress() as bar:
                     task = bar.add_task("describe", total=len(items))
                     for kind, item in items:
                         if kind == "expression":
@@ -187,7 +159,7 @@ def register(app: typer.Typer) -> None:
                     size = (image.width, image.height)
                 except ImageLoadError:
                     image = source  # the describer reports it on every region
-                with _progress() as bar:
+                with progress() as bar:
                     n = 1 if expression is not None else len(regions)
                     task = bar.add_task("describe", total=n)
                     if expression is not None:

@@ -1,4 +1,4 @@
-"""Box conversions and (generalized) IoU in torch, for the matcher and the losses.
+"""Box conversions and (generalized) IoU in torch: the ground under the models, the matcher and the losses.
 
 Boxes inside the training code are normalised ``(cx, cy, w, h)`` in [0, 1] (the model's output format) or
 normalised ``(x1, y1, x2, y2)`` for IoU. GIoU is invariant to scaling each axis, so computing it on

@@ -12,16 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from groundscope.cli.common import console, fail
+
 distill_app = typer.Typer(help="RKD: region embeddings from a CLIP-like teacher, the synthetic teacher.",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @distill_app.command("embed-regions")
@@ -49,17 +44,17 @@ def embed_regions_cmd(
     """Cache K class-agnostic regions per image, the teacher's crop embeddings and pseudo-boxes."""
     from groundscope.data import DataFormatError
     from groundscope.distill.regions import RegionCacheError, RegionSettings, embed_regions, read_image_labels
-    from groundscope.distill.teacher import Teacher
+    from groundscope.models.teacher import Teacher
     from groundscope.models.loading import ModelLoadError, load_detector
     from groundscope.train.data import load_records
     from groundscope.train.progress import step_progress
 
     if "{}" not in pseudo_template:
-        raise _fail(f"--pseudo-template '{pseudo_template}' must contain {{}} where the class name goes")
+        raise fail(f"--pseudo-template '{pseudo_template}' must contain {{}} where the class name goes")
     try:
         records, _ = load_records(annotations)
     except (DataFormatError, OSError, ValueError) as e:
-        raise _fail(f"cannot read '{annotations}': {e}")
+        raise fail(f"cannot read '{annotations}': {e}")
     settings = RegionSettings(teacher=teacher, detector=model, k=k, proposal_top=proposal_top,
                               pseudo_template=pseudo_template, pseudo_threshold=pseudo_threshold,
                               image_labels=str(image_labels) if image_labels else None,
@@ -71,7 +66,7 @@ def embed_regions_cmd(
         det = load_detector(model, device=device, precision=precision)
         t = Teacher(teacher, device)
     except (RegionCacheError, ModelLoadError) as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     names = [r.filename for r in records.images]
     with step_progress("regions", len(names), console) as update:
         done = 0
@@ -84,7 +79,7 @@ def embed_regions_cmd(
         try:
             counts = embed_regions(det, t, names, image_root or annotations.parent, out, settings, labels, on_image)
         except RegionCacheError as e:
-            raise _fail(str(e))
+            raise fail(str(e))
     console.print(f"{counts['embedded']} image(s) embedded, {counts['reused']} reused -> {out}", highlight=False)
     for name, err in counts["failed"].items():
         console.print(f"[red]failed:[/] {name}: {err}", highlight=False)
@@ -111,7 +106,7 @@ def train_teacher_cmd(
     try:
         source, _ = resolve(tokenizer)
     except ModelLoadError as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     result = train_synth_teacher(data, source, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                                  val_file=val, log=lambda m: console.print(m, highlight=False))
     console.print(f"teacher -> {out}: {result}", highlight=False)

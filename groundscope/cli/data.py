@@ -17,11 +17,10 @@ from typing import Annotated
 
 import typer
 
+from groundscope.cli.common import fail
 from groundscope.data.convert import convert
 from groundscope.data.errors import DataFormatError
 from groundscope.data.synth import generate_world, write_world_regions
-
-EXIT_BAD_INPUT = 2
 
 
 class Split(str, Enum):
@@ -40,11 +39,6 @@ class OdvgMode(str, Enum):
     auto = "auto"
     det = "det"
     grounding = "grounding"
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def synth(
@@ -66,7 +60,7 @@ def synth(
             summary = generate_world(out, n, seed, split.value,
                                      progress=lambda done, total: bar.update(task, completed=done), regions=regions)
         except OSError as e:
-            _fail(f"{e.filename or out}: {e.strerror or e}")
+            raise fail(f"{e.filename or out}: {e.strerror or e}")
     typer.echo(f"wrote {summary['images']} images, {summary['objects']} objects "
                f"({summary['novel_objects']} novel), {summary['refexps']} referring expressions to {summary['out']} "
                f"in {summary['seconds']:.1f} s ({summary['images_per_second']} images/s)")
@@ -89,9 +83,9 @@ def synth_regions(
             summary = write_world_regions(world, out, verify,
                                           progress=lambda done, total: bar.update(task, completed=done, total=total))
         except ValueError as e:
-            _fail(str(e))
+            raise fail(str(e))
         except OSError as e:
-            _fail(f"{e.filename or world}: {e.strerror or e}")
+            raise fail(f"{e.filename or world}: {e.strerror or e}")
     typer.echo(f"wrote {summary['regions']} regions of {summary['images']} images to {summary['out']} "
                f"in {summary['seconds']:.1f} s")
 
@@ -113,9 +107,9 @@ def convert_cmd(
                           dst_format.value if dst_format else None, label_map, skip_invalid, odvg_mode.value,
                           out_label_map)
     except DataFormatError as e:
-        _fail(str(e))
+        raise fail(str(e))
     except ValueError as e:  # a record the target format cannot hold (e.g. no class name for COCO)
-        _fail(f"{src}: {e}")
+        raise fail(f"{src}: {e}")
     typer.echo(f"converted {summary['records']} records {summary['from']} -> {summary['to']}"
                f" (skipped {summary['skipped']} invalid): {', '.join(summary['written'])}")
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from groundscope.train.cli import _fail, console
+from groundscope.cli.common import console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -43,9 +43,9 @@ def register(app: typer.Typer) -> None:
         from groundscope.train.world_lm import generate_text, pretrain_world_lm, world_texts
 
         if (out / "config.json").exists() and not overwrite:
-            raise _fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
+            raise fail(f"'{out}' already holds a model; pass --overwrite or choose another --out", 2)
         if hidden % heads:
-            raise _fail(f"--hidden ({hidden}) must be divisible by --heads ({heads})", 2)
+            raise fail(f"--hidden ({hidden}) must be divisible by --heads ({heads})", 2)
         try:
             prompts = None
             if instructions:
@@ -55,18 +55,18 @@ def register(app: typer.Typer) -> None:
                 prompts = (defaults.image_prompt, defaults.region_prompt)
             texts = world_texts(data, prompts)
         except DataFormatError as e:
-            raise _fail(str(e), 2)
+            raise fail(str(e), 2)
         if not texts:
-            raise _fail(f"'{data}' holds no captions, phrases or descriptions to train on", 2)
+            raise fail(f"'{data}' holds no captions, phrases or descriptions to train on", 2)
         console.print(f"{len(texts):,} texts from {data}", highlight=False)
         try:
             summary = pretrain_world_lm(texts, out, steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len,
                                         seed=seed, hidden=hidden, layers=layers, heads=heads, warmup=warmup,
                                         console=console)
         except ValueError as e:
-            raise _fail(str(e), 2)
+            raise fail(str(e), 2)
         except KeyboardInterrupt:
-            raise _fail("interrupted; nothing saved", 130)
+            raise fail("interrupted; nothing saved", 130)
         console.print(
             f"done: {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['steps_per_s']:.2f} steps/s), "
             f"loss {summary['first_loss']:.3f} -> {summary['last_loss_mean']:.3f}, {summary['params']:,} parameters, "

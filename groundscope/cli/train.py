@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+from groundscope.cli.common import console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +44,8 @@ def register(app: typer.Typer) -> None:
         from groundscope.train.data import TrainDataError
         from groundscope.describe import DamError
         from groundscope.train import distributed
-        from groundscope.train.loop import TrainError, build_trainer, resolve_device, train
+        from groundscope.train.loop import TrainError, resolve_device
+        from groundscope.train.trainers import build_trainer, train
 
         launched = distributed.torchrun_env()
         rank = launched.rank if launched else 0
@@ -60,7 +55,7 @@ def register(app: typer.Typer) -> None:
             device = resolve_device(cfg.model.device)
             if launched is not None and launched.world_size > 1:
                 if nproc not in (1, launched.world_size):
-                    raise _fail(f"--nproc {nproc}: torchrun started {launched.world_size} processes; leave --nproc "
+                    raise fail(f"--nproc {nproc}: torchrun started {launched.world_size} processes; leave --nproc "
                                 "out under torchrun", 2)
                 device = distributed.process_device(device, launched)
                 summary = distributed.run_in_group(train, cfg, out, start, device=device, proc=launched)
@@ -69,11 +64,11 @@ def register(app: typer.Typer) -> None:
             else:
                 summary = build_trainer(cfg, out, console=console).fit(resume=start)
         except (ConfigError, ModelLoadError, DataFormatError, TrainDataError, DamError) as e:
-            raise _fail(str(e), 2)
+            raise fail(str(e), 2)
         except (TrainError, ImageLoadError, distributed.DistributedError) as e:
-            raise _fail(str(e), 1)
+            raise fail(str(e), 1)
         except KeyboardInterrupt:
-            raise _fail("aborted by a second Ctrl-C; the last saved checkpoint is unchanged", 130)
+            raise fail("aborted by a second Ctrl-C; the last saved checkpoint is unchanged", 130)
         if rank != 0:
             raise typer.Exit(130 if summary["interrupted"] else 0)  # rank 0 reports for the group
         if summary["interrupted"]:
@@ -111,18 +106,18 @@ def register(app: typer.Typer) -> None:
             try:
                 added = extend_vocabulary(extend, out_dir)
             except (ImportError, ValueError, OSError) as e:
-                raise _fail(f"--extend {extend}: {e}", 2)
+                raise fail(f"--extend {extend}: {e}", 2)
             report = weight_report(out_dir)
             console.print(f"{out_dir}: {extend} with {len(added)} word pieces added, {report['megabytes']} MB",
                           highlight=False, soft_wrap=True)
             return
         if dtype not in ("float16", "float32", "bfloat16"):
-            raise _fail(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}", 2)
+            raise fail(f"--dtype must be float16, bfloat16 or float32, not {dtype!r}", 2)
         try:
             path = build_nano(out_dir, image_size=(shortest, longest), text_layers=text_layers,
                               vocab_size=vocab_size or None, dtype=dtype, seed=seed, backbone=backbone)
         except (ImportError, ValueError) as e:
-            raise _fail(str(e), 2)
+            raise fail(str(e), 2)
         report = weight_report(path)
         console.print(f"nano model in {path}: {report['parameters']:,} parameters, {report['megabytes']} MB",
                       highlight=False)

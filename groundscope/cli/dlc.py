@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from groundscope.cli.common import fail, finish, input_errors, stdout
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``dlc`` command to the ``eval`` sub-app."""
@@ -41,7 +43,6 @@ def dlc(
 ) -> None:
     """DLC-Bench: a judge LLM answers each region's questions from its description; prints Pos / Neg / Avg."""
     from groundscope.evaluate import dlc as bench
-    from groundscope.evaluate.cli import _finish, fail, input_errors, stdout
     from groundscope.evaluate.report import metrics_table
 
     if judge is not None and judge != "rules":
@@ -81,7 +82,7 @@ def dlc(
         s = result.small_objects
         summary.update({f"small {k}": v for k, v in (("Pos", s.pos), ("Neg", s.neg), ("Avg", s.avg))})
     title = f"DLC-Bench, judge {the_judge.name}"
-    _finish(report, out, [metrics_table(title, summary)])
+    finish(report, out, [metrics_table(title, summary)])
     counts = result.summary
     stdout.print(f"{counts.regions} regions, {counts.positive_questions} positive + {counts.negative_questions} "
                  f"negative questions", highlight=False)

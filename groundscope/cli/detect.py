@@ -1,7 +1,13 @@
-"""`groundscope <verb>`: the command-line entry point.
+"""``groundscope detect``, ``ground``, ``refer``, ``caption`` and ``models``: the detector's own verbs.
 
-The CLI parses arguments, loads images (reporting bad ones by name and carrying on), calls the Python API and
-writes files. It never touches tensors. Exit codes: 0 all done, 1 some images failed, 2 bad arguments or model.
+    groundscope detect IMAGES... --classes "cat,remote control" [--model M] [--out DIR]
+    groundscope ground IMAGES... --caption "a cat on a sofa" [--phrase cat ...]
+    groundscope refer IMAGES... --expression "the cat on the left" [--top-k 1] [--rec-rule mean|mmgdino|llmdet]
+    groundscope caption IMAGES... --model FOLDER_WITH_caption_head [--box x1,y1,x2,y2 ...] [--json]
+    groundscope models [--json]
+
+The image loop loads each image (reporting bad ones by name and carrying on), calls the Python API in batches and
+writes <stem>.json and <stem>.png; it never touches tensors.
 """
 
 from __future__ import annotations
@@ -12,103 +18,37 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(
-    name="groundscope",
-    help="Find and describe anything in images from free text.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from groundscope.answers import result_record
+from groundscope.cli.common import (
+    BatchOpt,
+    DeviceOpt,
+    ModelOpt,
+    OutOpt,
+    PrecisionOpt,
+    console,
+    fail,
+    load_model,
+    parse_box,
+    parse_classes,
+    progress,
+    require_images,
 )
-console = Console(stderr=True)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-ModelOpt = typer.Option("llmdet-tiny", "--model", "-m", help="Registry name (see `groundscope models`), hub id or local directory.")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps, or auto.")
-OutOpt = typer.Option(Path("groundscope_out"), "--out", "-o", help="Directory for <stem>.json and <stem>.png.")
-BatchOpt = typer.Option(4, "--batch-size", "-b", min=1, help="(image, prompt) pairs per forward pass.")
-PrecisionOpt = typer.Option("fp32", "--precision", help="fp32 (the reference's numbers) or bf16 (faster on CPUs "
-                            "with bf16 support; box and score heads stay fp32).")
+_COMMANDS: list[Callable] = []
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+def _command(fn: Callable) -> Callable:
+    """Mark `fn` as one of this module's commands; `register` adds them to the app."""
+    _COMMANDS.append(fn)
+    return fn
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def expand_images(items: list[Path]) -> list[Path]:
-    """Files as given; directories expanded to the image files directly inside them (sorted)."""
-    out: list[Path] = []
-    for p in items:
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
-    return out
-
-
-def parse_classes(classes: Optional[str], classes_file: Optional[Path]) -> list[str]:
-    """Comma-separated names and/or a file with one name per line (blank lines and # comments skipped)."""
-    names: list[str] = []
-    if classes:
-        names += [c.strip() for c in classes.split(",") if c.strip()]
-    if classes_file is not None:
-        try:
-            lines = classes_file.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise fail(f"cannot read --classes-file '{classes_file}': {e.strerror or e}")
-        names += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    if not names:
-        raise fail("no classes given; pass --classes \"cat,remote control\" or --classes-file FILE")
-    return names
-
-
-def _load_model(model: str, device: str, precision: str = "fp32"):
-    from groundscope.models.fast.precision import PRECISIONS
-    from groundscope.models.loading import ModelLoadError, load_detector
-
-    if precision not in PRECISIONS:
-        raise fail(f"--precision '{precision}': use one of {', '.join(PRECISIONS)}")
-    try:
-        with console.status(f"loading {model} ..."):
-            return load_detector(model, device=_device(device), precision=precision)
-    except ModelLoadError as e:
-        raise fail(str(e))
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def result_record(image: str, width: int, height: int, model: str, task: str, detections) -> dict:
-    """The per-image result that `detect`, `ground` and `refer` write as <stem>.json and `groundscope serve`
-    answers, so a file and an HTTP answer for the same image and model are the same JSON."""
-    return {
-        "image": image,
-        "width": width,
-        "height": height,
-        "model": model,
-        "task": task,
-        "detections": detections.to_list(),
-    }
+def register(app: typer.Typer) -> None:
+    """Add ``detect``, ``ground``, ``refer``, ``caption`` and ``models`` to `app`."""
+    for fn in _COMMANDS:
+        app.command()(fn)
 
 
 def run_task(
@@ -127,10 +67,8 @@ def run_task(
     from groundscope.prompts import PromptError
     from groundscope.visualize import annotate
 
-    paths = expand_images(images)
-    if not paths:
-        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    detector = _load_model(model_name, device, precision)
+    paths = require_images(images)
+    detector = load_model(model_name, device, precision)
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     stems: dict[str, int] = {}
@@ -156,21 +94,21 @@ def run_task(
             annotate(im, dets).save(out / f"{stem}.png")
             written += 1
 
-    with _progress() as progress:
-        bar = progress.add_task(task, total=len(paths))
+    with progress() as bars:
+        bar = bars.add_task(task, total=len(paths))
         batch: list[tuple[Path, object]] = []
         for path in paths:
             try:
                 batch.append((path, load_image(path)))
             except ImageLoadError as e:
                 failures.append(str(e))
-                progress.console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
+                bars.console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
             if len(batch) == batch_size:
                 flush(batch)
-                progress.advance(bar, len(batch))
+                bars.advance(bar, len(batch))
                 batch = []
         flush(batch)
-        progress.update(bar, completed=len(paths))
+        bars.update(bar, completed=len(paths))
 
     console.print(f"[green]{written}[/] image(s) written to [bold]{out}[/] (<stem>.json + <stem>.png)", highlight=False)
     if failures:
@@ -180,7 +118,7 @@ def run_task(
         raise typer.Exit(1)
 
 
-@app.command()
+@_command
 def detect(
     images: list[Path] = typer.Argument(..., help="Image files or directories."),
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help='Comma-separated class names, e.g. "cat,remote control".'),
@@ -210,7 +148,7 @@ def detect(
     )
 
 
-@app.command()
+@_command
 def ground(
     images: list[Path] = typer.Argument(..., help="Image files or directories."),
     caption: str = typer.Option(..., "--caption", help="The sentence whose phrases to ground."),
@@ -242,7 +180,7 @@ def ground(
     )
 
 
-@app.command()
+@_command
 def refer(
     images: list[Path] = typer.Argument(..., help="Image files or directories."),
     expression: str = typer.Option(..., "--expression", "-e", help='e.g. "the cat on the left".'),
@@ -277,18 +215,7 @@ def refer(
     )
 
 
-def parse_box(text: str) -> list[float]:
-    """"x1,y1,x2,y2" in pixels -> four floats, or a typer.BadParameter naming the value."""
-    try:
-        box = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
-        raise typer.BadParameter(f"--box {text!r}: give x1,y1,x2,y2 in pixels with x2 > x1 and y2 > y1")
-    return box
-
-
-@app.command()
+@_command
 def caption(
     images: list[Path] = typer.Argument(..., help="Image files or directories."),
     model: str = typer.Option(..., "--model", "-m", help="A model folder with a caption_head/ (LLMDet training writes one)."),
@@ -305,17 +232,15 @@ def caption(
     from groundscope.models.captioner import CaptionerError
 
     boxes = [parse_box(b) for b in box]
-    paths = expand_images(images)
-    if not paths:
-        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    detector = _load_model(model, device, precision)
+    paths = require_images(images)
+    detector = load_model(model, device, precision)
     try:
         with console.status("loading the caption head ..."):
             detector._require_caption_head()
     except CaptionerError as e:
         raise fail(str(e))
     failures = []
-    with _progress() as bar:
+    with progress() as bar:
         task = bar.add_task("caption", total=len(paths))
         for p in paths:
             try:
@@ -342,7 +267,7 @@ def caption(
         raise typer.Exit(1)
 
 
-@app.command()
+@_command
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the model registry: short names, where they load from, what each is."""
     from groundscope.models.registry import REGISTRY
@@ -356,43 +281,3 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     for e in REGISTRY.values():
         table.add_row(e.name, e.family, e.backbone, e.source + (" (bundled)" if e.bundled else ""), e.description)
     Console().print(table)
-
-
-def _register_subcommands() -> None:
-    """Verbs that live with their own modules: data (synth, synth-regions, convert, groundingcap), training
-    (train, build-nano, pretrain-lm, pretrain-vlm), Describe Anything (describe), RKD (distill ...),
-    auto-labelling (label), the HTTP server (serve), exports (export onnx) and evaluation (eval ...)."""
-    from groundscope.data.cli import register as register_data
-    from groundscope.data.groundingcap_cli import register as register_groundingcap
-    from groundscope.describe.cli import register as register_describe
-    from groundscope.distill.cli import register as register_distill
-    from groundscope.evaluate.cli import eval_app
-    from groundscope.export.cli import register as register_export
-    from groundscope.label.cli import register as register_label
-    from groundscope.serve.cli import register as register_serve
-    from groundscope.train.base_vlm_cli import register as register_base_vlm
-    from groundscope.train.cli import register as register_train
-    from groundscope.train.world_lm_cli import register as register_world_lm
-
-    register_data(app)
-    register_groundingcap(app)
-    register_train(app)
-    register_world_lm(app)
-    register_base_vlm(app)
-    register_describe(app)
-    register_distill(app)
-    register_label(app)
-    register_serve(app)
-    register_export(app)
-    app.add_typer(eval_app, name="eval")
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from groundscope.cli.common import console, fail, parse_classes, pick_device, progress, require_images
+
 
 class LabelFormat(str, Enum):
     """The dataset formats `label` writes."""
@@ -30,8 +32,6 @@ def _format_for(out: Path, fmt: Optional[LabelFormat]) -> str:
         return fmt.value
     guess = {".json": "coco", ".jsonl": "odvg"}.get(out.suffix.lower())
     if guess is None:
-        from groundscope.cli import fail
-
         raise fail(f"cannot tell the format of --out '{out}' from its suffix; pass --format coco or --format odvg")
     return guess
 
@@ -80,7 +80,6 @@ def label(
         "--ray-actors", min=1, help="Model replicas (default: one per GPU, or one per 4 CPUs).")] = None,
 ) -> None:
     """Auto-label images into a COCO or ODVG dataset file (resumable; --ray to scale out)."""
-    from groundscope.cli import IMAGE_SUFFIXES, _device, _progress, console, expand_images, fail, parse_classes
     from groundscope.label.run import label_images, local_executor
     from groundscope.label.work import LabelError, LabelSettings
 
@@ -88,9 +87,7 @@ def label(
     form = _format_for(out, fmt)
     if (ray_address is not None or ray_actors is not None) and not use_ray:
         raise fail("--ray-address and --ray-actors go with --ray; add --ray to run on Ray")
-    paths = expand_images(images)
-    if not paths:
-        raise fail("no images given (directories are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    paths = require_images(images)
     try:
         settings = LabelSettings(model=model, classes=tuple(names), box_threshold=box_threshold,
                                  max_detections=max_detections, nms=nms, batch_size=batch_size,
@@ -104,18 +101,18 @@ def label(
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             executor = ray_executor(settings, device=device, address=ray_address, actors=ray_actors)
         else:
-            executor = local_executor(settings, lambda: _load_detector(model, _device(device), precision))
+            executor = local_executor(settings, lambda: _load_detector(model, pick_device(device), precision))
     except LabelError as e:
         raise fail(str(e))
 
-    with _progress() as progress:
-        bar = progress.add_task("label", total=len(paths))
+    with progress() as bars:
+        bar = bars.add_task("label", total=len(paths))
 
         def on_progress(done: int, total: int) -> None:
-            progress.update(bar, completed=done, total=total)
+            bars.update(bar, completed=done, total=total)
 
         def on_failure(message: str) -> None:
-            progress.console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+            bars.console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
 
         try:
             report = label_images(paths, out, form, settings, executor=executor, label_map=label_map,

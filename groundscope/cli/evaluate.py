@@ -7,14 +7,12 @@ and exits with code 2.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from groundscope.cli.common import console, fail, finish, input_errors, stdout
 from groundscope.evaluate.coco import evaluate_coco
 from groundscope.evaluate.lvis import evaluate_lvis
 from groundscope.evaluate.odinw import BUILTIN_MANIFESTS, evaluate_odinw, load_odinw_manifest
@@ -24,7 +22,6 @@ from groundscope.evaluate.refexp import OVERLAPS, evaluate_refexp
 from groundscope.evaluate.report import coco_tables, lvis_tables, metrics_table, odinw_table, write_json
 from groundscope.evaluate.run import DATASET_KINDS, DETECTION_KINDS, JOURNAL, run_evaluation
 from groundscope.evaluate.protocols import PLAIN, official_settings
-from groundscope.evaluate.validate import EvaluationInputError
 
 eval_app = typer.Typer(
     name="eval",
@@ -33,27 +30,10 @@ eval_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
 
 GtArg = typer.Argument(..., help="Ground-truth annotation file (JSON).", show_default=False)
 ResultsArg = typer.Argument(..., help="Results file (JSON list).", show_default=False)
 OutOpt = typer.Option(None, "--out", "-o", help="Write the metrics to this JSON file.")
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line on stderr and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def input_errors() -> Iterator[None]:
-    """Bad input files become one clear line and exit code 2, not a traceback."""
-    try:
-        yield
-    except EvaluationInputError as e:
-        raise fail(str(e)) from None
 
 
 def model_loader(model: str, device: str, precision: str = "fp32"):
@@ -94,14 +74,6 @@ MaxDetsOpt = typer.Option(None, "--max-dets", help="pycocotools' three per-image
                           "tables).")
 
 
-def _finish(metrics: dict, out: Path | None, tables) -> None:
-    for table in tables:
-        stdout.print(table)
-    if out is not None:
-        write_json(out, metrics)
-        stdout.print(f"metrics written to {escape(str(out))}", highlight=False, soft_wrap=True)
-
-
 @eval_app.command()
 def coco(
     annotations: Path = GtArg,
@@ -124,7 +96,7 @@ def coco(
                                 **({"max_dets": caps} if caps else {}))
     if plot is not None and metrics.get("pr_curve"):
         draw_pr_curve(metrics["pr_curve"], plot, f"COCO {metrics['iou_type']}: {results.name}")
-    _finish(metrics, out, coco_tables(metrics, per_class=per_class))
+    finish(metrics, out, coco_tables(metrics, per_class=per_class))
 
 
 @eval_app.command()
@@ -150,7 +122,7 @@ def lvis(
         )
     if plot is not None and metrics.get("pr_curve"):
         draw_pr_curve(metrics["pr_curve"], plot, f"LVIS: {results.name}")
-    _finish(metrics, out, lvis_tables(metrics, per_class=per_class))
+    finish(metrics, out, lvis_tables(metrics, per_class=per_class))
 
 
 @eval_app.command()
@@ -181,7 +153,7 @@ def odinw(
         metrics = evaluate_odinw(entries, round_to=round_to, **({"max_dets": caps} if caps else {}))
     except ValueError as e:  # bad files (EvaluationInputError) and a repeated dataset name alike
         raise fail(str(e)) from None
-    _finish(metrics, out, [odinw_table(metrics)])
+    finish(metrics, out, [odinw_table(metrics)])
 
 
 @eval_app.command()
@@ -198,7 +170,7 @@ def refexp(
         raise fail(f"--overlap must be one of {', '.join(OVERLAPS)}, not {overlap!r}")
     with input_errors():
         metrics = evaluate_refexp(annotations, results, iou_threshold=iou, overlap=overlap)
-    _finish(metrics, out, [metrics_table(f"referring expressions: {annotations.name}", metrics)])
+    finish(metrics, out, [metrics_table(f"referring expressions: {annotations.name}", metrics)])
 
 
 @eval_app.command()
@@ -215,7 +187,7 @@ def phrase(
         raise fail(f"--protocol must be any-box or merged, not {protocol!r}")
     with input_errors():
         metrics = evaluate_phrase(annotations, results, iou_threshold=iou, protocol=name)
-    _finish(metrics, out, [metrics_table(f"phrase grounding ({protocol}): {annotations.name}", metrics)])
+    finish(metrics, out, [metrics_table(f"phrase grounding ({protocol}): {annotations.name}", metrics)])
 
 
 RUN_KINDS = (*DATASET_KINDS, "odinw")
@@ -298,13 +270,13 @@ def run(
     if dataset not in RUN_KINDS:
         raise fail(f"--dataset must be one of {', '.join(RUN_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
-        stderr.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
+        console.print(f"note: --plot draws precision/recall curves of detection datasets; ignored for {dataset}")
     if dataset == "odinw" and manifest not in BUILTIN_MANIFESTS:
         raise fail(f"--dataset odinw needs --manifest {' or '.join(BUILTIN_MANIFESTS)} (the official lists)")
     if dataset != "odinw" and images is None:
         raise fail("--images is needed: the folder the annotation file's image names are relative to")
     settings = run_settings(dataset, model, protocol, chunk_size, max_dets, rec_rule, overlap)
-    stderr.print(describe_settings(dataset, settings, protocol), highlight=False, soft_wrap=True)
+    console.print(describe_settings(dataset, settings, protocol), highlight=False, soft_wrap=True)
     if dataset == "refexp" and settings.rec_rule == "llmdet":
         from groundscope.rec_subject import RecSubjectError, nltk_tagger
 
@@ -315,7 +287,7 @@ def run(
     from groundscope.images import ImageLoadError
 
     common = dict(batch_size=batch_size, box_threshold=box_threshold, max_detections=max_detections,
-                  progress=progress, model_name=model, console=stderr, precision=precision)
+                  progress=progress, model_name=model, console=console, precision=precision)
     with input_errors():
         try:
             if dataset == "odinw":
@@ -340,7 +312,7 @@ def run(
         tables = coco_tables(metrics)
     else:
         tables = [metrics_table(f"{dataset}: {annotations.name}", metrics)]
-    _finish(metrics, None, tables)
+    finish(metrics, None, tables)
     stdout.print(f"results and metrics written to {escape(str(out))}", highlight=False, soft_wrap=True)
 
 
@@ -362,7 +334,7 @@ def synth(
     with input_errors():
         try:
             result = evaluate_synth_world(model_loader(model, device, precision), test_dir, out, batch_size=batch_size,
-                                          progress=progress, model_name=model, console=stderr,
+                                          progress=progress, model_name=model, console=console,
                                           precision=precision)
         except ImageLoadError as e:
             raise fail(f"{e} (finished parts are kept in {out}; rerun the same command to resume)") from None
@@ -371,12 +343,6 @@ def synth(
     summary = result["summary"]
     write_json(out / "summary.json", {"model": model, "test_dir": str(test_dir), **summary})
     table = metrics_table(f"synthetic world: {model} on {test_dir}", summary)
-    _finish(summary, None, [table])
+    finish(summary, None, [table])
     stdout.print(f"per-part results and summary.json written to {escape(str(out))}", highlight=False,
                  soft_wrap=True)
-
-
-# DLC-Bench lives in its own module; registered last so it can use this module's helpers.
-from groundscope.evaluate.dlc_cli import register as _register_dlc  # noqa: E402
-
-_register_dlc(eval_app)

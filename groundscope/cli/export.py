@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from groundscope.cli.common import console, fail, load_model
+
 export_app = typer.Typer(help="Export a detector to other runtimes (ONNX).", no_args_is_help=True)
 
 # The verification run: an image size and text unlike the traced example's (449x601, 3 phrases).
@@ -29,12 +31,11 @@ def onnx_cmd(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch afterwards."),
 ) -> None:
     """The whole detector as one ONNX graph with dynamic batch, image size and text length."""
-    from groundscope.cli import _load_model, console, fail
     from groundscope.export.onnx import OnnxExportError, export_onnx, verify_onnx
 
     if out.suffix.lower() != ".onnx":
         raise fail(f"--out '{out}': give a file name ending in .onnx")
-    detector = _load_model(model, "cpu")
+    detector = load_model(model, "cpu")
     try:
         with console.status(f"exporting {detector.name} ..."):
             path = export_onnx(detector, out, opset=opset)

@@ -1,7 +1,7 @@
 """The RKD teacher: any transformers CLIP-like model (CLIP, SigLIP, ...: a model with ``get_image_features`` and
 ``get_text_features``), loaded from a hub id or a folder, embedding image crops and class names.
 
-Loading goes through `groundscope.models.loading.resolve`-style rules: a local folder loads as is; a hub id loads
+Loading goes through `groundscope.models.hub.resolve`-style rules: a local folder loads as is; a hub id loads
 from the cache (offline) or the hub. The image processor and tokenizer are loaded separately (AutoImageProcessor,
 AutoTokenizer) so a teacher saved with any tokenizer class works.
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from groundscope.models.loading import ModelLoadError
+from groundscope.models.hub import ModelLoadError
 
 DEFAULT_TEXT_TEMPLATE = "a photo of a {}"  # official: docs/DATASETS.md ~L263
 MAX_LENGTH_PADDED = ("siglip", "siglip2")  # model types whose text tower expects padding="max_length"

@@ -4,9 +4,10 @@
 
 Modules: `config` (YAML schema and validation), `data` (records -> prompts, targets, batches), `matcher`
 (Hungarian matching), `losses` (focal token alignment + L1 + GIoU, auxiliary and encoder terms), `forward`
-(the staged forward with gradients), `loop` (the `Trainer`), `trainers` (which trainer a config's ``task:`` uses), `checkpoint` (atomic saves, RNG state, export),
-`plot` (loss.png), `nano` (a small model to train from scratch), `distributed` (several processes: ``--nproc``,
-torchrun).
+(the staged forward with gradients), `optim` (freezing, parameter groups, the lr schedule), `loop` (the
+`Trainer`), `trainers` (which trainer a config's ``task:`` uses), `checkpoint` (atomic saves, RNG state,
+export), `memory` (resident size, heap trimming), `plot` (loss.png), `nano` (a small model to train from
+scratch), `distributed` (several processes: ``--nproc``, torchrun).
 
 Describe Anything trains through the same loop (``task: dam`` in the config): `dam` (the `DamTrainer`: region
 files -> focal pixels + descriptions, LM loss on the descriptions, export in DAM's layout) and `base_vlm`

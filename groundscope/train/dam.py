@@ -41,7 +41,8 @@ from groundscope.describe.focal import RegionError, filled_box, focal_pixels, fo
 from groundscope.describe.model import IGNORE_INDEX, DamConfig, DamModel, load_dam
 from groundscope.train.config import ConfigError, TrainConfig
 from groundscope.train.data import TrainDataError
-from groundscope.train.loop import Trainer, TrainError, apply_freeze, frozen_modules
+from groundscope.train.loop import Trainer, TrainError
+from groundscope.train.optim import apply_freeze, frozen_modules
 
 
 @dataclass

@@ -41,7 +41,8 @@ from groundscope.box_ops import cxcywh_to_xyxy, generalized_box_iou, xyxy_to_cxc
 from groundscope.train import distributed as dist_
 from groundscope.train.config import ConfigError
 from groundscope.train.data import PooledDataset
-from groundscope.train.loop import Trainer, TrainError, apply_freeze, frozen_modules
+from groundscope.train.loop import Trainer, TrainError
+from groundscope.train.optim import apply_freeze, frozen_modules
 from groundscope.train.losses import sigmoid_focal_loss
 from groundscope.train.progress import step_progress
 from groundscope.train.rkd_loss import pseudo_max_score_loss, rkd_irm_loss, rkd_l1_loss

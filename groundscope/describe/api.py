@@ -10,17 +10,18 @@
 
 A region is a dict (or any object with those attributes, e.g. `Region`) with exactly one of ``mask`` ((H, W)
 array, non-zero inside, or the path of a mask image of the image's size), ``box`` ((x1, y1, x2, y2) pixels) or
-``points`` ((N, 2) (x, y) pixels), and optionally a ``name``. Boxes and points become masks as
-`groundscope.describe.focal.region_to_mask` says (filled box, small discs: no segmenter ships with groundscope).
+``points`` ((N, 2) (x, y) pixels), and optionally a ``name`` (read by `groundscope.describe.regions`). Boxes and
+points become masks as `groundscope.describe.focal.region_to_mask` says (filled box, small discs: no segmenter
+ships with groundscope).
 
 A region that cannot be described (empty mask, box outside the image, unreadable image or mask file) does not stop
 the batch: its `RegionDescription` has ``error`` set (naming the region and the fix) and empty text; the others
 are described.
 
-Videos (`describe_video`): a video file (read with PyAV), a folder of frames (sorted by name) or a list of frames;
-`num_frames` frames (default: the model's, 8 for DAM-3B-Video) are sampled as the official
-``np.linspace(0, n - 1, 8, dtype=int)`` (repeated for a shorter video), each frame gets its own focal prompt with its
-own mask, and the frames' tokens enter the prompt in time order.
+Videos (`describe_video`, read by `groundscope.describe.video`): a video file (read with PyAV), a folder of frames
+(sorted by name) or a list of frames; `num_frames` frames (default: the model's, 8 for DAM-3B-Video) are sampled as
+the official ``np.linspace(0, n - 1, 8, dtype=int)`` (repeated for a shorter video), each frame gets its own focal
+prompt with its own mask, and the frames' tokens enter the prompt in time order.
 """
 
 from __future__ import annotations
@@ -29,32 +30,41 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from groundscope.describe.focal import RegionError, focal_crop, region_to_mask
-from groundscope.describe.model import DamError, DamModel, generation_preset, load_dam, seed_everything
+from groundscope.describe.config import DamError
+from groundscope.describe.focal import RegionError
+from groundscope.describe.model import DamModel, load_dam
+from groundscope.describe.presets import generation_preset, seed_everything
+
+# Some names are imported only to keep their old path, `groundscope.describe.api`, working (noqa: F401).
+from groundscope.describe.regions import (  # noqa: F401
+    REGION_KEYS,
+    Region,
+    _fields,
+    _given_box,
+    _safe_name,
+    read_mask,
+    region_mask,
+)
+from groundscope.describe.video import (  # noqa: F401
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoClip,
+    frame_files,
+    is_video_source,
+    load_video,
+    sample_indices,
+)
 from groundscope.images import ImageInput, ImageLoadError, load_image
 
 DEFAULT_DESCRIBER = "dam-nano"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-REGION_KEYS = ("mask", "box", "points")
 
 
 # ---------------------------------------------------------------------------------------------- types
-@dataclass
-class Region:
-    """A region to describe: exactly one of `mask`, `box` or `points` (a dict with these keys works too)."""
-
-    mask: Any = None
-    box: Sequence[float] | None = None
-    points: Any = None
-    name: str | None = None
-
-
 @dataclass
 class RegionDescription:
     """One region's description.
@@ -104,22 +114,6 @@ class RegionDescription:
             rec["frame_boxes"] = [[rnd(v) for v in b] for b in self.frame_boxes]
         return rec
 
-
-@dataclass
-class VideoClip:
-    """Frames sampled from a video (`load_video`).
-
-    Attributes:
-        frames: the sampled frames, (H, W, 3) uint8 each, in time order.
-        indices: their indices in the source.
-        total: the source's frame count.
-        source: what they were read from (path or "<list>").
-    """
-
-    frames: list[np.ndarray]
-    indices: list[int]
-    total: int
-    source: str
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -215,166 +209,6 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
     except DamError as e:
         raise ModelLoadError(f"model '{display}': {e}") from e
     return Describer(model, name=display, path=local)
-
-
-# ---------------------------------------------------------------------------------------------- regions
-def read_mask(source: Path | BinaryIO, name: str, label: str | None = None) -> np.ndarray:
-    """A mask image (a path, or an open binary file such as an upload) -> (H, W) bool, True where non-zero.
-
-    `name` names the region in errors; `label` the file (default: the path).
-    Raises:
-        RegionError: not an image PIL can read.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    label = label if label is not None else str(source)
-    try:
-        with Image.open(source) as im:
-            im.load()
-            # Palette / 1-bit / greyscale masks keep their values (a palette index > 0 is inside); colour masks
-            # are read through their luminance.
-            arr = np.asarray(im if im.mode in ("1", "L", "P", "I", "I;16", "F") else im.convert("L"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise RegionError(f"{name}: cannot read mask '{label}' ({e}); pass a mask image (PNG) of the image's size, "
-                          "non-zero inside the region") from e
-    return arr > 0
-
-
-def _fields(region: Any, name: str) -> tuple[Any, Any, Any, str]:
-    """(mask, box, points, name) of a region given as a dict or an object with those attributes."""
-    if isinstance(region, dict):
-        unknown = sorted(set(region) - set(REGION_KEYS) - {"name"})
-        if unknown:
-            raise RegionError(f"{name}: unknown key(s) {unknown}; a region has exactly one of mask, box or points "
-                              "(and optionally name)")
-        get = region.get
-    elif any(hasattr(region, k) for k in REGION_KEYS):
-        get = lambda k: getattr(region, k, None)  # noqa: E731
-    else:
-        raise RegionError(f"{name}: {type(region).__name__} is not a region; pass a dict with exactly one of "
-                          "mask, box or points (or a groundscope.describe.Region)")
-    given = get("name")
-    return get("mask"), get("box"), get("points"), (str(given) if given else name)
-
-
-def region_mask(hw: tuple[int, int], region: Any, name: str = "region",
-                min_crop: int = 48) -> tuple[np.ndarray, list[float], str]:
-    """A region (dict / `Region`) on an image of size `hw` -> (mask, box, name), checked describable.
-
-    The box is the one given for a box region, else the mask's tight box (x1, y1, x2, y2), ends exclusive.
-    Raises:
-        RegionError: not exactly one of mask / box / points, an unreadable mask file, a mask of another size, a
-            box or points outside the image, an empty mask; the message names the region.
-    """
-    mask, box, points, name = _fields(region, name)
-    if isinstance(mask, (str, Path)):
-        mask = read_mask(Path(mask), name)
-    if box is not None:
-        try:
-            box = [float(v) for v in box]
-        except (TypeError, ValueError):
-            raise RegionError(f"{name}: a box is four numbers (x1, y1, x2, y2), got {box!r}") from None
-    arr = region_to_mask(hw, mask=mask, box=box, points=points, name=name)
-    crop = focal_crop(arr, min_size=min_crop, name=name)  # raises on an empty mask
-    x, y, w, h = crop.region
-    return arr, (box if box is not None else [float(x), float(y), float(x + w), float(y + h)]), name
-
-
-def _given_box(region: Any) -> list[float] | None:
-    box = region.get("box") if isinstance(region, dict) else getattr(region, "box", None)
-    try:
-        return [float(v) for v in box] if box is not None and len(box) == 4 else None
-    except (TypeError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------- video input
-def sample_indices(total: int, num_frames: int) -> list[int]:
-    """Always `num_frames` indices over `total` frames, as the official
-    ``np.linspace(0, total - 1, 8, dtype=int)`` (examples/dam_video_with_sam2.py ~195): truncated, first and last
-    included, frames repeated when the video has fewer (DAM-3B-Video reads exactly 8)."""
-    if total <= 0:
-        return []
-    return [int(i) for i in np.linspace(0, total - 1, num_frames, dtype=int)]
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The image files directly inside `folder`, sorted by name (a video's frames, or its per-frame masks)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_video_file(path: Path, num_frames: int) -> VideoClip:
-    try:
-        import av
-    except ImportError:
-        raise ImageLoadError(path, "reading video files needs PyAV (pip install av, or groundscope[video]); "
-                                   "or pass a folder of frames") from None
-
-    def decode(wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
-        got, count = {}, 0
-        with av.open(str(path)) as container:
-            for count, frame in enumerate(container.decode(video=0), start=1):
-                if count - 1 in wanted:
-                    got[count - 1] = frame.to_ndarray(format="rgb24")
-        return got, count
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ImageLoadError(path, "has no video stream")
-            stream = container.streams.video[0]
-            total = int(stream.frames or 0)
-            if total <= 0:  # no frame count in the header: count the packets (no decoding)
-                total = sum(1 for packet in container.demux(stream) if packet.size)
-        indices = sample_indices(total, num_frames)
-        got, decoded = decode(set(indices))
-        if len(got) < len(indices):  # the header's count was wrong: sample the frames that are there
-            total = decoded
-            indices = sample_indices(total, num_frames)
-            got, _ = decode(set(indices))
-    except ImageLoadError:
-        raise
-    except Exception as e:  # PyAV raises its own error types per container / codec problem
-        raise ImageLoadError(path, f"cannot decode the video ({type(e).__name__}: {e})") from e
-    if not indices:
-        raise ImageLoadError(path, "the video has no frames")
-    return VideoClip([got[i] for i in indices], indices, total, str(path))
-
-
-def load_video(video: str | os.PathLike | Sequence[ImageInput] | VideoClip, num_frames: int = 8) -> VideoClip:
-    """Sample `num_frames` frames uniformly from a video file, a folder of frames (image files sorted by name) or
-    a list of frames (arrays, PIL images, paths). A `VideoClip` is returned as is.
-
-    Raises:
-        ImageLoadError: unreadable video / frame, an empty folder or list, PyAV missing for a video file.
-    """
-    if isinstance(video, VideoClip):
-        return video
-    if isinstance(video, (list, tuple)):
-        indices = sample_indices(len(video), num_frames)
-        if not indices:
-            raise ImageLoadError("<list>", "no frames given")
-        return VideoClip([np.asarray(load_image(video[i])) for i in indices], indices, len(video), "<list>")
-    path = Path(video)
-    if path.is_dir():
-        files = frame_files(path)
-        indices = sample_indices(len(files), num_frames)
-        if not indices:
-            raise ImageLoadError(path, "the folder holds no frames (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-        return VideoClip([np.asarray(load_image(files[i])) for i in indices], indices, len(files), str(path))
-    if not path.exists():
-        raise ImageLoadError(path, "no such file")
-    return _read_video_file(path, num_frames)
-
-
-def is_video_source(source: Any) -> bool:
-    """A video file (by suffix) or a folder (of frames)."""
-    if isinstance(source, VideoClip):
-        return True
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        return p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
-    return False
 
 
 # ---------------------------------------------------------------------------------------------- describer
@@ -590,13 +424,6 @@ class Describer:
         return RegionDescription(text, _union(boxes), int(round(np.mean([m.sum() for m in masks]))), name=name,
                                  expression=expression, score=score, frames=clip.indices, frame_boxes=boxes,
                                  mask=masks)
-
-
-def _safe_name(region: Any, default: str) -> str:
-    try:
-        return _fields(region, default)[3]
-    except RegionError:
-        return default
 
 
 def _as_detector(detector: Any, device):

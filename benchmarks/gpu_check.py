@@ -355,7 +355,7 @@ class Check:
             label = precision if fast else "fp32 (transformers modules)"
             batches = self.batches if fast else [max(self.batches)]
             for b in batches:
-                def run(b=b, precision=precision, fast=fast):
+                def run(b=b, precision=precision, fast=fast, det_box=det_box):
                     if "det" not in det_box:
                         det_box["det"] = loader(precision, fast)()
                     det = det_box["det"]

@@ -34,34 +34,22 @@ The detector-only keys (``data.scales``, ``max_size``, ``flip_prob``, negatives,
 
 Every field's meaning, default and allowed range is in the dataclasses below. An unknown key is an error that
 names its path and the valid keys (a typo must not silently fall back to a default); a bad value names the key,
-the value and what is allowed. Relative paths are relative to the working directory, as for every other
-groundscope command (the example configs are meant to be run from the repository root).
+the value and what is allowed (`groundscope.train.config_fields` builds the dataclasses from the mapping,
+`groundscope.train.overrides` applies ``--set`` edits first). Relative paths are relative to the working
+directory, as for every other groundscope command (the example configs are meant to be run from the repository
+root).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """An invalid training config; the message names the file, the key path and the fix."""
-
-
-def _spec(default: Any = MISSING, *, doc: str = "", min: float | None = None, max: float | None = None,
-          gt: float | None = None, choices: tuple | None = None, factory: Any = None) -> Any:
-    """A dataclass field with its validation rules in the metadata."""
-    meta = {"doc": doc, "min": min, "max": max, "gt": gt, "choices": choices}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+from groundscope.train.config_fields import ConfigError, _build, _spec
+from groundscope.train.overrides import apply_overrides
 
 
 @dataclass
@@ -328,98 +316,6 @@ def setting_default(path: str) -> Any:
     return asdict(value) if is_dataclass(value) else value
 
 
-# ---------------------------------------------------------------------------------------------- parsing
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
-    if is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _check_range(value: Any, meta: dict, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(f"{where}: must be >= {meta['min']}, got {value}")
-    if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(f"{where}: must be <= {meta['max']}, got {value}")
-    if meta.get("gt") is not None and value <= meta["gt"]:
-        raise ConfigError(f"{where}: must be > {meta['gt']}, got {value}")
-
-
-def _convert(value: Any, tp: Any, meta: dict, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], meta, where)
-    if is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if is_dataclass(item) and isinstance(value, dict):
-            return [_convert(value, item, meta, where)]  # one mapping where a list is expected: a list of one
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: must be {_type_name(tp)}, got {value!r}")
-        return [_convert(v, item, meta, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: must be {_type_name(tp)}, got {value!r}")
-        _, item = typing.get_args(tp)
-        return {str(k): _convert(v, item, meta, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(f"{where}: must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
-    _check_range(value, meta, where)
-    return value
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and bad values."""
-    label = where or "the config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{label}: must be a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key in raw:
-        if key not in known:
-            path = f"{where}.{key}" if where else str(key)
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{path}: unknown key{hint}; valid keys under {label}: {', '.join(known)}")
-    kwargs = {}
-    for name, f in known.items():
-        path = f"{where}.{name}" if where else name
-        if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], dict(f.metadata), path)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"{path}: required ({f.metadata.get('doc', '')})")
-    return cls(**kwargs)
-
-
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Checks that involve several fields."""
     t = cfg.train
@@ -519,59 +415,6 @@ def _validate_dam(cfg: TrainConfig) -> None:
 def config_from_dict(raw: Any) -> TrainConfig:
     """Build and validate a config from a parsed YAML mapping."""
     return validate(_build(TrainConfig, raw, ""))
-
-
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Set dotted keys in a parsed config: ``["train.max_steps=500", "data.train.0.path=x.jsonl"]``.
-
-    Values are parsed as YAML (``1e-4``, ``true``, ``[288, 320]``, ``null``); a number segment indexes a list.
-    Missing mappings on the way are created, so a section the file leaves out can be set; an unknown key is
-    left for validation to reject with the list of valid keys, as in the file itself. Returns a new mapping.
-    """
-    import copy
-
-    out = copy.deepcopy(raw) if raw is not None else {}
-    if not isinstance(out, dict):
-        raise ConfigError(f"the config must be a mapping of sections, got {out!r}")
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.max_steps=500")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
-        if isinstance(value, str) and _FLOAT.match(value):
-            value = float(value)  # YAML 1.1 reads "2e-4" (no dot) as a string; on a command line it is a number
-        parts = key.split(".")
-        node: Any = out
-        parent: Any = None
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, dict) and part.isdigit() and part not in node and parent is not None:
-                # a single mapping where a list is allowed (data.train: {path: ...}) is a list of one
-                node = [node]
-                parent[parts[depth - 1] if isinstance(parent, dict) else int(parts[depth - 1])] = node
-            parent = node
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {item!r}: '{where}' indexes a list of {len(node)} entries; "
-                                      f"use 0..{len(node) - 1}")
-                part = int(part)
-            elif not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:depth])}' is {node!r}, not a mapping")
-            if last:
-                node[part] = value
-            else:
-                if isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-    return out
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

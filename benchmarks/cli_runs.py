@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -41,3 +43,11 @@ def results_journal(out: Path) -> tuple[dict, Callable[[], None]]:
         path.write_text(json.dumps(results, indent=2) + "\n")
 
     return results, save
+
+
+def measured_on() -> str:
+    """"2026-12-03, x86_64 CPU, 2 cores, torch 2.13.0": the date and machine a results table states."""
+    import torch
+
+    return (f"{datetime.date.today().isoformat()}, {platform.machine()} CPU, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}")

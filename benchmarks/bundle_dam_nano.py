@@ -261,8 +261,7 @@ def main() -> None:
     missing = {arm: name for arm, name in (("nocrop", "the focal crop"), ("noadapt", "the context adapters"))
                if arm not in results}
     not_run = (textwrap.fill(f"Not measured for this bundle: DAM without {' or without '.join(missing.values())} "
-                             f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others; "
-                             "`benchmarks/results/dam_synth_diagnostics.md` has its last measurement).", 116)
+                             f"(`bench_dam.py --arms {','.join(missing)}` trains it beside the others).", 116)
                + "\n\n") if missing else ""
     others = [(arm, name) for arm, name in (("full", "DAM trained on the exact masks"),
                                             ("boxmix", "DAM trained with half of the regions as their boxes"),
@@ -305,8 +304,7 @@ or choice used (`python benchmarks/bench_dam.py`; small = box under 48x48 px):
 ## The demo image, described (greedy)
 
 Of its {n} objects, the description's subject names the right colour for {colours} and the right shape for
-{shapes}. `benchmarks/results/dam_synth_diagnostics.md` follows the vision tower's shape recognition from run to
-run (the first towers barely separated shapes).
+{shapes}.
 
 | object | box | description |
 |---|---|---|

@@ -38,15 +38,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @contextmanager
-def input_errors(*kinds: type[Exception]) -> Iterator[None]:
-    """Bad input files become one clear line and exit code 2, not a traceback (default: the evaluation's)."""
-    if not kinds:
-        from groundscope.evaluate.validate import EvaluationInputError
+def input_errors() -> Iterator[None]:
+    """Bad evaluation input files become one clear line and exit code 2, not a traceback."""
+    from groundscope.evaluate.validate import EvaluationInputError
 
-        kinds = (EvaluationInputError,)
     try:
         yield
-    except kinds as e:
+    except EvaluationInputError as e:
         raise fail(str(e)) from None
 
 

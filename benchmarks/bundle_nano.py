@@ -1,7 +1,6 @@
 """Bundle a trained nano run as the package's `nano` model: weights, results.json, learning curve and model card.
 
-    python benchmarks/bundle_nano.py runs/nano --bench runs/nano_bench_seed2.json \
-        --recipes benchmarks/results/nano_recipes.md
+    python benchmarks/bundle_nano.py runs/nano --bench runs/nano_bench_seed2.json
     python benchmarks/bundle_nano.py runs/nano_para --stage1 runs/nano --resumes 2 --bench runs/nano_para_seed2.json
 
 With ``--stage1``, RUN continued STAGE1's model (the paraphrase stage): the two logs are read as one run (the
@@ -38,7 +37,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the training run folder (holds model/, log.jsonl, config.yaml)")
     ap.add_argument("--bench", type=Path, required=True, help="benchmarks/bench_nano.py --json output")
-    ap.add_argument("--recipes", type=Path, default=REPO / "benchmarks" / "results" / "nano_recipes.md")
     ap.add_argument("--resumes", type=int, default=0, help="how often the run was resumed (said on the card)")
     ap.add_argument("--stage1", type=Path, default=None,
                     help="the run whose model RUN started from (its log comes first; RUN is the second stage)")
@@ -95,12 +93,10 @@ def main() -> None:
         rows.append(f"| `{key}` | {results[key]:.3f} | {verdict} | {meaning} |")
     missed = [k for k, t in TARGETS.items() if results[k] < t]
     curve = ", ".join(f"step {s}: {v:.3f}" for s, v in results["val_AP50_by_step"].items())
-    # the variant table only: the paragraphs after it are about other runs, said in the card's own words
-    recipes = (args.recipes.read_text().split("\n\n")[2].strip() if args.recipes.exists() else "(not measured)")
     card = CARD.format(
         params=f"{report['parameters'] / 1e6:.1f}", mb=f"{report['megabytes']:.1f}", params_exact=f"{report['parameters']:,}",
         steps=results["train_steps"], batch=batch, images=f"{results['train_images']:,}", minutes=f"{minutes:.0f}",
-        curve=curve, rows="\n".join(rows), seed=bench["test_seed"], n=bench["test_images"], recipes=recipes,
+        curve=curve, rows="\n".join(rows), seed=bench["test_seed"], n=bench["test_images"],
         demo=f"{bench['demo_objects_right']} of its {bench['demo_objects']}",
         verdict=("All four targets are met." if not missed else
                  "Targets not met within this run: " + ", ".join(f"`{k}` ({results[k]:.3f} < {TARGETS[k]})" for k in missed)
@@ -108,7 +104,7 @@ def main() -> None:
         rss=("" if not rss else f" Resident memory during training: median {sorted(rss)[len(rss) // 2] / 1024:.1f} GB, "
              f"highest {max(rss) / 1024:.1f} GB, rising with the age of the training process."),
         resumes=(f"; resumed {resumes} time(s) from its own checkpoints, which is exact" if resumes else ""),
-        stage2=stage2, stage2_table=_stage2_table() if stage2 else "",
+        stage2=stage2,
         stage2_cmd=(f"\ngroundscope build-nano runs/nano_ext --extend runs/nano/model\n"
                     f"groundscope train configs/nano_synth.yaml {_overrides(args.stage1, args.run)}   # stage 2"
                     if stage2 else ""),
@@ -148,13 +144,6 @@ def _overrides(stage1: Path, run: Path) -> str:
         text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
         sets.append(f"--set '{key}={text}'" if any(c in text for c in " []{}") else f"--set {key}={text}")
     return " ".join(sets)
-
-
-def _stage2_table() -> str:
-    path = REPO / "benchmarks" / "results" / "nano_stage2.md"
-    body = path.read_text().split("\n\n", 2)[-1].strip() if path.exists() else "(not measured)"
-    return ("\n### The second stage\n\nThe arms of `python benchmarks/bench_nano_stage2.py` "
-            "(`benchmarks/results/nano_stage2.md`), each 900 steps from the same stage-1 model:\n\n" + body + "\n")
 
 
 def _read_log(run: Path) -> list[dict]:
@@ -216,21 +205,18 @@ weights load with plain transformers (`MMGroundingDinoForObjectDetection.from_pr
 
 ![validation AP and AP50 by step](learning_curve.png)
 
-### How the recipe was chosen
+### Why this recipe
 
-Each variant is `configs/nano_synth.yaml` plus `--set` overrides, trained for the same 600 steps from the same
-untrained model and scored on the validation world (seed 1) by `python benchmarks/bench_recipes.py`; the table
-is `benchmarks/results/nano_recipes.md`. Denoising queries more than doubled base AP50 at equal steps and cost
-about 2 % more time per step (17.3 vs 16.9 minutes), so the recipe uses them. The input size was chosen by throughput
-(`python benchmarks/bench_train.py --settings`): 224-288 px ran 1.23x the steps per second of 288-352 px (1.49 vs 1.83 s per step of 4 images); bf16 autocast was no faster (0.98x), a data-loading worker slower (0.93x, it competes for the 2 cores), denoising queries cost 5 % (1.57 s).
-The rows after `cdn` were measured after this model's first stage was trained, so it does not use them: at equal steps a
-ConvNeXt backbone of the same widths (`build-nano --backbone convnext`) beat the Swin on every number. Trained
-to the end since (3300 steps, 94 minutes; `benchmarks/results/nano_recipes.md`, "Full-length runs"), it scored
-base AP 0.585 / AP50 0.799 / novel 0.682 / synonyms 0.103 / REC 0.697 on the held-out world, and got 6 of the 7
-demo objects (its small cyan star scores 0.151), so the Swin model stayed the bundled one.
-
-{recipes}
-{stage2_table}
+- Denoising queries: trained for the same 600 steps from the same untrained model and scored on the validation
+  world (seed 1), the recipe reaches base AP50 0.087 with them and 0.037 without, for about 2 % more time per step
+  (`python benchmarks/bench_recipes.py`; `benchmarks/results/nano_recipes.md`, 2026-11-30).
+- Input size, by throughput (`python benchmarks/bench_train.py --settings`): 224-288 px ran 1.23x the steps per second of 288-352 px (1.49 vs 1.83 s per step of 4 images); bf16 autocast was no faster (0.98x), a data-loading worker slower (0.93x, it competes for the 2 cores), denoising queries cost 5 % (1.57 s).
+- The second stage: of the arms of `python benchmarks/bench_nano_stage2.py` (`benchmarks/results/nano_stage2.md`),
+  plain continuation has the best validation base AP50 among those that pass the `make demo` gate.
+- The backbone: a ConvNeXt of the same widths (`build-nano --backbone convnext`) trained to the end (3300 steps,
+  94 minutes) scores base AP 0.585 / AP50 0.799 / novel 0.682 / synonyms 0.103 / REC 0.697 on the held-out world
+  but gets 6 of the 7 demo objects (its small cyan star scores 0.151), so the bundled model is the Swin
+  (`benchmarks/results/nano_recipes.md`, "Full-length runs").
 
 Reproduce (from the repository root; a GPU makes it minutes instead of hours):
 
@@ -269,11 +255,10 @@ them (`benchmarks/bench_nano.py` prints each object).
 
 STAGE2 = """
 - Second stage ({steps2} steps, {min2} minutes, after the first stage's {steps1} steps and {min1} minutes): the
-  first stage's validation AP50 was still rising at its last step, so its model continues with the same recipe,
-  a fresh 50-step warm-up to lr 3e-4 and cosine decay (`{run}`, from `{stage1}`; the vocabulary first gains
+  first stage's model continues with the same recipe, a fresh 50-step warm-up to lr 3e-4 and cosine decay (`{run}`, from `{stage1}`; the vocabulary first gains
   MiniLM's pieces of the training paraphrases with `groundscope build-nano --extend`, which changes no score).
-  Of the second-stage arms (below), plain continuation scored best on the validation world among those that
-  pass the `make demo` gate."""
+  Of the second-stage arms (`benchmarks/results/nano_stage2.md`), plain continuation scored best on the
+  validation world among those that pass the `make demo` gate."""
 
 
 if __name__ == "__main__":

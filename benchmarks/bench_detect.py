@@ -112,16 +112,12 @@ def reproduced(ref: dict, ours: dict, iou_min: float = 0.9, score_tol: float = 0
     """Share of the reference's detections that `ours` has too: same class, IoU >= iou_min, |score diff| <= tol."""
     import numpy as np
 
+    from groundscope.detections import box_iou
+
     a, b = np.asarray(ref["xyxy"]).reshape(-1, 4), np.asarray(ours["xyxy"]).reshape(-1, 4)
     if len(a) == 0:
         return 1.0
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    iou = inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+    iou = box_iou(a, b)
     same = np.asarray(ref["class_ids"])[:, None] == np.asarray(ours["class_ids"])[None]
     close = np.abs(np.asarray(ref["scores"])[:, None] - np.asarray(ours["scores"])[None]) <= score_tol
     return float((same & close & (iou >= iou_min)).any(1).mean())

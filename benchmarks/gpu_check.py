@@ -149,22 +149,12 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- comparisons
-def _iou(a, b):
-    import numpy as np
-
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
-
-
 def twins(ref, got, top: int, score_tol: float, px_tol: float | None = None, iou_min: float | None = None):
     """(found, n, max |score diff| over the found): how many of `ref`'s first `top` detections have a twin in
     `got`: same class, |score difference| <= score_tol, and every corner within px_tol pixels / IoU >= iou_min."""
     import numpy as np
+
+    from groundscope.detections import box_iou
 
     a_xy, a_s, a_c = (np.asarray(ref.xyxy)[:top].reshape(-1, 4), np.asarray(ref.scores)[:top],
                       np.asarray(ref.class_ids)[:top])
@@ -178,7 +168,7 @@ def twins(ref, got, top: int, score_tol: float, px_tol: float | None = None, iou
     if px_tol is not None:
         ok &= (np.abs(a_xy[:, None, :] - b_xy[None, :, :]) <= px_tol).all(-1)
     if iou_min is not None:
-        ok &= _iou(a_xy, b_xy) >= iou_min
+        ok &= box_iou(a_xy, b_xy) >= iou_min
     found = ok.any(1)
     worst = float(np.where(ok, diff, np.inf).min(1)[found].max()) if found.any() else float("nan")
     return int(found.sum()), len(a_s), worst

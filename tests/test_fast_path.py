@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import groundscope as gs
+from groundscope.detections import box_iou
 from groundscope.models.fast.deform_attn import FastMultiScaleDeformableAttention, multi_scale_deformable_attention
 from groundscope.models.fast.patch import apply_fast_path, remove_fast_path
 
@@ -220,16 +221,6 @@ def test_patching_keeps_checkpoint_training_and_pickling(tiny_mm_dir, tmp_path):
     assert not any(isinstance(m, FastMultiScaleDeformableAttention) for m in det.model.modules())
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter)
-
-
 def test_bf16_keeps_heads_fp32_and_detections_close_on_nano():
     """nano is a trained model (the synthetic world), so its scores are not the near-ties of random weights."""
     from groundscope.models.hub import BUNDLED_DIR
@@ -251,7 +242,7 @@ def test_bf16_keeps_heads_fp32_and_detections_close_on_nano():
     # what this model shows: on the nano re-bundled after its second training stage, bf16 moves some scores by up
     # to 0.09 (0.319 -> 0.228 for a demo object) and reproduces 77% of fp32's top-100 at the strict rule
     # (IoU >= 0.9, score within 0.02; `benchmarks/bench_detect.py` prints it), against 92% on the first nano.
-    iou = _iou(ref.xyxy[:20], out.xyxy)
+    iou = box_iou(ref.xyxy[:20], out.xyxy)
     found = [((out.class_ids == ref.class_ids[i]) & (iou[i] >= 0.85) & (np.abs(out.scores - ref.scores[i]) <= 0.1)).any()
              for i in range(20)]
     assert np.mean(found) >= 0.9, found

@@ -559,7 +559,8 @@ def test_category_factors_and_box_jitter():
     a jittered box stays inside the image, at least 2 px, and moves by at most the stated share."""
     import numpy as np
 
-    from groundscope.train.base_vlm import _slot_labels, category_factors, jitter_box
+    from groundscope.train.base_vlm import category_factors, jitter_box
+    from groundscope.train.vision_pretrain import _slot_labels
 
     slots = category_factors(["red circle", "blue star", "red star"])
     assert slots == [["blue", "red"], ["circle", "star"]]
@@ -632,13 +633,8 @@ def test_attribute_heads_and_a_tower_started_from_another_base_vlm(world, lm_dir
     stage gets one head more (labels from the attribute, -100 where a region lacks it), an unknown attribute is an
     error naming the ones there; `--vision-init` starts the tower from another base VLM's tower, exactly."""
     from groundscope.describe.model import load_dam
-    from groundscope.train.base_vlm import (
-        VlmSample,
-        _attribute_labels,
-        attribute_slots,
-        pretrain_base_vlm,
-        vlm_samples,
-    )
+    from groundscope.train.base_vlm import VlmSample, attribute_slots, pretrain_base_vlm, vlm_samples
+    from groundscope.train.vision_pretrain import _attribute_labels
 
     samples = [s for s in vlm_samples(world / "groundingcap.jsonl") if s.box is not None]
     assert all(s.attributes["texture"] in ("plain", "striped", "dotted", "checkered") for s in samples)

@@ -1,7 +1,8 @@
 """`Detections`: the one result type every task returns.
 
 Boxes are absolute-pixel ``xyxy`` float32 arrays of shape (N, 4). Everything is numpy so results can be
-pickled, saved and inspected without torch; the models convert at their boundary.
+pickled, saved and inspected without torch; the models convert at their boundary. Masks, when a segmenter made
+them, are kept as COCO compressed RLE (`groundscope.masks`) and decoded on demand.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from groundscope import masks as mask_ops
 
 Span = tuple[int, int]
 
@@ -36,6 +39,8 @@ class Detections:
             (referring expressions).
         labels: N strings: the class name, phrase or expression each box answers.
         spans: optional N lists of (start, end) character spans into the prompt/caption the label came from.
+        masks: optional N instance masks at the image's size, stored as COCO compressed RLE dicts; pass a bool
+            (N, H, W) array or RLE dicts. `mask_array()` decodes them to bool (N, H, W).
     """
 
     xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
@@ -43,6 +48,7 @@ class Detections:
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     labels: list[str] = field(default_factory=list)
     spans: list[list[Span]] | None = None
+    masks: list[dict] | None = None
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -56,6 +62,33 @@ class Detections:
                 f"class_ids {len(self.class_ids)}, labels {len(self.labels)}"
             )
         self.spans = _as_spans(self.spans, n)
+        if self.masks is not None:
+            if isinstance(self.masks, np.ndarray):
+                arr = self.masks
+                if arr.ndim != 3 or arr.shape[0] != n:
+                    raise ValueError(f"masks must be (N, H, W) with N = {n} detections, got shape {tuple(arr.shape)}")
+                self.masks = mask_ops.encode(arr.astype(bool)) if n else []
+            else:
+                self.masks = [dict(m) for m in self.masks]
+            if len(self.masks) != n:
+                raise ValueError(f"masks has {len(self.masks)} entries for {n} detections")
+            mask_ops.size_of(self.masks)
+
+    # ------------------------------------------------------------------ masks
+    @property
+    def has_masks(self) -> bool:
+        return self.masks is not None
+
+    def mask_array(self) -> np.ndarray:
+        """bool (N, H, W) masks, decoded from their RLE; an error when the detections carry none."""
+        if self.masks is None:
+            raise ValueError("these detections carry no masks; ask for them with masks=True (--masks) or "
+                             "segmenter.add_masks(image, detections)")
+        return mask_ops.decode(self.masks)
+
+    def with_masks(self, masks: np.ndarray | list[dict] | None) -> "Detections":
+        """A copy of these detections carrying `masks` (bool (N, H, W) or N RLE dicts; None drops them)."""
+        return Detections(self.xyxy, self.scores, self.class_ids, self.labels, self.spans, masks)
 
     # ------------------------------------------------------------------ container protocol
     def __len__(self) -> int:
@@ -73,6 +106,7 @@ class Detections:
             class_ids=self.class_ids[idx],
             labels=[self.labels[i] for i in idx],
             spans=None if self.spans is None else [self.spans[i] for i in idx],
+            masks=None if self.masks is None else [self.masks[i] for i in idx],
         )
 
     def __iter__(self):
@@ -85,10 +119,15 @@ class Detections:
 
     @classmethod
     def merge(cls, items: Sequence["Detections"]) -> "Detections":
-        """Concatenate detections of the same image (e.g. from several prompt chunks)."""
+        """Concatenate detections of the same image (e.g. from several prompt chunks); masks are kept when every
+        non-empty item carries them."""
         items = list(items)
         if not items:
             return cls.empty()
+        filled = [d for d in items if len(d)]
+        with_masks = bool(filled) and all(d.masks is not None for d in filled)
+        if not with_masks and any(d.masks is not None for d in filled):
+            raise ValueError("cannot merge detections with masks and detections without; segment them all or none")
         with_spans = any(d.spans is not None for d in items)
         spans = None
         if with_spans:
@@ -99,6 +138,7 @@ class Detections:
             class_ids=np.concatenate([d.class_ids for d in items]),
             labels=[lab for d in items for lab in d.labels],
             spans=spans,
+            masks=[m for d in filled for m in d.masks] if with_masks else None,
         )
 
     # ------------------------------------------------------------------ filters
@@ -118,14 +158,24 @@ class Detections:
     def top(self, k: int) -> "Detections":
         return self.sort()[: max(int(k), 0)]
 
-    def nms(self, iou_threshold: float = 0.5, class_agnostic: bool = False) -> "Detections":
-        """Greedy non-maximum suppression, per class unless `class_agnostic`; result is sorted by score."""
-        keep = nms_indices(self.xyxy, self.scores, None if class_agnostic else self.class_ids, iou_threshold)
+    def nms(self, iou_threshold: float = 0.5, class_agnostic: bool = False, iou_type: str = "box") -> "Detections":
+        """Greedy non-maximum suppression, per class unless `class_agnostic`; result is sorted by score.
+
+        `iou_type` "mask" compares masks instead of boxes (the detections must carry masks)."""
+        if iou_type not in ("box", "mask"):
+            raise ValueError(f"iou_type must be 'box' or 'mask', not {iou_type!r}")
+        iou = None
+        if iou_type == "mask":
+            if self.masks is None:
+                raise ValueError("nms(iou_type='mask') needs detections with masks")
+            iou = mask_ops.iou(self.masks, self.masks)
+        keep = nms_indices(self.xyxy, self.scores, None if class_agnostic else self.class_ids, iou_threshold, iou=iou)
         return self[keep]
 
     # ------------------------------------------------------------------ serialisation
     def to_list(self, ndigits: int | None = 2) -> list[dict[str, Any]]:
-        """One dict per box: ``{"box": [x1, y1, x2, y2], "score", "label", "class_id", "span"?}``."""
+        """One dict per box: ``{"box": [x1, y1, x2, y2], "score", "label", "class_id", "span"?, "mask"?}``, the
+        mask as COCO compressed RLE."""
         out = []
         for i in range(len(self)):
             box = [float(v) for v in self.xyxy[i]]
@@ -139,6 +189,8 @@ class Detections:
             }
             if self.spans is not None:
                 rec["span"] = [list(s) for s in self.spans[i]]
+            if self.masks is not None:
+                rec["mask"] = self.masks[i]
             out.append(rec)
         return out
 
@@ -147,12 +199,14 @@ class Detections:
         """Inverse of `to_list` (also reads the ``detections`` list of a CLI result file)."""
         try:
             has_spans = any("span" in r for r in records)
+            has_masks = bool(records) and all("mask" in r for r in records)
             return cls(
                 xyxy=np.array([r["box"] for r in records], np.float32).reshape(-1, 4),
                 scores=[r["score"] for r in records],
                 class_ids=[r.get("class_id", 0) for r in records],
                 labels=[r.get("label", "") for r in records],
                 spans=[[tuple(s) for s in r.get("span", [])] for r in records] if has_spans else None,
+                masks=[r["mask"] for r in records] if has_masks else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a detections list ({type(e).__name__}: {e}); each record needs 'box' and 'score'")
@@ -165,26 +219,29 @@ class Detections:
         return cls.from_list(json.loads(text))
 
     def to_coco_results(self, image_id: int, category_ids: Sequence[int] | dict[int, int] | None = None) -> list[dict]:
-        """COCO results records (``bbox`` as xywh). `category_ids` maps class_id -> COCO category id
-        (a list indexed by class_id or a dict); without it the class_id is used as is."""
+        """COCO results records (``bbox`` as xywh, and ``segmentation`` as compressed RLE when the detections
+        carry masks). `category_ids` maps class_id -> COCO category id (a list indexed by class_id or a dict);
+        without it the class_id is used as is."""
         out = []
         for i in range(len(self)):
             x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
             cid = int(self.class_ids[i])
             cat = cid if category_ids is None else int(category_ids[cid])
-            out.append(
-                {
-                    "image_id": image_id,
-                    "category_id": cat,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(self.scores[i]),
-                }
-            )
+            rec = {
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(self.scores[i]),
+            }
+            if self.masks is not None:
+                rec["segmentation"] = self.masks[i]
+            out.append(rec)
         return out
 
     # ------------------------------------------------------------------ supervision interop
     def to_supervision(self):
-        """Convert to `supervision.Detections` (labels go to ``data['class_name']``)."""
+        """Convert to `supervision.Detections` (labels go to ``data['class_name']``, masks to ``mask`` as bool
+        (N, H, W))."""
         try:
             import supervision as sv
         except ImportError as e:  # optional dependency
@@ -193,6 +250,7 @@ class Detections:
             xyxy=self.xyxy.copy(),
             confidence=self.scores.copy(),
             class_id=self.class_ids.copy(),
+            mask=None if self.masks is None or not len(self) else self.mask_array(),
             data={"class_name": np.array(self.labels, dtype=object)},
         )
 
@@ -206,6 +264,7 @@ class Detections:
             scores=det.confidence if det.confidence is not None else np.ones(n, np.float32),
             class_ids=class_ids,
             labels=[str(x) for x in names] if names is not None else [str(c) for c in class_ids],
+            masks=None if getattr(det, "mask", None) is None else np.asarray(det.mask, bool),
         )
 
     def __repr__(self) -> str:
@@ -229,17 +288,18 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms_indices(
-    xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray | None, iou_threshold: float
+    xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray | None, iou_threshold: float,
+    iou: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy NMS (what torchvision.ops.batched_nms does, which we cannot load here).
 
     Returns the kept indices sorted by descending score. Boxes of different classes never suppress each other
-    unless `class_ids` is None.
+    unless `class_ids` is None. `iou` (N, N) replaces the box IoU (mask NMS passes the mask IoU).
     """
     order = np.argsort(-np.asarray(scores), kind="stable")
     if len(order) == 0:
         return order.astype(np.int64)
-    iou = box_iou(xyxy, xyxy)
+    iou = box_iou(xyxy, xyxy) if iou is None else np.asarray(iou, np.float64)
     if class_ids is not None:
         same = np.asarray(class_ids)[:, None] == np.asarray(class_ids)[None, :]
         iou = np.where(same, iou, 0.0)

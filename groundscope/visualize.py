@@ -23,16 +23,20 @@ def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
 
-def annotate(image: ImageInput, detections: Detections, show_scores: bool = True, line_width: int | None = None) -> Image.Image:
+def annotate(image: ImageInput, detections: Detections, show_scores: bool = True, line_width: int | None = None,
+             mask_alpha: float = 0.4) -> Image.Image:
     """Draw `detections` on a copy of `image` and return it (RGB).
 
     Label size and line width scale with the image so labels stay readable on thumbnails and on 4K photos;
-    labels sit above their box, or inside it when the box touches the top edge.
+    labels sit above their box, or inside it when the box touches the top edge. Detections that carry masks get
+    them tinted in their class colour (`mask_alpha`) with the contour drawn, under the boxes and labels.
     """
     im = load_image(image).copy()
     w, h = im.size
     scale = max(w, h)
     lw = line_width or max(2, round(scale / 400))
+    if detections.masks is not None and len(detections):
+        im = _overlay_masks(im, detections, mask_alpha, max(1, lw // 2))
     font_size = max(12, round(scale / 45))
     try:
         font = ImageFont.load_default(size=font_size)
@@ -55,6 +59,21 @@ def annotate(image: ImageInput, detections: Detections, show_scores: bool = True
         draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=color)
         draw.text((tx + pad - left, ty + pad - top), text, fill=_text_color(color), font=font)
     return im
+
+
+def _overlay_masks(im: Image.Image, detections: Detections, alpha: float, outline: int) -> Image.Image:
+    """Tint each mask in its class colour and draw its contour; lowest score first, so the best lies on top."""
+    arr = np.asarray(im).copy()
+    masks = detections.mask_array()
+    if masks.shape[1:] != arr.shape[:2]:
+        raise ValueError(f"the detections' masks are {masks.shape[2]}x{masks.shape[1]} but the image is "
+                         f"{arr.shape[1]}x{arr.shape[0]}; draw them on the image they were made for")
+    for i in np.argsort(detections.scores, kind="stable"):
+        m = masks[i]
+        color = np.array(class_color(int(detections.class_ids[i])), np.float32)
+        arr[m] = (arr[m] * (1 - alpha) + color * alpha).astype(np.uint8)
+        arr[_mask_outline(m, outline)] = color.astype(np.uint8)
+    return Image.fromarray(arr)
 
 
 # ---------------------------------------------------------------------------------------------- regions + text

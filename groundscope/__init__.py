@@ -23,6 +23,7 @@ _EXPORTS = {
     "ModelLoadError": "groundscope.models.loading",
     "load_detector": "groundscope.models.loading",
     "load_describer": "groundscope.describe.api",
+    "load_segmenter": "groundscope.models.segmenter",
     "REGISTRY": "groundscope.models.registry",
     "PromptError": "groundscope.prompts",
     "annotate": "groundscope.visualize",

@@ -199,3 +199,39 @@ def test_bf16_segmenter_runs(seg_dirs):
     assert bf16.masks.shape == fp32.masks.shape
     assert bf16.masks.dtype == bool
     np.testing.assert_allclose(bf16.scores, fp32.scores, atol=0.02)
+
+
+def test_detect_with_masks_from_python_and_the_cli(tiny_mm_dir, seg_dirs, example_photo, tmp_path):
+    """detect -> segment: every kept box gets the mask the segmenter gives for it; the CLI's JSON carries it as
+    RLE, and a segmenter that does not load is one line, exit code 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from groundscope.cli import app
+    from groundscope.images import load_image
+    from groundscope.masks import decode
+    from groundscope.models.loading import load_detector
+    from groundscope.models.segmenter import load_segmenter
+
+    det = load_detector(tiny_mm_dir)
+    seg = load_segmenter(seg_dirs["sam"])
+    plain = det.detect(example_photo, ["cat", "sofa"], max_detections=5)
+    got = det.detect(example_photo, ["cat", "sofa"], max_detections=5, masks=True, segmenter=seg)
+    image = load_image(example_photo)
+    assert np.array_equal(got.xyxy, plain.xyxy)
+    assert got.mask_array().shape == (5, image.height, image.width)
+    assert np.array_equal(got.mask_array(), seg.add_masks(image, plain).mask_array())
+    refer = det.refer(example_photo, "the cat", masks=True, segmenter=seg)
+    assert refer.mask_array().shape[0] == 1
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["detect", str(example_photo), "-c", "cat,sofa", "-m", str(tiny_mm_dir), "-k", "5",
+                                   "-t", "0", "--masks", "--segmenter", str(seg_dirs["sam"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / f"{example_photo.stem}.json").read_text())
+    rles = [d["mask"] for d in record["detections"]]
+    assert len(rles) == 5 and np.array_equal(decode(rles), got.mask_array())
+    res = CliRunner().invoke(app, ["detect", str(example_photo), "-c", "cat", "-m", str(tiny_mm_dir), "--masks",
+                                   "--segmenter", str(tiny_mm_dir), "-o", str(out)])
+    assert res.exit_code == 2 and "not a SAM-family segmenter" in res.output

@@ -1,6 +1,6 @@
 """``groundscope detect``, ``ground``, ``refer``, ``caption`` and ``models``: the detector's own verbs.
 
-    groundscope detect IMAGES... --classes "cat,remote control" [--model M] [--out DIR]
+    groundscope detect IMAGES... --classes "cat,remote control" [--model M] [--masks [--segmenter S]] [--out DIR]
     groundscope ground IMAGES... --caption "a cat on a sofa" [--phrase cat ...]
     groundscope refer IMAGES... --expression "the cat on the left" [--top-k 1] [--rec-rule mean|mmgdino|llmdet]
     groundscope caption IMAGES... --model FOLDER_WITH_caption_head [--box x1,y1,x2,y2 ...] [--json]
@@ -24,12 +24,15 @@ from groundscope.answers import result_record
 from groundscope.cli.common import (
     BatchOpt,
     DeviceOpt,
+    MasksOpt,
     ModelOpt,
     OutOpt,
     PrecisionOpt,
+    SegmenterOpt,
     console,
     fail,
     load_model,
+    load_segmenter_for,
     parse_box,
     parse_classes,
     progress,
@@ -60,8 +63,11 @@ def run_task(
     batch_size: int,
     call: Callable,
     precision: str = "fp32",
+    masks: bool = False,
+    segmenter: str | None = None,
 ) -> None:
-    """Shared image loop: load, run `call(detector, [PIL images]) -> [Detections]` in batches, write files."""
+    """Shared image loop: load, run `call(detector, [PIL images]) -> [Detections]` in batches, write files; with
+    `masks`, each box is segmented (detect, then segment) before the files are written."""
     from groundscope.detections import save_detections_json
     from groundscope.images import ImageLoadError, load_image
     from groundscope.prompts import PromptError
@@ -69,6 +75,7 @@ def run_task(
 
     paths = require_images(images)
     detector = load_model(model_name, device, precision)
+    seg = load_segmenter_for(segmenter, model_name, device) if masks else None
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     stems: dict[str, int] = {}
@@ -87,6 +94,8 @@ def run_task(
             results = call(detector, [im for _, im in batch])
         except PromptError as e:
             raise fail(str(e))
+        if seg is not None:
+            results = [seg.add_masks(im, d) for (_, im), d in zip(batch, results)]
         for (path, im), dets in zip(batch, results):
             stem = stem_for(path)
             payload = result_record(str(path), im.width, im.height, detector.name, task, dets)
@@ -131,6 +140,8 @@ def detect(
                                              "protocol: 40); default: as many as fit in the text limit (faster)."),
     per_chunk: bool = typer.Option(False, "--per-chunk", help="Keep --max-detections per prompt chunk and "
                                    "concatenate the chunks (mmdetection's chunked prediction)."),
+    masks: bool = MasksOpt,
+    segmenter: Optional[str] = SegmenterOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
@@ -144,7 +155,7 @@ def detect(
             ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size,
             **({"chunk_size": chunk_size} if chunk_size else {}), **({"per_chunk": True} if per_chunk else {}),
         ),
-        precision,
+        precision, masks, segmenter,
     )
 
 
@@ -157,6 +168,8 @@ def ground(
     box_threshold: float = typer.Option(0.3, "--box-threshold", "-t", min=0.0, max=1.0),
     text_threshold: float = typer.Option(0.25, "--text-threshold", min=0.0, max=1.0, help="Token threshold when decoding phrases."),
     max_detections: int = typer.Option(100, "--max-detections", "-k", min=1),
+    masks: bool = MasksOpt,
+    segmenter: Optional[str] = SegmenterOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
@@ -176,7 +189,7 @@ def ground(
             ims, caption, phrase or None, box_threshold=box_threshold, text_threshold=text_threshold,
             max_detections=max_detections, batch_size=batch_size,
         ),
-        precision,
+        precision, masks, segmenter,
     )
 
 
@@ -189,6 +202,8 @@ def refer(
                                  "expression), mmgdino (the best token, MM-GDINO's evaluation) or llmdet (the first "
                                  "noun phrase, LLMDet's; needs NLTK)."),
     model: str = ModelOpt,
+    masks: bool = MasksOpt,
+    segmenter: Optional[str] = SegmenterOpt,
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
@@ -211,7 +226,7 @@ def refer(
         images, "refer", model, device, out, batch_size,
         lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size,
                                    **({} if rec_rule == "mean" else {"rec_rule": rec_rule})),
-        precision,
+        precision, masks, segmenter,
     )
 
 
@@ -276,8 +291,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         typer.echo(json.dumps([e.__dict__ for e in REGISTRY.values()], indent=2))
         return
     table = Table(title="groundscope models (any hub id or local directory works too)")
-    for col in ("name", "family", "backbone", "source", "what it is"):
+    for col in ("name", "kind", "family", "backbone", "source", "what it is"):
         table.add_column(col, overflow="fold")
     for e in REGISTRY.values():
-        table.add_row(e.name, e.family, e.backbone, e.source + (" (bundled)" if e.bundled else ""), e.description)
+        table.add_row(e.name, e.kind, e.family, e.backbone, e.source + (" (bundled)" if e.bundled else ""),
+                      e.description)
     Console().print(table)

@@ -75,6 +75,9 @@ class GroundingDetector:
         # RKD's head (groundscope.models.rkd_head.RkdScorer), loaded with a model saved with one: `detect` then
         # combines its class scores with the grounding scores
         self.rkd = None
+        # The promptable segmenter `masks=True` uses (groundscope.models.segmenter), loaded on first use: the
+        # `segmenter` argument, else this attribute, else `default_segmenter(name)`.
+        self.segmenter = None
         self.image_size = tuple(int(v) for v in image_size)
         self.max_text_len = int(model.config.max_text_len)
         self._text_cache: OrderedDict[tuple[int, ...], staged.TextFeatures] = OrderedDict()
@@ -105,6 +108,8 @@ class GroundingDetector:
         per_chunk: bool = False,
         official_names: bool = False,
         caption_prompt: dict | None = None,
+        masks: bool = False,
+        segmenter=None,
     ) -> Detections | list[Detections]:
         """Open-vocabulary detection.
 
@@ -128,6 +133,9 @@ class GroundingDetector:
                 one as text with no tokens (never detected), instead of an error.
             caption_prompt: per class name, {"prefix", "name", "suffix"} to prompt it with (mmdetection's ODinW
                 ``caption_prompt``: "there is a package on the porch."); only the name's tokens score it.
+            masks: also segment every kept box (detect, then segment, as Grounded-SAM does): `Detections.masks`.
+            segmenter: a `Segmenter` or a segmenter name for `masks` (default: `self.segmenter`, else the bundled
+                sam-nano for the synthetic world's models and SAM ViT-B otherwise).
         """
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
@@ -154,6 +162,8 @@ class GroundingDetector:
             else:
                 d = to_detections(merge_candidates(cands), size, max_detections, box_threshold, with_spans=False)
             dets.append(d.nms(nms_iou) if nms_iou is not None else d)
+        if masks:
+            dets = self._add_masks(imgs, dets, segmenter)
         return dets if batch else dets[0]
 
     def detect_each(
@@ -197,6 +207,8 @@ class GroundingDetector:
         max_detections: int = 300,
         score_rule: str = "mean",
         batch_size: int = 4,
+        masks: bool = False,
+        segmenter=None,
     ) -> Detections | list[Detections]:
         """Phrase grounding: boxes for the phrases of a caption.
 
@@ -206,6 +218,7 @@ class GroundingDetector:
                 list for all images, or (with a list of captions) one list per image. Without phrases, they are
                 decoded from the tokens whose probability passes `text_threshold` (the reference demo's rule),
                 for queries whose best token passes `box_threshold` (use e.g. 0.35 there).
+            masks, segmenter: segment every box, as in `detect`.
         Returns:
             `Detections` whose labels are phrases, class_ids phrase indices and spans the phrase's characters.
         """
@@ -234,6 +247,8 @@ class GroundingDetector:
             to_detections(merge_candidates(c), size, max_detections, box_threshold, with_spans=True)
             for c, size in results
         ]
+        if masks:
+            dets = self._add_masks(imgs, dets, segmenter)
         return dets if batch else dets[0]
 
     def refer(
@@ -245,13 +260,15 @@ class GroundingDetector:
         batch_size: int = 4,
         rec_rule: str = "mean",
         tagger=None,
+        masks: bool = False,
+        segmenter=None,
     ) -> Detections | list[Detections]:
         """Referring expression comprehension: the box the expression describes (top-1; top-k on request).
 
         `rec_rule` says which tokens score a box (`groundscope.prompts.rec_prompt`): "mean" (groundscope's: the
         mean over the whole expression), "mmgdino" (MM-Grounding-DINO's evaluation: the best of all the text's
         tokens) or "llmdet" (LLMDet's: the mean over the first noun phrase, found with NLTK, or with `tagger`:
-        ``(tag_fn, stopwords)``).
+        ``(tag_fn, stopwords)``). `masks` / `segmenter` segment the answer, as in `detect`.
         """
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
@@ -264,6 +281,8 @@ class GroundingDetector:
 
         results = self._run(imgs, prompts, reduce, batch_size)
         dets = [to_detections(merge_candidates(c), size, top_k, 0.0, with_spans=True) for c, size in results]
+        if masks:
+            dets = self._add_masks(imgs, dets, segmenter)
         return dets if batch else dets[0]
 
     def caption(
@@ -296,6 +315,19 @@ class GroundingDetector:
             return caption_image(head, view, max_new_tokens or min(head.config.image_max_tokens, 256))
         box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         return caption_regions(head, view, box_t, prepared.orig_size, max_new_tokens or head.config.region_max_tokens)
+
+    def _add_masks(self, images: Sequence[ImageInput], dets: list[Detections], segmenter=None) -> list[Detections]:
+        """Each image's detections with a mask per box from the segmenter (each image encoded once)."""
+        from groundscope.models.segmenter import Segmenter, default_segmenter, load_segmenter
+
+        seg = segmenter if segmenter is not None else self.segmenter
+        if seg is None or isinstance(seg, (str, Path)):
+            seg = load_segmenter(seg or default_segmenter(self.name), device=self.device)
+            if segmenter is None:
+                self.segmenter = seg  # kept for the next call
+        if not isinstance(seg, Segmenter):
+            raise TypeError(f"segmenter must be a Segmenter or a segmenter name, not {type(seg).__name__}")
+        return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]
 
     def _require_caption_head(self):
         if self.caption_head is None:

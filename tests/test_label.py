@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -278,3 +279,52 @@ def test_ray_pipeline_writes_the_single_process_file(images, reference, tmp_path
     assert len(report.failures) == 1 and report.failures[0].startswith(f"cannot read image '{broken}': ")
     assert (report.labelled, report.computed) == (4, 5)
     assert out.read_bytes() == reference.read_bytes()  # input order, whatever order the actors finished in
+
+
+def test_label_with_masks_writes_segmentation_that_evaluates(images, nano, tiny_sam_dir, tmp_path):
+    """--masks: each COCO annotation carries the mask detect(masks=True) gives for its box (RLE; area = mask
+    pixels) and pycocotools reads it back; polygons on request; ODVG instances carry 'mask'; --polygons without
+    --masks is refused."""
+    from groundscope.masks import decode
+    from groundscope.models.segmenter import load_segmenter
+
+    out = tmp_path / "labels.json"
+    args = ["label", str(images[0]), str(images[2]), "-c", ",".join(CLASSES), "-m", "nano", "-o", str(out),
+            "--masks", "--segmenter", str(tiny_sam_dir)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    coco = json.loads(out.read_text())
+    anns = [a for a in coco["annotations"] if a["image_id"] == 1]
+    seg = load_segmenter(tiny_sam_dir)
+    want = nano.detect(images[0], CLASSES, box_threshold=0.3, masks=True, segmenter=seg)
+    assert len(anns) == len(want) > 0
+    got = decode([a["segmentation"] for a in anns])
+    assert np.array_equal(got, want.mask_array())
+    assert [a["area"] for a in anns] == [float(m.sum()) for m in got]
+    assert coco["info"]["segmenter"] == str(tiny_sam_dir)
+
+    # pycocotools reads the file as a mask ground truth: its annToMask gives the same pixels
+    from pycocotools.coco import COCO
+
+    gt = COCO(str(out))
+    for a in anns:
+        assert np.array_equal(gt.annToMask(gt.anns[a["id"]]).astype(bool), decode([a["segmentation"]])[0])
+
+    poly_out = tmp_path / "poly.json"
+    res = runner.invoke(app, [*args[:-5], "-o", str(poly_out), "--masks", "--segmenter", str(tiny_sam_dir),
+                              "--polygons"])
+    assert res.exit_code == 0, res.output
+    segs = [a["segmentation"] for a in json.loads(poly_out.read_text())["annotations"]]
+    assert all(isinstance(s, list) or "counts" in s for s in segs)
+    assert any(isinstance(s, list) for s in segs)
+
+    odvg_out = tmp_path / "labels.jsonl"
+    res = runner.invoke(app, [*args[:-5], "-o", str(odvg_out), "--masks", "--segmenter", str(tiny_sam_dir)])
+    assert res.exit_code == 0, res.output
+    row = json.loads(odvg_out.read_text().splitlines()[0])
+    inst = row["detection"]["instances"]
+    assert np.array_equal(decode([i["mask"] for i in inst]), want.mask_array())
+    assert len(read_odvg(odvg_out).images) == 2  # our reader takes the file with its masks
+
+    res = runner.invoke(app, [*args[:-5], "-o", str(tmp_path / "x.json"), "--polygons"])
+    assert res.exit_code == 2 and "add --masks" in res.output

@@ -72,6 +72,14 @@ def label(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps, or auto.")] = "cpu",
     precision: Annotated[str, typer.Option(
         "--precision", help="fp32 (the reference's numbers) or bf16 (faster on CPUs with bf16 support).")] = "fp32",
+    masks: Annotated[bool, typer.Option(
+        "--masks", help="Also segment every box (SAM family) and write its mask: COCO segmentation (RLE), "
+                        "ODVG instance 'mask'.")] = False,
+    segmenter: Annotated[Optional[str], typer.Option(
+        "--segmenter", help="Segmenter for --masks (registry name, hub id or folder; default: sam-nano for the "
+                            "synthetic world's models, sam-vit-base otherwise).")] = None,
+    polygons: Annotated[bool, typer.Option(
+        "--polygons", help="With --masks: COCO polygons instead of RLE (needs OpenCV).")] = False,
     use_ray: Annotated[bool, typer.Option(
         "--ray", help="Run as a Ray Data pipeline (pip install 'groundscope\\[scale]'); same output file.")] = False,
     ray_address: Annotated[Optional[str], typer.Option(
@@ -91,7 +99,7 @@ def label(
     try:
         settings = LabelSettings(model=model, classes=tuple(names), box_threshold=box_threshold,
                                  max_detections=max_detections, nms=nms, batch_size=batch_size,
-                                 precision=precision)
+                                 precision=precision, masks=masks, segmenter=segmenter, polygons=polygons)
         if use_ray:
             import logging
 

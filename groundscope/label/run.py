@@ -48,6 +48,7 @@ class LabelReport:
 def local_executor(settings: LabelSettings, load_detector: Callable[[], Any]) -> Executor:
     """Run chunks in this process, in order; the model is loaded only if there is work (a rerun of a finished
     job does not pay for it)."""
+    from groundscope.models.hub import ModelLoadError
     from groundscope.prompts import PromptError
 
     def execute(chunks: list[Chunk]) -> Iterator[dict[str, Any]]:
@@ -57,7 +58,7 @@ def local_executor(settings: LabelSettings, load_detector: Callable[[], Any]) ->
         for chunk in chunks:
             try:
                 yield label_chunk(detector, chunk, settings)
-            except PromptError as e:
+            except (PromptError, ModelLoadError) as e:  # a bad prompt, or a --segmenter that does not load
                 raise LabelError(str(e)) from e
 
     return execute
@@ -180,7 +181,9 @@ def label_images(
 
         info = {"description": "groundscope label", "model": settings.model, "box_threshold": settings.box_threshold,
                 "max_detections": settings.max_detections, "nms": settings.nms}
-        report.files = write_labels(out, fmt, labelled, settings.classes, info, label_map)
+        if settings.masks:
+            info["segmenter"] = settings.segmenter or "default"
+        report.files = write_labels(out, fmt, labelled, settings.classes, info, label_map, settings.polygons)
         report.labelled = len(labelled)
         report.annotations = sum(keeps_box(d["box"]) for im in labelled for d in im["detections"])
         if not report.failures:

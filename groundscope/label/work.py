@@ -46,6 +46,10 @@ class LabelSettings:
         nms: class-wise NMS IoU, or None for none.
         batch_size: images per chunk and (image, prompt) pairs per forward pass.
         precision: "fp32" (the reference's numbers) or "bf16" (the fast CPU path), as `load_detector` takes it.
+        masks: also segment every kept box (detect, then segment) and write each instance's mask.
+        segmenter: the segmenter for `masks` (registry name, hub id or folder); None: the detector's default
+            pairing (`groundscope.models.segmenter.default_segmenter`).
+        polygons: write COCO masks as polygons instead of RLE.
     """
 
     model: str
@@ -55,6 +59,9 @@ class LabelSettings:
     nms: float | None = None
     batch_size: int = 4
     precision: str = "fp32"
+    masks: bool = False
+    segmenter: str | None = None
+    polygons: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -73,6 +80,8 @@ class LabelSettings:
             raise LabelError(f"NMS IoU {self.nms} is outside [0, 1]")
         if self.precision not in ("fp32", "bf16"):
             raise LabelError(f"precision {self.precision!r}: use fp32 or bf16")
+        if (self.polygons or self.segmenter) and not self.masks:
+            raise LabelError("--polygons and --segmenter shape masks; add --masks to make them")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -148,15 +157,18 @@ def label_chunk(detector, chunk: Chunk, settings: LabelSettings) -> dict[str, An
         dets = detector.detect(
             [im for _, im in loaded], list(settings.classes), box_threshold=settings.box_threshold,
             max_detections=settings.max_detections, nms_iou=settings.nms, batch_size=settings.batch_size,
+            **({"masks": True, "segmenter": settings.segmenter} if settings.masks else {}),
         )
         for (pos, im), d in zip(loaded, dets):
-            results.append({
-                "pos": pos, "image": chunk.images[pos], "width": im.width, "height": im.height,
-                # float(np.float32) is exact and JSON round-trips Python floats exactly, so a record read back
-                # from the partial file writes the same output as the one computed now.
-                "detections": [{"box": [float(v) for v in d.xyxy[i]], "score": float(d.scores[i]),
-                                "class_id": int(d.class_ids[i])} for i in range(len(d))],
-            })
+            # float(np.float32) is exact and JSON round-trips Python floats exactly, so a record read back
+            # from the partial file writes the same output as the one computed now.
+            found = [{"box": [float(v) for v in d.xyxy[i]], "score": float(d.scores[i]),
+                      "class_id": int(d.class_ids[i])} for i in range(len(d))]
+            if d.masks is not None:
+                for rec, rle in zip(found, d.masks):
+                    rec["mask"] = rle
+            results.append({"pos": pos, "image": chunk.images[pos], "width": im.width, "height": im.height,
+                            "detections": found})
     return {"chunk": chunk.index, "images": list(chunk.locations), "results": results, "failures": failures}
 
 

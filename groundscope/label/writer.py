@@ -13,6 +13,11 @@ detection_entry`), so a labelled file reads straight back with `read_coco` / `re
   "category": classes[k], "score"}]}}`` line per image, and ``label_map.json`` ``{"0": classes[0], ...}``
   (default: beside the output file, as ``groundscope convert`` writes it).
 
+With masks (``groundscope label --masks``) each COCO annotation also has ``segmentation`` (compressed RLE, or
+polygons with ``--polygons``; a mask that traces to no polygon stays RLE) and its ``area`` is the mask's pixel
+count, as in COCO's own files; each ODVG instance gets ``mask`` (compressed RLE; ODVG has no mask field of its
+own, and groundscope's ODVG reader ignores extra keys).
+
 Boxes that round to zero width or height are left out: both readers reject them, and a box under 0.01 px is
 no label. Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
@@ -42,42 +47,66 @@ def keeps_box(box: Sequence[float]) -> bool:
     return x2 > x1 and y2 > y1 and clean_number(box[2] - box[0]) > 0 and clean_number(box[3] - box[1]) > 0
 
 
-def _dataset(images: Sequence[dict[str, Any]], classes: Sequence[str]) -> tuple[Dataset, list[list[float]]]:
-    """Labelled images ``{"file_name", "width", "height", "detections"}`` -> a `Dataset` and each kept
-    instance's rounded score (the format-neutral records have no score field)."""
+def _dataset(images: Sequence[dict[str, Any]], classes: Sequence[str]
+             ) -> tuple[Dataset, list[list[float]], list[list[dict | None]]]:
+    """Labelled images ``{"file_name", "width", "height", "detections"}`` -> a `Dataset`, each kept instance's
+    rounded score and its mask (RLE or None; the format-neutral records have neither field)."""
     dataset = Dataset(categories=list(classes))
     scores: list[list[float]] = []
+    masks: list[list[dict | None]] = []
     for im in images:
         record = ImageRecord(filename=im["file_name"], height=int(im["height"]), width=int(im["width"]))
-        kept = []
+        kept, kept_masks = [], []
         for d in im["detections"]:
             if keeps_box(d["box"]):
                 k = int(d["class_id"])
                 record.instances.append(Instance(bbox=tuple(d["box"]), label=k, category=classes[k]))
                 kept.append(round(float(d["score"]), SCORE_DIGITS))
+                kept_masks.append(d.get("mask"))
         dataset.images.append(record)
         scores.append(kept)
-    return dataset, scores
+        masks.append(kept_masks)
+    return dataset, scores, masks
 
 
-def coco_labels(images: Sequence[dict[str, Any]], classes: Sequence[str], info: dict[str, Any]) -> dict[str, Any]:
+def _segmentation(rle: dict, polygons: bool):
+    """A mask as COCO writes it: the RLE, or its polygons (RLE when it traces to none)."""
+    if polygons:
+        from groundscope.masks import decode_one, to_polygons
+
+        traced = to_polygons(decode_one(rle))
+        if traced:
+            return traced
+    return rle
+
+
+def coco_labels(images: Sequence[dict[str, Any]], classes: Sequence[str], info: dict[str, Any],
+                polygons: bool = False) -> dict[str, Any]:
     """The COCO JSON object (module docstring)."""
-    dataset, scores = _dataset(images, classes)
+    from groundscope.masks import area
+
+    dataset, scores, masks = _dataset(images, classes)
     coco = coco_dict(dataset)
-    # coco_dict emits annotations image by image, instance by instance: the same order as `scores`.
-    for ann, score in zip(coco["annotations"], (s for per in scores for s in per), strict=True):
+    # coco_dict emits annotations image by image, instance by instance: the same order as `scores` and `masks`.
+    flat_masks = [m for per in masks for m in per]
+    for ann, score, rle in zip(coco["annotations"], (s for per in scores for s in per), flat_masks, strict=True):
         ann["score"] = score
+        if rle is not None:
+            ann["segmentation"] = _segmentation(rle, polygons)
+            ann["area"] = float(area([rle])[0])
     return {"info": info, **coco}
 
 
 def odvg_labels(images: Sequence[dict[str, Any]], classes: Sequence[str]) -> tuple[list[dict], dict[str, str]]:
     """The ODVG detection records and the label map (module docstring)."""
-    dataset, scores = _dataset(images, classes)
+    dataset, scores, masks = _dataset(images, classes)
     rows = []
-    for record, per in zip(dataset.images, scores, strict=True):
+    for record, per, per_mask in zip(dataset.images, scores, masks, strict=True):
         entry = detection_entry(record, dataset)
-        for inst, score in zip(entry["detection"]["instances"], per, strict=True):
+        for inst, score, rle in zip(entry["detection"]["instances"], per, per_mask, strict=True):
             inst["score"] = score
+            if rle is not None:
+                inst["mask"] = rle
         rows.append(entry)
     return rows, label_map_dict(dataset)
 
@@ -101,14 +130,16 @@ def write_labels(
     classes: Sequence[str],
     info: dict[str, Any],
     label_map: str | Path | None = None,
+    polygons: bool = False,
 ) -> list[Path]:
-    """Write the labelled images as ``fmt`` ("coco" or "odvg"); returns the files written.
+    """Write the labelled images as ``fmt`` ("coco" or "odvg"); returns the files written. `polygons` writes
+    COCO masks as polygons.
 
     Same images in the same order give the same bytes (compact JSON, fixed key order, ``\\n`` line ends).
     """
     out = Path(out)
     if fmt == "coco":
-        return [_atomic_write(out, [dumps(coco_labels(images, classes, info))])]
+        return [_atomic_write(out, [dumps(coco_labels(images, classes, info, polygons))])]
     if fmt == "odvg":
         rows, lmap = odvg_labels(images, classes)
         lm_path = Path(label_map) if label_map is not None else default_label_map_path(out)

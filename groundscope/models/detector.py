@@ -322,9 +322,12 @@ class GroundingDetector:
 
         seg = segmenter if segmenter is not None else self.segmenter
         if seg is None or isinstance(seg, (str, Path)):
-            seg = load_segmenter(seg or default_segmenter(self.name), device=self.device)
-            if segmenter is None:
-                self.segmenter = seg  # kept for the next call
+            name = str(seg or default_segmenter(self.name))
+            cached = self.segmenter
+            if cached is not None and cached.name == name:
+                seg = cached
+            else:
+                seg = self.segmenter = load_segmenter(name, device=self.device)  # kept for the next call
         if not isinstance(seg, Segmenter):
             raise TypeError(f"segmenter must be a Segmenter or a segmenter name, not {type(seg).__name__}")
         return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]

@@ -42,6 +42,8 @@ def region_name(region: dict) -> str:
         return f"box {','.join(f'{v:g}' for v in region['box'])}"
     if "mask" in region:
         return f"mask {region['mask']}"
+    if "scribble" in region:
+        return f"scribble {region['scribble']}"
     return "points " + ";".join(f"{x:g},{y:g}" for x, y in region["points"])
 
 

@@ -21,7 +21,17 @@ from typing import Optional
 import typer
 
 from groundscope.answers import describe_record, region_name
-from groundscope.cli.common import DeviceOpt, console, fail, load_model, parse_box, parse_points, pick_device, progress
+from groundscope.cli.common import (
+    DeviceOpt,
+    console,
+    fail,
+    load_model,
+    load_segmenter_for,
+    parse_box,
+    parse_points,
+    pick_device,
+    progress,
+)
 
 
 def _annotated_video(clip, results, outline_regions, text_panel, stack_below, texts):
@@ -58,6 +68,13 @@ def register(app: typer.Typer) -> None:
                                         "(repeatable); for a video, one for every frame or a folder with one per "
                                         "frame."),
         points: list[str] = typer.Option([], "--points", help="\"x,y;x,y\": clicks on one region (repeatable)."),
+        scribble: list[Path] = typer.Option([], "--scribble", help="An image of the image's size, non-zero on "
+                                            "strokes drawn over one region (repeatable); with --segmenter, 8 of "
+                                            "its pixels prompt SAM as the official demo does."),
+        segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Turn --box / --points / --scribble "
+                                                "(and --expression's box) into a SAM mask first, as the official "
+                                                "pipeline does: sam-vit-base, sam2.1-hiera-tiny, sam-nano (offline, "
+                                                "synthetic world) ..."),
         expression: Optional[str] = typer.Option(None, "--expression", "-e", help="Find the region with the "
                                                  "detector's referring-expression top-1 box, then describe it."),
         detector: str = typer.Option("nano", "--detector", help="Detector for --expression (a `groundscope "
@@ -98,14 +115,14 @@ def register(app: typer.Typer) -> None:
         from groundscope.visualize import annotate_regions, outline_regions, stack_below, text_panel
 
         regions = ([{"box": parse_box(b)} for b in box] + [{"mask": m} for m in mask]
-                   + [{"points": parse_points(p)} for p in points])
+                   + [{"points": parse_points(p)} for p in points] + [{"scribble": s} for s in scribble])
         if expression is not None and not expression.strip(" ."):
             raise fail("--expression is empty; pass the words that single out one object")
         if expression is not None and regions:
-            raise fail("give either --expression or regions (--box / --mask / --points), not both")
+            raise fail("give either --expression or regions (--box / --mask / --points / --scribble), not both")
         if expression is None and not regions:
-            raise fail("no region given; pass --box x1,y1,x2,y2, --mask mask.png, --points \"x,y;x,y\" or "
-                       "--expression \"the cat on the left\"")
+            raise fail("no region given; pass --box x1,y1,x2,y2, --mask mask.png, --points \"x,y;x,y\", "
+                       "--scribble strokes.png or --expression \"the cat on the left\"")
         if not source.exists():
             console.print(f"[red]failed:[/] cannot read '{source}': no such file or folder", highlight=False,
                           soft_wrap=True)
@@ -124,6 +141,13 @@ def register(app: typer.Typer) -> None:
                 describer = load_describer(model, device=pick_device(device))
         except ModelLoadError as e:
             raise fail(str(e))
+        if segmenter is not None:
+            describer.segmenter = load_segmenter_for(segmenter, model, device)
+        elif expression is not None or any("box" in r or "points" in r for r in regions):
+            describer._noticed = True  # said here once, on the console, instead of as a Python warning
+            console.print("[yellow]notice:[/] boxes and points are described through a filled rectangle / small "
+                          "discs, not the SAM mask the official pipeline makes; add --segmenter sam-vit-base "
+                          "(or sam-nano offline)", highlight=False, soft_wrap=True)
         det = load_model(detector, device, precision) if expression is not None else None
         gen = generation_preset(preset) if preset is not None else {}
         gen.update({k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature),

@@ -10,9 +10,11 @@
 
 A region is a dict (or any object with those attributes, e.g. `Region`) with exactly one of ``mask`` ((H, W)
 array, non-zero inside, or the path of a mask image of the image's size), ``box`` ((x1, y1, x2, y2) pixels) or
-``points`` ((N, 2) (x, y) pixels), and optionally a ``name`` (read by `groundscope.describe.regions`). Boxes and
-points become masks as `groundscope.describe.focal.region_to_mask` says (filled box, small discs: no segmenter
-ships with groundscope).
+``points`` ((N, 2) (x, y) pixels) or ``scribble`` (strokes: an (H, W) array or mask image), and optionally a
+``name`` (read by `groundscope.describe.regions`). With a segmenter (``load_describer(..., segmenter=
+"sam-vit-base")``) boxes, points and scribbles become SAM masks as the official pipeline makes them; without one a
+box is its filled rectangle, points are small discs and a scribble its own strokes
+(`groundscope.describe.focal.region_to_mask`), with a one-time notice naming the fix.
 
 A region that cannot be described (empty mask, box outside the image, unreadable image or mask file) does not stop
 the batch: its `RegionDescription` has ``error`` set (naming the region and the fix) and empty text; the others
@@ -169,7 +171,7 @@ def _auto_dtype(dtype: torch.dtype | str | None, device: str | torch.device,
 
 def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: str | torch.device = "auto",
                    dtype: torch.dtype | str | None = "auto", revision: str | None = None,
-                   prompt: str | None = None) -> "Describer":
+                   prompt: str | None = None, segmenter: Any = None) -> "Describer":
     """Load a DAM model as a `Describer`.
 
     Args:
@@ -182,6 +184,8 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
         revision: hub revision for hub ids.
         prompt: the image prompt (one ``<image>``); default: the registry entry's for a registry name or its hub
             id (DAM-3B-Video's joint-checkpoint prompt), else the folder's.
+        segmenter: a `Segmenter` or a segmenter name (``sam-vit-base``, ``sam-nano`` ...) that turns box, point and
+            scribble regions into SAM masks before the focal prompt, as the official pipeline does.
     Raises:
         ModelLoadError: unknown name, the bundled model not built, not cached while offline, unreachable hub, a
             folder that is not a DAM folder.
@@ -208,7 +212,11 @@ def load_describer(name_or_path: str | os.PathLike = DEFAULT_DESCRIBER, device: 
             model.config = dataclasses.replace(model.config, **settings)  # checked by DamConfig.__post_init__
     except DamError as e:
         raise ModelLoadError(f"model '{display}': {e}") from e
-    return Describer(model, name=display, path=local)
+    if isinstance(segmenter, (str, os.PathLike)):
+        from groundscope.models.segmenter import load_segmenter
+
+        segmenter = load_segmenter(segmenter, device=device)
+    return Describer(model, name=display, path=local, segmenter=segmenter)
 
 
 # ---------------------------------------------------------------------------------------------- describer
@@ -221,9 +229,43 @@ class Describer:
     """A loaded DAM model: detailed descriptions of regions of images and videos. Build one with
     `load_describer`, or wrap a `DamModel`."""
 
-    def __init__(self, model: DamModel, name: str = "dam", path: str | os.PathLike | None = None):
+    def __init__(self, model: DamModel, name: str = "dam", path: str | os.PathLike | None = None,
+                 segmenter: Any = None):
         self.model, self.name = model, name
         self.path = Path(path) if path is not None else None
+        # A `groundscope.models.segmenter.Segmenter` for box / point / scribble regions, or None (fallback masks)
+        self.segmenter = segmenter
+        self._noticed = False
+
+    def _segment_fn(self, rgb: np.ndarray):
+        """`segment(box=... | points=...) -> (H, W) bool` bound to this image (its embedding computed on first
+        use, once for all its regions), or None without a segmenter."""
+        if self.segmenter is None:
+            return None
+        cache: dict = {}
+
+        def segment(box=None, points=None):
+            if "image" not in cache:
+                cache["image"] = self.segmenter.embed([rgb])[0]
+            res = self.segmenter.segment(cache["image"], boxes=None if box is None else [box],
+                                         points=None if points is None else [points])
+            return res.masks[0]
+
+        return segment
+
+    def _notice_fallback(self, region: Any) -> None:
+        """Say once that a box / point region gets a stand-in mask, and how to get the official one."""
+        if self.segmenter is not None or self._noticed:
+            return
+        _, box, points, _ = _fields(region, "region")
+        if box is None and points is None:
+            return
+        import warnings
+
+        self._noticed = True
+        warnings.warn("describing a box / point region through a filled rectangle / small discs, not a SAM mask "
+                      "as the official pipeline does; pass segmenter= to load_describer (CLI: --segmenter "
+                      "sam-vit-base, or sam-nano offline)", UserWarning, stacklevel=3)
 
     @property
     def config(self):
@@ -299,13 +341,15 @@ class Describer:
                 rgb, img_error = np.asarray(load_image(img)), None
             except ImageLoadError as e:
                 rgb, img_error = None, str(e)
+            segment = self._segment_fn(rgb) if rgb is not None else None
             for i, reg in enumerate(regs):
                 default = f"image {j} region {i}" if batch else ("region" if single else f"region {i}")
                 try:
                     _, _, _, name = _fields(reg, default)
                     if img_error is not None:
                         raise RegionError(f"{name}: {img_error}; pass a readable image (path, PIL image or array)")
-                    m, b, name = region_mask(rgb.shape[:2], reg, default, self.config.min_crop)
+                    self._notice_fallback(reg)
+                    m, b, name = region_mask(rgb.shape[:2], reg, default, self.config.min_crop, segment)
                 except RegionError as e:
                     results[j][i] = RegionDescription("", _given_box(reg), 0, error=str(e),
                                                       name=_safe_name(reg, default))
@@ -414,7 +458,11 @@ class Describer:
         masks, boxes = [], []
         try:
             for k, (frame, reg) in enumerate(zip(frames, per_frame)):
-                m, b, _ = region_mask(frame.shape[:2], reg, f"{name} (frame {clip.indices[k]})", self.config.min_crop)
+                # with a segmenter, each frame's box / points become that frame's SAM mask (official
+                # examples/dam_video_with_sam.py: SAM v1 on every frame, given a box per frame)
+                self._notice_fallback(reg)
+                m, b, _ = region_mask(frame.shape[:2], reg, f"{name} (frame {clip.indices[k]})", self.config.min_crop,
+                                      self._segment_fn(np.asarray(frame)))
                 masks.append(m)
                 boxes.append(b)
         except RegionError as e:

@@ -486,3 +486,47 @@ def test_odvg_ground_truth_errors_name_file_and_line(tmp_path):
         "caption": "a cat.", "regions": [{"bbox": [1, 1, 5, 5], "phrase": "a cat", "tokens_positive": [[0, 5]]}]}}) + "\n")
     with pytest.raises(EvaluationInputError, match="grounding file"):
         odvg_to_coco(g)
+
+
+def test_coco_run_with_masks_reports_mask_ap_beside_box_ap(coco_file, images, tmp_path):
+    """Ground-truth masks are the left half of each box. A detector whose masks are exactly those scores segm AP 1;
+    one whose masks are the right halves (IoU 0 with the truth) scores segm AP 0, while box AP stays 1 for both."""
+    from groundscope.masks import encode
+
+    data = json.loads(coco_file.read_text())
+
+    def half(box, right):
+        m = np.zeros((240, 320), bool)
+        x, y, w, h = (int(v) for v in box)
+        if right:
+            m[y : y + h, x + w // 2 : x + w] = True
+        else:
+            m[y : y + h, x : x + w // 2] = True
+        return m
+
+    for ann in data["annotations"]:
+        ann["segmentation"] = encode(half(ann["bbox"], False))[0]
+    gt = write(tmp_path / "with_masks.json", data)
+
+    class MaskOracle(OracleDetector):
+        def __init__(self, right):
+            super().__init__()
+            self.right = right
+
+        def detect(self, images, classes, box_threshold=0.0, max_detections=300, masks=False, segmenter=None,
+                   **settings):
+            assert masks is True and segmenter == "my-sam"
+            out = super().detect(images, classes, box_threshold, max_detections, **settings)
+            return [d.with_masks(np.stack([half([x1, y1, x2 - x1, y2 - y1], self.right) for x1, y1, x2, y2 in d.xyxy]))
+                    for d in out]
+
+    good = run(MaskOracle(False), "coco", gt, images, tmp_path / "good", masks=True, segmenter="my-sam")
+    assert good["AP"] == pytest.approx(1.0) and good["segm"]["AP"] == pytest.approx(1.0)
+    bad = run(MaskOracle(True), "coco", gt, images, tmp_path / "bad", masks=True, segmenter="my-sam")
+    assert bad["AP"] == pytest.approx(1.0) and bad["segm"]["AP"] == pytest.approx(0.0)
+    results = json.loads((tmp_path / "good" / "results.json").read_text())
+    assert all("segmentation" in r for r in results)
+    with pytest.raises(EvaluationInputError, match="needs a 'segmentation' on every annotation"):
+        run(MaskOracle(False), "coco", coco_file, images, tmp_path / "nomask", masks=True, segmenter="my-sam")
+    with pytest.raises(EvaluationInputError, match="journal|another run|different"):
+        run(MaskOracle(False), "coco", gt, images, tmp_path / "good")  # a box-only rerun of a masked run

@@ -265,6 +265,10 @@ def run(
                                         "the model family's."),
     overlap: str | None = typer.Option(None, "--iou", help="refexp hit rule: iou (mmdetection) or giou (MDETR)."),
     manifest: str | None = typer.Option(None, "--manifest", help="odinw: the official list, odinw13 or odinw35."),
+    masks: bool = typer.Option(False, "--masks", help="coco: also segment every box and report mask AP (segm) "
+                               "beside box AP; the annotations need masks."),
+    segmenter: str | None = typer.Option(None, "--segmenter", help="Segmenter for --masks (default: sam-nano for "
+                                         "the synthetic world's models, sam-vit-base otherwise)."),
 ) -> None:
     """Run a detector over a dataset, write OUT/results.json and OUT/metrics.json, print the metrics."""
     if dataset not in RUN_KINDS:
@@ -275,6 +279,10 @@ def run(
         raise fail(f"--dataset odinw needs --manifest {' or '.join(BUILTIN_MANIFESTS)} (the official lists)")
     if dataset != "odinw" and images is None:
         raise fail("--images is needed: the folder the annotation file's image names are relative to")
+    if (masks or segmenter) and dataset != "coco":
+        raise fail(f"--masks scores masks of coco datasets; {dataset} has none")
+    if segmenter and not masks:
+        raise fail("--segmenter goes with --masks; add --masks")
     settings = run_settings(dataset, model, protocol, chunk_size, max_dets, rec_rule, overlap)
     console.print(describe_settings(dataset, settings, protocol), highlight=False, soft_wrap=True)
     if dataset == "refexp" and settings.rec_rule == "llmdet":
@@ -299,6 +307,7 @@ def run(
                 metrics = run_evaluation(
                     model_loader(model, device, precision), dataset, annotations, images, out,
                     label_map=label_map, plot=plot and dataset in DETECTION_KINDS, settings=settings, **common,
+                    **({"masks": True, "segmenter": segmenter} if masks else {}),
                 )
         except ImageLoadError as e:
             raise fail(f"{e} (finished images are kept in {out / JOURNAL}; rerun the same command to resume)") from None

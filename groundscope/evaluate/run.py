@@ -247,10 +247,14 @@ def _records(ds: EvalDataset, item: WorkItem, det, top_k: int) -> list[dict]:
     boxes = _boxes(det)
     if ds.kind in DETECTION_KINDS:
         out = []
-        for bbox, score, cid in boxes:
+        masks = getattr(det, "masks", None)
+        for k, (bbox, score, cid) in enumerate(boxes):
             if not 0 <= cid < len(ds.category_ids):
                 raise RuntimeError(f"detector returned class id {cid} for a list of {len(ds.classes)} classes")
-            out.append({"image_id": item.key, "category_id": ds.category_ids[cid], "bbox": bbox, "score": score})
+            rec = {"image_id": item.key, "category_id": ds.category_ids[cid], "bbox": bbox, "score": score}
+            if masks is not None:
+                rec["segmentation"] = masks[k]
+            out.append(rec)
         return out
     if ds.kind == "refexp":
         ranked = sorted(boxes, key=lambda b: b[1], reverse=True)[:top_k]
@@ -280,10 +284,11 @@ def _call(
     max_detections: int,
     top_k: int,
     settings: EvalSettings,
+    masks: dict | None = None,
 ):
     if ds.kind in DETECTION_KINDS:
         out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections,
-                              **settings.detect_kwargs())
+                              **settings.detect_kwargs(), **(masks or {}))
     elif ds.kind == "refexp":
         out = detector.refer(paths, [it.text for it in batch], top_k=top_k, **settings.refer_kwargs())
     else:
@@ -325,6 +330,8 @@ def run_evaluation(
     precision: str = "fp32",
     settings: EvalSettings | None = None,
     categories: list[tuple[int, str]] | None = None,
+    masks: bool = False,
+    segmenter: Any = None,
 ) -> dict:
     """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
 
@@ -351,6 +358,10 @@ def run_evaluation(
             `dataset` (`groundscope.evaluate.protocols.official_settings`), `protocols.PLAIN` = `detect`'s defaults.
         categories: detection kinds: ``(category id, name)`` pairs to prompt with, in prompt order (default:
             every category of the file, its cleaned name, in id order).
+        masks: coco datasets: also segment every box (``detect(..., masks=True)``) and report mask AP (segm, as
+            pycocotools computes it) under ``metrics["segm"]``, next to the box AP; the ground truth needs a
+            ``segmentation`` on every annotation.
+        segmenter: the segmenter for `masks` (a `Segmenter` or a name; default: the detector's pairing).
 
     Raises:
         EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
@@ -372,6 +383,13 @@ def run_evaluation(
                                        else "categories are for non-empty detection datasets only")
         ds.category_ids = [int(c) for c, _ in categories]
         ds.classes = [name for _, name in categories]
+    if masks and ds.kind != "coco":
+        raise EvaluationInputError(ds.source, f"mask evaluation runs on coco datasets (masks in the ground truth); "
+                                   f"{dataset} has none")
+    if masks and not ds.gt.has_masks:
+        raise EvaluationInputError(ds.source, "mask (segm) evaluation needs a 'segmentation' on every annotation; "
+                                   "drop --masks to score boxes only")
+    mask_args = {"masks": True, "segmenter": segmenter} if masks else None
     header = {
         "dataset": dataset,
         "annotations": str(Path(annotations).resolve()),
@@ -386,6 +404,8 @@ def run_evaluation(
     }
     if dataset == "phrase":
         header["phrase_boxes"] = "all"
+    if masks:  # a resumed run must segment with the same segmenter
+        header["masks"] = getattr(segmenter, "name", None) or (str(segmenter) if segmenter is not None else "default")
     journal = ResultJournal(out_dir / JOURNAL, header)
     done = journal.load()
     known = {it.key for it in ds.items}
@@ -416,7 +436,8 @@ def run_evaluation(
             batch = pending[start : start + batch_size]
             paths = [str(images / it.file_name) for it in batch]
             for it, det in zip(
-                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k, settings), strict=True
+                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k, settings, mask_args),
+                strict=True
             ):
                 recs = _records(ds, it, det, top_k)
                 journal.append(it.key, recs)
@@ -430,6 +451,8 @@ def run_evaluation(
             metrics = lvis_metrics(ds.gt, records, curve=plot)
         else:
             metrics = coco_metrics(ds.gt, records, "bbox", curve=plot, max_dets=settings.max_dets)
+            if masks:
+                metrics["segm"] = coco_metrics(ds.gt, records, "segm", max_dets=settings.max_dets)
         if plot and metrics.get("pr_curve"):
             draw_pr_curve(metrics["pr_curve"], out_dir / "pr_curve.png", f"{dataset}: {Path(annotations).name}")
     elif ds.kind == "refexp":

@@ -216,7 +216,10 @@ class Segmenter:
             enc = self.processor.prompts(prepared["original_size"], boxes=kwargs.get("input_boxes", [None])[0],
                                          points=kwargs.get("input_points", [None])[0],
                                          labels=kwargs.get("input_labels", [None])[0])
-        return {k: v.to(self.device) if k == "input_labels" else v.to(self.device, self.dtype)
+        # Coordinates keep the processor's dtype in fp32 (SamProcessor gives float64, which the model takes as
+        # transformers' own path passes it); in bf16 / fp16 they follow the weights.
+        return {k: v.to(self.device) if k == "input_labels" or self.dtype == torch.float32
+                else v.to(self.device, self.dtype)
                 for k, v in enc.items() if k in ("input_points", "input_labels", "input_boxes")}
 
     def segment_batch(self, images: Sequence[ImageInput], boxes: Sequence | None = None,

@@ -232,6 +232,25 @@ class DamSection:
 
 
 @dataclass
+class SamSection:
+    """A promptable segmenter (``task: sam``; groundscope.train.sam): SAM's training recipe on region files."""
+
+    architecture: dict = _spec(factory=dict, doc="SamConfig fields (vision_config, prompt_encoder_config, "
+                                                 "mask_decoder_config) for model.path: scratch")
+    image_size: int = _spec(1024, min=32, doc="longest edge the image is resized to (and the square it is padded "
+                                               "to); for model.path: scratch")
+    max_objects: int = _spec(8, min=1, doc="objects prompted per image and step (drawn from its regions)")
+    box_prob: float = _spec(0.5, min=0.0, max=1.0, doc="share of prompts that are the object's box (half of them "
+                                                        "jittered by sam.jitter)")
+    jitter: float = _spec(0.1, min=0.0, max=0.5, doc="box corners moved by up to this share of the box's side")
+    click_prob: float = _spec(0.3, min=0.0, max=1.0, doc="share of prompts that are one click inside the mask; "
+                                                          "the rest are 2-4 clicks")
+    focal_weight: float = _spec(20.0, min=0.0, doc="focal loss weight (SAM: 20)")
+    dice_weight: float = _spec(1.0, min=0.0, doc="dice loss weight (SAM: 1)")
+    iou_weight: float = _spec(1.0, min=0.0, doc="weight of the MSE between predicted and actual IoU (SAM: 1)")
+
+
+@dataclass
 class RkdSection:
     """RKD: region-based knowledge distillation from a CLIP-like teacher (groundscope.train.rkd)."""
 
@@ -283,14 +302,18 @@ class TrainConfig:
     train: TrainSection = _spec(factory=TrainSection, doc="loop length, batching, precision, outputs")
     eval: EvalSection = _spec(factory=EvalSection, doc="periodic COCO evaluation")
     caption: CaptionSection = _spec(factory=CaptionSection, doc="LLMDet caption supervision")
-    task: str = _spec("detect", choices=("detect", "dam"), doc="what trains: a detector, or Describe Anything")
+    task: str = _spec("detect", choices=("detect", "dam", "sam"), doc="what trains: a detector, Describe Anything, "
+                                                                      "or a promptable segmenter")
     dam: DamSection = _spec(factory=DamSection, doc="Describe Anything fine-tuning (task: dam)")
+    sam: SamSection = _spec(factory=SamSection, doc="promptable segmenter training (task: sam)")
     rkd: RkdSection = _spec(factory=RkdSection, doc="RKD distillation, pseudo-labels and weight transfer")
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        if self.task == "detect":
+        if self.task != "dam":
             del out["dam"]  # a detector run's config.yaml stays as it was
+        if self.task != "sam":
+            del out["sam"]
         if self.rkd == RkdSection():
             del out["rkd"]  # likewise for runs without RKD (their checkpoints resume without warnings)
         return out
@@ -342,6 +365,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.scales: must list at least one shortest edge (or be left out)")
     if cfg.task == "dam":
         _validate_dam(cfg)
+    elif cfg.task == "sam":
+        _validate_sam(cfg)
     else:
         for src in list(cfg.data.train) + ([cfg.data.val] if cfg.data.val else []):
             if src.format == "regions":
@@ -349,6 +374,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                                   "task: dam trains on")
         if cfg.dam != DamSection():
             raise ConfigError("dam: this section only applies to task: dam (add task: dam, or remove it)")
+    if cfg.task != "sam" and cfg.sam != SamSection():
+        raise ConfigError("sam: this section only applies to task: sam (add task: sam, or remove it)")
     _validate_rkd(cfg)
     c = cfg.caption
     if c.enabled and not c.llm and not c.head:
@@ -410,6 +437,24 @@ def _validate_dam(cfg: TrainConfig) -> None:
         if hits:
             raise ConfigError("model.freeze: 'llm' would also freeze the dam.lora adapters inside it; leave llm out "
                               "(LoRA freezes the LM's own weights)")
+
+
+def _validate_sam(cfg: TrainConfig) -> None:
+    """Checks of a ``task: sam`` config: region files with masks, no detector or DAM features."""
+    for where, src in [(f"data.train[{k}]", s) for k, s in enumerate(cfg.data.train)] + [("data.val", cfg.data.val)]:
+        if src is not None and src.format not in ("auto", "regions"):
+            raise ConfigError(f"{where}.format: task sam reads region files with masks (format regions or auto), "
+                              f"got {src.format}")
+    if cfg.caption.enabled or cfg.train.denoising.enabled or cfg.rkd.enabled:
+        raise ConfigError("caption / train.denoising / rkd: detector parts; not for task sam")
+    if cfg.dam != DamSection():
+        raise ConfigError("dam: this section only applies to task: dam")
+    if cfg.sam.box_prob + cfg.sam.click_prob > 1.0:
+        raise ConfigError(f"sam.box_prob + sam.click_prob: the shares of box and one-click prompts add up to "
+                          f"{cfg.sam.box_prob + cfg.sam.click_prob:g}; lower one so they are at most 1")
+    if cfg.model.path == "scratch" and not cfg.sam.architecture:
+        raise ConfigError("sam.architecture: model.path scratch builds a SamModel from these SamConfig fields; "
+                          "give them (configs/sam_nano.yaml has an example) or a SAM folder as model.path")
 
 
 def config_from_dict(raw: Any) -> TrainConfig:

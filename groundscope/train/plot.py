@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 GRID = (225, 225, 225)
 SERIES = {"loss": (31, 119, 180), "cls": (214, 39, 40), "bbox": (44, 160, 44), "giou": (148, 103, 189),
           "AP": (255, 127, 14), "AP50": (31, 119, 180), "token_acc": (214, 39, 40), "val_loss": (255, 127, 14),
-          "val_token_acc": (44, 160, 44)}
+          "val_token_acc": (44, 160, 44), "mask_iou": (214, 39, 40), "val_iou_box": (255, 127, 14),
+          "val_iou_click": (44, 160, 44)}
 
 
 def ema(values: list[float], alpha: float = 0.1) -> list[float]:

@@ -31,8 +31,16 @@ def _dam_trainer(config: TrainConfig) -> type[Trainer]:
     return DamTrainer
 
 
+def _sam_trainer(config: TrainConfig) -> type[Trainer]:
+    """``task: sam``: a promptable segmenter (SAM's recipe)."""
+    from groundscope.train.sam import SamTrainer  # imported on use
+
+    return SamTrainer
+
+
 # task -> the function that picks that task's trainer class from the config.
-TRAINERS: dict[str, Callable[[TrainConfig], type[Trainer]]] = {"detect": _detect_trainer, "dam": _dam_trainer}
+TRAINERS: dict[str, Callable[[TrainConfig], type[Trainer]]] = {"detect": _detect_trainer, "dam": _dam_trainer,
+                                                                "sam": _sam_trainer}
 
 
 def build_trainer(config: TrainConfig, out_dir: str | Path | None = None, console: Console | None = None) -> Trainer:

@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from groundscope.models.hub import ModelLoadError, fetch, resolve
+from groundscope.models.registry import REGISTRY
 
 SUPPORTED_MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
+SAM3_MODEL_TYPES = ("sam3", "sam3_video")  # SAM 3's text-prompted detector (groundscope.models.sam3_detector)
 
 
 def load_detector(
@@ -25,11 +27,14 @@ def load_detector(
     precision: str = "fp32",
     fast: bool = True,
 ):
-    """Load a Grounding DINO / MM-Grounding-DINO / LLMDet detector.
+    """Load a Grounding DINO / MM-Grounding-DINO / LLMDet detector, or SAM 3 as a detector.
 
     Args:
         name_or_path: a registry name (`groundscope models`), a hub id, or a local directory in transformers
-            format (config.json of type grounding-dino or mm-grounding-dino, weights, tokenizer files).
+            format (config.json of type grounding-dino or mm-grounding-dino, weights, tokenizer files). "sam3"
+            (the registry's SAM 3 segmenter entry, facebook/sam3) or a folder of type sam3 / sam3_video loads
+            SAM 3's text-prompted detector (`groundscope.models.sam3_detector.Sam3Detector`: precision fp32 or
+            bf16; `fast` does not apply to it).
         device: torch device for inference.
         dtype: torch dtype (or its name, e.g. "bfloat16"); default float32.
         revision: hub revision (branch, tag or commit) for hub ids.
@@ -52,7 +57,12 @@ def load_detector(
     check_precision(precision)
     if precision != "fp32" and dtype is not None:
         raise ValueError(f"pass either dtype ({dtype}) or precision='{precision}', not both")
-    source, display = resolve(name_or_path)
+    entry = REGISTRY.get(str(name_or_path))
+    if entry is not None and entry.family == "SAM 3" and not Path(str(name_or_path)).expanduser().exists():
+        # One registry entry, two loaders: its tracker is the segmenter, its image model the text detector.
+        source, display = resolve(name_or_path, kind=entry.kind)
+    else:
+        source, display = resolve(name_or_path)
     local = fetch(source, display, revision)
     try:
         config = AutoConfig.from_pretrained(local)
@@ -61,12 +71,17 @@ def load_detector(
             f"model '{display}': cannot read its config.json in {local} ({type(e).__name__}: {e}); "
             "pass a directory saved with save_pretrained"
         ) from e
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"model '{display}' is a '{config.model_type}' model; groundscope loads {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if config.model_type in SAM3_MODEL_TYPES:
+        from groundscope.models.sam3_detector import load_sam3_detector
+
+        return load_sam3_detector(local, display, config, device=device, dtype=dtype, precision=precision)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model '{display}' is a '{config.model_type}' model; groundscope detects with "
+            f"{', '.join(SUPPORTED_MODEL_TYPES + SAM3_MODEL_TYPES)} models"
+        )
     try:
         model = AutoModelForZeroShotObjectDetection.from_pretrained(local, dtype=dtype or torch.float32)
     except Exception as e:

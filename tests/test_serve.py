@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -437,6 +438,204 @@ def test_batcher_streams_share_the_threads_and_split_queued_work():
         b.close(timeout=10)
 
 
+# ---------------------------------------------------------------------------- masks
+@pytest.fixture(scope="module")
+def tiny_sam(tiny_sam_dir):
+    from groundscope.models.segmenter import load_segmenter
+
+    return load_segmenter(tiny_sam_dir)
+
+
+def _with_masks(dets: list[dict], also: bool) -> list[dict]:
+    return [d if also else {k: v for k, v in d.items() if k != "mask"} for d in dets]
+
+
+@pytest.mark.parametrize(
+    "task, form, api",
+    [
+        ("detect", {"classes": CLASSES},
+         lambda det, im, **kw: det.detect(im, CLASSES.split(","), box_threshold=0.3, max_detections=300, **kw)),
+        ("ground", {"caption": "a pink cross above a cyan star", "phrase": ["a pink cross", "a cyan star"]},
+         lambda det, im, **kw: det.ground(im, "a pink cross above a cyan star", ["a pink cross", "a cyan star"],
+                                          box_threshold=0.3, text_threshold=0.25, max_detections=100, **kw)),
+        ("refer", {"expression": "the large pink cross", "top_k": "2"},
+         lambda det, im, **kw: det.refer(im, "the large pink cross", top_k=2, **kw)),
+    ],
+    ids=["detect", "ground", "refer"],
+)
+def test_masks_answer_is_the_python_apis(nano, tiny_sam, synth_bytes, task, form, api):
+    """masks=true: the record `result_record` makes of ``det.<task>(..., masks=True, segmenter=seg)`` (the
+    CLI's defaults spelled out), RLE strings included; the same request without masks has the same boxes."""
+    from groundscope.answers import result_record
+    from groundscope.images import load_image
+
+    image = load_image(SYNTH)
+    expected = result_record(str(SYNTH), image.width, image.height, nano.name, task,
+                             api(nano, image, masks=True, segmenter=tiny_sam))
+    assert expected["detections"], "pick prompts that find something, or the comparison proves little"
+    with TestClient(create_app(nano, segmenter=tiny_sam)) as client:
+        with_masks = post(client, task, {**form, "masks": "true"}, synth_bytes)
+        plain = post(client, task, form, synth_bytes)
+        health = client.get("/healthz").json()
+    assert with_masks.status_code == 200, with_masks.text
+    assert with_masks.json() == expected
+    assert all(d["mask"]["size"] == [image.height, image.width] for d in expected["detections"])
+    assert plain.status_code == 200 and "mask" not in plain.json()["detections"][0]
+    assert plain.json()["detections"] == _with_masks(expected["detections"], also=False)
+    assert health["segmenter"] == tiny_sam.name and health["segmenter_error"] is None
+
+
+def test_masks_answer_is_the_clis_detect_masks(nano, tiny_sam_dir, synth_bytes, tmp_path, monkeypatch):
+    """The served answer equals what ``groundscope detect --masks --segmenter DIR`` writes, the segmenter given
+    to the server by name (loaded at create_app)."""
+    from groundscope.models import loading
+
+    monkeypatch.setattr(loading, "load_detector", lambda name, *args, **kwargs: nano if name == "nano" else None)
+    res = CliRunner().invoke(cli_app, ["detect", str(SYNTH), "--model", "nano", "--out", str(tmp_path),
+                                       "--classes", CLASSES, "--masks", "--segmenter", str(tiny_sam_dir)])
+    assert res.exit_code == 0, res.output
+    cli_record = json.loads((tmp_path / "synth_shapes.json").read_text())
+    assert cli_record["detections"] and all("mask" in d for d in cli_record["detections"])
+    with TestClient(create_app(nano, segmenter=tiny_sam_dir)) as client:
+        r = post(client, "detect", {"classes": CLASSES, "masks": "true"}, synth_bytes)
+    assert r.status_code == 200, r.text
+    assert r.json() == cli_record
+
+
+def test_masks_requests_batch_only_with_masks_requests(nano, tiny_sam, synth_bytes):
+    gated = Gated(nano)
+    app = create_app(gated, segmenter=tiny_sam, max_batch=4, max_wait_ms=1, streams=1)
+    with serve_in_thread(app) as url, ThreadPoolExecutor(5) as pool:
+        def one(masks: bool):
+            with httpx.Client(base_url=url, timeout=60) as c:
+                return masks, post(c, "detect", {"classes": "pink cross", "masks": str(masks).lower()}, synth_bytes)
+
+        first = pool.submit(one, False)
+        assert gated.entered.wait(10)  # the worker holds the first request while 2 + 2 queue up
+        rest = [pool.submit(one, m) for m in (True, False, True, False)]
+        wait_until(lambda: app.state.batcher.pending == 4, what="4 queued requests")
+        gated.release.set()
+        answers = [first.result(), *(f.result() for f in rest)]
+    assert gated.calls[0] == 1 and sorted(gated.calls[1:]) == [2, 2]  # masks and plain requests never mixed
+    for masks, r in answers:
+        assert r.status_code == 200, r.text
+        assert all(("mask" in d) == masks for d in r.json()["detections"])
+
+
+def test_default_segmenter_loads_once_on_the_first_masks_request(nano, tiny_sam, synth_bytes, monkeypatch):
+    """No segmenter configured: concurrent first masks requests share one load of `default_segmenter(nano)`."""
+    from groundscope.models import segmenter as segmenter_module
+
+    loads = []
+
+    def slow_load(name, device="cpu", **kwargs):
+        loads.append((name, device))
+        time.sleep(0.3)  # long enough for the other requests to arrive while the first one loads
+        return tiny_sam
+
+    monkeypatch.setattr(segmenter_module, "load_segmenter", slow_load)
+    with serve_in_thread(create_app(nano)) as url:
+        assert httpx.get(f"{url}/healthz").json()["segmenter"] is None  # nothing loaded before it is needed
+
+        def one(_):
+            with httpx.Client(base_url=url, timeout=60) as c:
+                return post(c, "refer", {"expression": "pink cross", "masks": "true"}, synth_bytes)
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(one, range(3)))
+        assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+        assert all("mask" in r.json()["detections"][0] for r in answers)
+        assert loads == [("sam-nano", "cpu")]
+        assert httpx.get(f"{url}/healthz").json()["segmenter"] == tiny_sam.name
+
+
+def test_a_segmenter_that_cannot_load_is_503_and_boxes_keep_flowing(nano, synth_bytes, monkeypatch):
+    from groundscope.models import segmenter as segmenter_module
+    from groundscope.models.hub import ModelLoadError
+
+    loads = []
+    message = "segmenter 'sam-nano' is not in the cache and HF_HUB_OFFLINE=1; download it once online"
+
+    def failing_load(name, **kwargs):
+        loads.append(name)
+        raise ModelLoadError(message)
+
+    monkeypatch.setattr(segmenter_module, "load_segmenter", failing_load)
+    with TestClient(create_app(nano)) as client:
+        r = post(client, "detect", {"classes": "pink cross", "masks": "true"}, synth_bytes)
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+        err = r.json()["error"]
+        assert message in err and "form field 'masks'" in err and "--segmenter" in err
+        assert post(client, "detect", {"classes": "pink cross"}, synth_bytes).status_code == 200
+        r = post(client, "ground", {"caption": "a pink cross", "masks": "1"}, synth_bytes)
+        assert r.status_code == 503 and message in r.json()["error"]
+        assert loads == ["sam-nano"]  # the failure is remembered, not retried per request
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["segmenter"] is None and message in health["segmenter_error"]
+        assert client.app.state.batcher.incoming == 0  # the refused requests withdrew their announcements
+
+
+def test_masks_field_validation_and_where_it_exists(nano, synth_bytes, tmp_path):
+    with TestClient(create_app(nano)) as client:
+        r = post(client, "detect", {"classes": "pink cross", "masks": "maybe"}, synth_bytes)
+        assert r.status_code == 422 and "form field 'masks'" in r.json()["error"]
+        spec = client.get("/openapi.json").json()
+    fields = {}
+    for path in ("/v1/detect", "/v1/ground", "/v1/refer", "/v1/describe"):
+        ref = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        fields[path] = set(spec["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+    assert all("masks" in fields[p] for p in ("/v1/detect", "/v1/ground", "/v1/refer"))
+    assert "masks" not in fields["/v1/describe"]  # describe segments through its describer, not this field
+    # A segmenter named at start that does not load fails then, naming the folder.
+    from groundscope.models.hub import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="config.json"):
+        create_app(nano, segmenter=tmp_path)
+
+
+def test_serve_with_a_bad_segmenter_exits_2_before_binding(nano, tmp_path, monkeypatch):
+    import groundscope.cli.serve as serve_cli
+
+    monkeypatch.setattr(serve_cli, "load_model", lambda *args: nano)
+    res = CliRunner().invoke(cli_app, ["serve", "--model", "nano", "--segmenter", str(tmp_path), "--port", "0"])
+    assert res.exit_code == 2, res.output
+    assert "config.json" in res.output and "Uvicorn running" not in res.output
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed; the browser test covers the decoder in Chromium")
+def test_page_rle_decoder_matches_pycocotools():
+    """static/rle.js (the page's decoder) against masks pycocotools encoded, and counts past 32 bits."""
+    from pycocotools import mask as coco_mask
+
+    from groundscope import masks as mask_ops
+
+    rng = np.random.default_rng(0)
+    big = np.zeros((300, 900), bool)
+    big[10:290, 100:800] = True  # long runs: multi-chunk counts and negative deltas
+    big[150, 3] = True
+    arrays = [rng.random((37, 53)) > 0.5, np.zeros((5, 7), bool), np.ones((4, 9), bool), big]
+    rles = [mask_ops.encode(a)[0] for a in arrays]
+    counts = [0, 3_000_000_000, 1, 2**31 + 7, 5, 1000]  # what a 1 x 3e9 mask would hold; never allocated
+    wide = coco_mask.frPyObjects({"size": [1, sum(counts)], "counts": counts}, 1, sum(counts))
+    script = (
+        "const rle = require(process.argv[1]);"
+        "const inp = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "console.log(JSON.stringify({masks: inp.masks.map(r => Array.from(rle.decode(r).data).join('')),"
+        " counts: rle.decodeCounts(inp.counts)}));"
+    )
+    res = subprocess.run([NODE, "-e", script, str(REPO / "groundscope" / "serve" / "static" / "rle.js")],
+                         input=json.dumps({"masks": rles, "counts": wide["counts"].decode()}),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["counts"] == counts
+    for a, decoded in zip(arrays, out["masks"]):  # row-major 0/1 strings
+        assert decoded == "".join(a.reshape(-1).astype(int).astype(str))
+
+
 # ---------------------------------------------------------------------------- web page, docs, shutdown
 def test_web_page_static_files_and_docs(nano):
     with TestClient(create_app(nano)) as client:
@@ -481,3 +680,37 @@ def test_sigterm_finishes_requests_in_flight_then_exits(synth_bytes):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ---------------------------------------------------------------------------- masks
+def test_masks_answer_equals_detect_with_masks_and_a_missing_segmenter_is_503(nano, synth_bytes, tiny_sam_dir,
+                                                                             monkeypatch):
+    """masks=true: the answer's detections carry the masks `detect(..., masks=True)` gives (COCO RLE); requests
+    without masks in the same server are unchanged; a segmenter that cannot load is a 503 naming it, and box
+    requests keep working."""
+    from groundscope.answers import result_record
+    from groundscope.images import load_image
+    from groundscope.models import segmenter as segmenter_mod
+
+    seg = segmenter_mod.load_segmenter(tiny_sam_dir)
+    want = nano.detect(load_image(SYNTH), CLASSES.split(","), box_threshold=0.3, masks=True, segmenter=seg)
+    assert len(want), "the prompt should find boxes"
+    image = load_image(SYNTH)
+    with TestClient(create_app(nano, segmenter=seg)) as client:
+        r = post(client, "detect", {"classes": CLASSES, "masks": "true"}, synth_bytes)
+        plain = post(client, "detect", {"classes": CLASSES}, synth_bytes)
+        health = client.get("/healthz").json()
+        bad = post(client, "detect", {"classes": CLASSES, "masks": "maybe"}, synth_bytes)
+    assert r.status_code == 200, r.text
+    assert r.json() == result_record(str(SYNTH), image.width, image.height, nano.name, "detect", want)
+    assert all("mask" in d for d in r.json()["detections"])
+    assert plain.status_code == 200 and all("mask" not in d for d in plain.json()["detections"])
+    assert health["segmenter"] == seg.name
+    assert bad.status_code == 422
+
+    monkeypatch.setattr(segmenter_mod, "default_segmenter", lambda name: str(tiny_sam_dir.parent / "no-such-sam"))
+    with TestClient(create_app(nano)) as client:
+        r = post(client, "refer", {"expression": "the large pink cross", "masks": "true"}, synth_bytes)
+        ok = post(client, "refer", {"expression": "the large pink cross"}, synth_bytes)
+    assert r.status_code == 503 and "no-such-sam" in r.json()["error"] and "--segmenter" in r.json()["error"]
+    assert ok.status_code == 200

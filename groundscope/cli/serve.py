@@ -1,10 +1,11 @@
 """``groundscope serve``: the detector behind an HTTP API and a web page.
 
     groundscope serve --model nano [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20] [--max-batch 4]
-                      [--describer dam-nano] [--precision fp32|bf16] [--streams N]
+                      [--describer dam-nano] [--segmenter sam-vit-base] [--precision fp32|bf16] [--streams N]
 
 The model is loaded before the server binds its port, so a bad --model exits with 2 and one line like every
-other verb, and /healthz answers 200 from the first moment it answers at all. SIGTERM or Ctrl-C stop taking
+other verb, and /healthz answers 200 from the first moment it answers at all. A --segmenter (for requests with
+masks=true) loads then too; without one the detector's default pairing loads on the first masks request. SIGTERM or Ctrl-C stop taking
 connections, finish the requests in flight and the queue, then exit.
 """
 
@@ -35,6 +36,9 @@ def register(app: typer.Typer) -> None:
                                           "(restarts when one joins)."),
         describer: Optional[str] = typer.Option(None, "--describer", help="A Describe Anything model (e.g. dam-nano) "
                                                 "for POST /v1/describe; without it that route answers 501."),
+        segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter for requests with masks=true "
+                                                "(default: the detector's pairing, loaded on the first such "
+                                                "request: sam-nano for nano, sam-vit-base otherwise)."),
         streams: int = typer.Option(1, "--streams", min=1, help="Forward passes that may run at once on a share of "
                                     "the CPU threads; a lone request still gets them all."),
         device: str = DeviceOpt,
@@ -65,8 +69,13 @@ def register(app: typer.Typer) -> None:
                 describe_model = in_fresh_thread(load_describer, describer, device=pick_device(device))
             except ModelLoadError as e:
                 raise fail(str(e))
+        seg = None
+        if segmenter is not None:  # a bad name exits 2 with the loader's line, before the port is bound
+            from groundscope.cli.common import load_segmenter_for
+
+            seg = in_fresh_thread(load_segmenter_for, segmenter, model, device)
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,
-                         max_wait_ms=max_wait_ms, describer=describe_model, streams=streams)
+                         max_wait_ms=max_wait_ms, describer=describe_model, streams=streams, segmenter=seg)
         console.print(f"[green]serving[/] {detector.name} on http://{host}:{port}  (web page /, API docs /docs)",
                       highlight=False)
         # Graceful shutdown: uvicorn waits up to 30 s for requests in flight before the batcher drains and stops.

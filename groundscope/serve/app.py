@@ -2,16 +2,20 @@
 
 Routes:
     GET  /            the web page (groundscope/serve/static/)
-    GET  /healthz     {"status": "ok", "model", ...} while the model is loaded and the server takes requests
-    POST /v1/detect   multipart: image, classes="cat,remote control", box_threshold, max_detections, nms
-    POST /v1/ground   multipart: image, caption, phrase (repeatable), box_threshold, text_threshold, max_detections
-    POST /v1/refer    multipart: image, expression, top_k
+    GET  /healthz     {"status": "ok", "model", "segmenter", ...} while the model is loaded and the server takes
+                      requests
+    POST /v1/detect   multipart: image, classes="cat,remote control", box_threshold, max_detections, nms, masks
+    POST /v1/ground   multipart: image, caption, phrase (repeatable), box_threshold, text_threshold, max_detections,
+                      masks
+    POST /v1/refer    multipart: image, expression, top_k, masks
     POST /v1/describe multipart: image, box / mask / points (each repeatable) or expression, max_new_tokens,
                       temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
     GET  /docs        the OpenAPI documentation FastAPI generates
 
 Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.answers.result_record`);
-a describe answer is what `groundscope describe --json` prints.
+a describe answer is what `groundscope describe --json` prints. ``masks=true`` is the CLI's --masks: every box is
+segmented (the server's segmenter: `create_app(..., segmenter=)`, `serve --segmenter`, else the detector's default
+pairing, loaded by the first such request) and each detection carries a COCO RLE "mask".
 A request's life: the body streams in under the upload limit (413 beyond it); the image is decoded, resized and
 normalised in a thread pool (400 naming the problem if it is not an image), overlapping the model; it joins the
 bounded queue of the `DynamicBatcher` (503 + Retry-After when full), whose model streams run compatible requests
@@ -51,6 +55,8 @@ from groundscope.serve.tasks import (
     GROUND_DEFAULTS,
     REFER_DEFAULTS,
     Item,
+    SegmenterSlot,
+    SegmenterUnavailable,
     batch_key,
     make_runner,
     prepare_input,
@@ -99,6 +105,7 @@ def create_app(
     precision: str = "fp32",
     describer=None,
     streams: int = 1,
+    segmenter=None,
 ) -> FastAPI:
     """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
 
@@ -112,6 +119,8 @@ def create_app(
         device, precision: for a model given by name (`load_detector`'s arguments).
         describer: a `groundscope.describe.Describer`, or a describer name / folder (`load_describer`), for
             POST /v1/describe; without one that route answers 501. Its --expression form uses the detector.
+        segmenter: a `Segmenter` or a segmenter name for requests with ``masks=true``; None: the detector's
+            default pairing (`default_segmenter`), loaded on the first such request.
         streams: forward passes that may run at once, sharing the CPU threads (`DynamicBatcher`); a lone request
             still gets every thread. Default 1: with the nano model on 2 cores, 2 streams raised the 16-client rate
             by 3-8% and lowered the 4-client rate by 10-12% (benchmarks/results/serve.md).
@@ -135,7 +144,14 @@ def create_app(
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
     threads = torch.get_num_threads()
-    batcher = DynamicBatcher(make_runner(detector, max_batch, describer), max_batch=max_batch,
+    if isinstance(segmenter, (str, os.PathLike)):
+        from groundscope.models.segmenter import load_segmenter
+
+        # A named segmenter loads now (ModelLoadError names the problem): a bad name fails at start, not at the
+        # first masks request. Off the main thread, as the detector (serve/threads.py).
+        segmenter = in_fresh_thread(load_segmenter, segmenter, device=str(detector.device))
+    segmenters = SegmenterSlot(segmenter, detector_name=detector.name, device=str(detector.device))
+    batcher = DynamicBatcher(make_runner(detector, max_batch, describer, segmenters), max_batch=max_batch,
                              max_wait_s=max_wait_ms / 1000, queue_size=queue_size, streams=streams,
                              threads=threads, set_threads=torch.set_num_threads if streams > 1 else None)
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
@@ -159,6 +175,7 @@ def create_app(
     )
     app.state.detector = detector
     app.state.describer = describer
+    app.state.segmenters = segmenters
     app.state.batcher = batcher
     app.state.max_upload_bytes = max_upload_bytes
     app.add_middleware(AnnounceRequests, batcher=batcher)  # inner: a 413 refused by UploadLimit is never announced
@@ -182,6 +199,11 @@ def create_app(
         image = decode_image(data, name)
         return image, (image if task == "describe" else prepare_input(detector, image))
 
+    def unavailable(e: SegmenterUnavailable) -> ApiError:
+        """503 for a masks request whose segmenter cannot load; box requests are unaffected."""
+        return ApiError(503, f"form field 'masks': no segmenter: {e}; restart the server with --segmenter NAME "
+                             "(e.g. sam-vit-base, or a folder saved with save_pretrained), or send masks=false")
+
     async def run_task(request: Request, task: str, upload: UploadFile, options: dict, prompt):
         """Read and decode the upload off the event loop, queue it, await its batch: (image, the model's result).
         `prompt` may be a callable, run in the decode pool after the image decoded, that returns the prompt."""
@@ -200,20 +222,29 @@ def create_app(
             image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task)
             if callable(prompt):
                 prompt = await loop.run_in_executor(decode_pool, prompt, image)
+            if options.get("masks"):
+                # The segmenter is loaded (the first time: seconds) before the request joins the queue, outside
+                # the batcher's workers, so box requests keep flowing meanwhile and a failed load is one 503.
+                await asyncio.to_thread(segmenters.get)
         except BaseException as e:
             batcher.withdraw()
             if isinstance(e, ImageLoadError):
                 raise ApiError(400, f"form field 'image': {e}")
+            if isinstance(e, SegmenterUnavailable):
+                raise unavailable(e)
             raise
         batcher.start()  # no-op under the lifespan; starts the worker for apps driven without it
         try:
-            result = await batcher.run(batch_key(task, **options), Item(model_input, prompt), announced=True)
+            item = Item(model_input, prompt, image if options.get("masks") else None)
+            result = await batcher.run(batch_key(task, **options), item, announced=True)
         except QueueFull as e:
             raise ApiError(503, f"the server is busy: {e}; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
         except ShuttingDown as e:
             raise ApiError(503, str(e), {"Retry-After": str(RETRY_AFTER_S)})
         except PromptError as e:
             raise ApiError(400, str(e))
+        except SegmenterUnavailable as e:
+            raise unavailable(e)
         except Exception as e:  # the model failed: answer 500 with the reason, keep serving
             log.exception("%s failed for %s", task, name)
             raise ApiError(500, f"{task} failed on '{name}': {type(e).__name__}: {e}")
@@ -238,6 +269,8 @@ def create_app(
             "status": "ok",
             "model": detector.name,
             "describer": describer.name if describer is not None else None,
+            "segmenter": segmenters.name,  # null until one is loaded (the first masks request loads the default)
+            "segmenter_error": segmenters.error,
             "device": str(detector.device),
             "max_batch": batcher.max_batch,
             "streams": batcher.streams,
@@ -259,12 +292,14 @@ def create_app(
         box_threshold: float = Form(DETECT_DEFAULTS["box_threshold"], ge=0, le=1, description="Minimum score."),
         max_detections: int = Form(DETECT_DEFAULTS["max_detections"], ge=1, description="Top-k (box, class) pairs."),
         nms: Optional[float] = Form(None, ge=0, le=1, description="Class-wise NMS IoU (off when absent)."),
+        masks: bool = Form(False, description="Also segment every box (the answer's detections get a COCO RLE "
+                                              "'mask')."),
     ):
         names = [c.strip() for c in classes.split(",") if c.strip()]  # the CLI's --classes rule
         if not names:
             raise ApiError(400, f"form field 'classes' holds no class names ({classes!r}); "
                                 "send comma-separated names, e.g. classes=cat,remote control")
-        options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms}
+        options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms, "masks": masks}
         return await answer(request, "detect", image, options, tuple(names))
 
     @app.post("/v1/ground", summary="Phrase grounding: boxes for the phrases of a caption")
@@ -278,6 +313,7 @@ def create_app(
         text_threshold: float = Form(GROUND_DEFAULTS["text_threshold"], ge=0, le=1,
                                      description="Token threshold when decoding phrases."),
         max_detections: int = Form(GROUND_DEFAULTS["max_detections"], ge=1),
+        masks: bool = Form(False, description="Also segment every box."),
     ):
         phrases = [p for p in phrase or [] if p is not None] or None
         try:  # the CLI's check, before the request takes a place in the queue
@@ -287,7 +323,8 @@ def create_app(
                 normalize_caption(caption)
         except PromptError as e:
             raise ApiError(400, str(e))
-        options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections}
+        options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections,
+                   "masks": masks}
         return await answer(request, "ground", image, options, (caption, tuple(phrases) if phrases else None))
 
     @app.post("/v1/refer", summary="Referring expressions: the box an expression describes")
@@ -296,10 +333,11 @@ def create_app(
         image: UploadFile = File(..., description="The image."),
         expression: str = Form(..., description='e.g. "the cat on the left".'),
         top_k: int = Form(REFER_DEFAULTS["top_k"], ge=1, description="Boxes to return, best first."),
+        masks: bool = Form(False, description="Also segment every box."),
     ):
         if not expression.strip(" ."):
             raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
-        return await answer(request, "refer", image, {"top_k": top_k}, expression)
+        return await answer(request, "refer", image, {"top_k": top_k, "masks": masks}, expression)
 
     @app.post("/v1/describe", summary="Describe Anything: a detailed description of each region")
     async def describe(

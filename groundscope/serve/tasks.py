@@ -4,6 +4,12 @@ A request becomes a batch key (its task and scalar options: requests may share a
 share these, because `GroundingDetector` takes them once per call) and an `Item` (the decoded image and its own
 prompt: class list, caption and phrases, or expression, which the detector accepts per image).
 
+``masks`` is part of the key, so a box-only request never waits for another request's segmentation. After the
+batched detector call, a masks batch segments each item's boxes on the item's original decoded image (the model
+input may be a resized `PreparedImage`; masks are at the image's own size), one image at a time as
+`groundscope detect --masks` does, so the RLE strings are the CLI's. The server's segmenter sits in a
+`SegmenterSlot`: given loaded, or loaded once by the first masks request.
+
 The defaults are the CLI's, so a request that names only its prompt gets the numbers `groundscope detect`,
 `ground` or `refer` write for the same image.
 
@@ -18,6 +24,7 @@ are the ones the detector computes from the image itself.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
@@ -43,10 +50,12 @@ class Item:
             describe always gets the image itself.
         prompt: detect: the class names; ground: (caption, phrases or None); refer: the expression;
             describe: ("regions", [region dicts]) or ("expression", text).
+        original: the decoded RGB image, for a masks request: the segmenter works on it, not on `image`.
     """
 
     image: Image.Image | PreparedImage
     prompt: Any
+    original: Image.Image | None = None  # the decoded image (not decoded again), kept when the request asks for masks
 
 
 def prepare_input(detector, image: Image.Image) -> Image.Image | PreparedImage:
@@ -71,8 +80,70 @@ def _accepting_prepared(detector):
     return view
 
 
+class SegmenterUnavailable(RuntimeError):
+    """The segmenter for a masks request cannot be loaded; the message is the loader's (it names the fix)."""
+
+
+class SegmenterSlot:
+    """The server's segmenter for ``masks=true`` requests.
+
+    Given a `Segmenter`, that one; given a name (or None: `default_segmenter(detector_name)`), it is loaded by the
+    first `get`, once: concurrent first requests wait on a lock for the same load instead of loading it twice.
+    A failed load is remembered and re-raised without retrying: the loader's failures (unknown name, not cached
+    while offline, not a SAM-family folder) do not heal by themselves, and retrying would cost every masks request
+    a load attempt. Restarting the server with a working --segmenter is the fix the message gives.
+    """
+
+    def __init__(self, segmenter=None, *, detector_name: str | None = None, device: str = "cpu"):
+        self._lock = threading.Lock()
+        self._device = device
+        self._error: str | None = None
+        if segmenter is None or isinstance(segmenter, (str, os.PathLike)):
+            from groundscope.models.segmenter import default_segmenter
+
+            self._segmenter = None
+            self._name = str(segmenter) if segmenter is not None else default_segmenter(detector_name)
+        else:
+            self._segmenter = segmenter
+            self._name = segmenter.name
+
+    @property
+    def name(self) -> str | None:
+        """The loaded segmenter's name; None until one is loaded."""
+        return self._segmenter.name if self._segmenter is not None else None
+
+    @property
+    def error(self) -> str | None:
+        """Why the segmenter could not be loaded, once a load failed."""
+        return self._error
+
+    def get(self):
+        """The `Segmenter`, loading it on first use; raises `SegmenterUnavailable` with the loader's message."""
+        if self._segmenter is not None:  # the common case takes no lock
+            return self._segmenter
+        with self._lock:
+            if self._segmenter is None:
+                if self._error is None:
+                    self._load()
+                if self._error is not None:
+                    raise SegmenterUnavailable(self._error)
+            return self._segmenter
+
+    def _load(self) -> None:
+        from groundscope.models.hub import ModelLoadError
+        from groundscope.models.segmenter import load_segmenter
+        from groundscope.serve.threads import in_fresh_thread
+
+        try:
+            # In a thread that exits: the caller's thread keeps no OpenMP pool (serve/threads.py).
+            self._segmenter = in_fresh_thread(load_segmenter, self._name, device=self._device)
+        except ModelLoadError as e:
+            self._error = str(e)
+
+
 def batch_key(task: str, **options: Any) -> tuple:
-    """Requests with equal keys run in one detector call: same task, same thresholds and limits."""
+    """Requests with equal keys run in one detector call: same task, same thresholds and limits, and the same
+    ``masks`` choice (a masks option is part of `options`)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return (task, tuple(sorted(options.items())))
@@ -94,10 +165,13 @@ def describe_items(describer, detector, items: list[Item], batch_size: int, **ge
     return out
 
 
-def make_runner(detector, batch_size: int, describer=None) -> Callable[[Hashable, list[Item]], list]:
+def make_runner(detector, batch_size: int, describer=None,
+                segmenter: SegmenterSlot | None = None) -> Callable[[Hashable, list[Item]], list]:
     """``run(key, items) -> [Detections]`` (or, for describe, a list of `RegionDescription` per item): one model
     call for a batch of same-key items. It may be called from several threads at once (the batcher's streams):
-    detector calls share the model, whose forward pass keeps no state; describe calls take turns."""
+    detector calls share the model, whose forward pass keeps no state; describe calls take turns. A key with
+    ``masks=True`` segments every item's boxes on its original image with ``segmenter.get()`` (the server
+    loads it before queueing such a request, so a load failure never reaches the batch)."""
     plain_detector = detector
     detector = _accepting_prepared(detector)
     describe_lock = threading.Lock()  # the describer's generation is not known to be thread-safe: one at a time
@@ -112,13 +186,23 @@ def make_runner(detector, batch_size: int, describer=None) -> Callable[[Hashable
         if task == "describe":
             with describe_lock:
                 return describe_items(describer, plain_detector, items, batch_size, **options)
+        masks = options.pop("masks", False)
         images = [it.image for it in items]
         if task == "detect":
-            return detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)
-        if task == "ground":
+            out = detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)
+        elif task == "ground":
             captions = [it.prompt[0] for it in items]
             phrases = [it.prompt[1] for it in items]  # None for an item whose phrases are read off the tokens
-            return detector.ground(images, captions, phrases, batch_size=batch_size, **options)
-        return detector.refer(images, [it.prompt for it in items], batch_size=batch_size, **options)
+            out = detector.ground(images, captions, phrases, batch_size=batch_size, **options)
+        else:
+            out = detector.refer(images, [it.prompt for it in items], batch_size=batch_size, **options)
+        if masks:
+            if segmenter is None:
+                raise SegmenterUnavailable("this runner has no segmenter for masks requests")
+            seg = segmenter.get()
+            # One image at a time, as the CLI's --masks loop does: a batched image-encoder pass is not guaranteed
+            # to give bit-identical embeddings, and a last-bit change can flip a mask pixel at the threshold.
+            out = [seg.add_masks(it.original, d) for it, d in zip(items, out)]
+        return out
 
     return run

@@ -1,4 +1,5 @@
-// groundscope web page: pick an image, post it to /v1/<task>, draw the answer's boxes on a canvas.
+// groundscope web page: pick an image, post it to /v1/<task>, draw the answer's boxes on a canvas (and, with
+// "Masks" ticked, each box's mask: COCO RLE from the answer, decoded by rle.js, tinted in the box's colour).
 // Describe (when the server has a describer): drag a box on the image, or type one or an expression, and read
 // the region's description.
 // Plain browser JavaScript, no build step and no network beyond this server, so it works offline.
@@ -12,10 +13,14 @@
 
   // Colour-blind-friendly palette (Okabe-Ito plus two), one colour per class id.
   const PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#7FDBFF", "#B10DC9"];
+  // How strongly a mask tints the image: strong enough to see on a photo, weak enough to see the object through.
+  const MASK_ALPHA = 0.4;
 
   // items: what the answer shows, one per box: {box, label, score|null, class_id, text?, error?}.
   // dragBox: the region being dragged on the canvas (Describe), in image pixels.
-  const state = { file: null, image: null, record: null, items: [], highlight: -1, dragBox: null };
+  // maskLayers: per item, its mask painted in its colour on a canvas of the mask's size (null: no mask), built
+  // once per answer so hovering a row redraws without decoding again.
+  const state = { file: null, image: null, record: null, items: [], highlight: -1, dragBox: null, maskLayers: [] };
 
   function setStatus(text, kind) {
     statusLine.textContent = text;
@@ -57,6 +62,7 @@
       state.image = img;
       state.record = null;
       state.items = [];
+      state.maskLayers = [];
       state.dragBox = null;
       $("file-name").textContent = `${file.name || "pasted image"} · ${img.naturalWidth}×${img.naturalHeight}`;
       stage.dataset.state = "ready";
@@ -128,6 +134,7 @@
       body.append("expression", expression);
       body.append("top_k", $("top-k").value || "1");
     }
+    if (task !== "describe" && $("masks").checked) body.append("masks", "true");
     return body;
   }
 
@@ -152,14 +159,24 @@
       state.dragBox = null;
       const ms = Math.round(performance.now() - started);
       const n = state.items.length;
+      let maskNote = "", kind = "ok";
+      try {
+        state.maskLayers = state.items.map(maskLayer);
+        if (state.maskLayers.some(Boolean)) maskNote = " with masks";
+      } catch (err) {  // a mask the page cannot read: still show the boxes, and say why the masks are missing
+        state.maskLayers = [];
+        maskNote = ` (masks not shown: ${err.message})`;
+        kind = "warn";
+      }
       setStatus(task === "describe"
         ? `${n} region${n === 1 ? "" : "s"} described in ${ms} ms (${payload.model}).`
-        : `${n} box${n === 1 ? "" : "es"} in ${ms} ms (${payload.model}).`, "ok");
+        : `${n} box${n === 1 ? "" : "es"}${maskNote} in ${ms} ms (${payload.model}).`, kind);
       stage.dataset.state = "done";
       stage.dataset.count = String(n);
     } catch (err) {
       state.record = null;
       state.items = [];
+      state.maskLayers = [];
       stage.dataset.state = "error";
       stage.dataset.count = "0";
       setStatus(err.message, "error");
@@ -219,6 +236,30 @@
     return PALETTE[Math.abs(det.class_id) % PALETTE.length];
   }
 
+  // An item's mask as an offscreen canvas: opaque in the item's colour inside the mask, transparent outside.
+  // draw() lays it over the image at MASK_ALPHA, which blends it the same on any browser.
+  function maskLayer(d) {
+    if (!d.mask) return null;
+    const { height, width, data } = window.GroundscopeRle.decode(d.mask);
+    const layer = document.createElement("canvas");
+    layer.width = width;
+    layer.height = height;
+    const lctx = layer.getContext("2d");
+    const pixels = lctx.createImageData(width, height);
+    const hex = colourFor(d);
+    const rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    for (let i = 0; i < data.length; i++) {
+      if (!data[i]) continue;
+      const o = 4 * i;
+      pixels.data[o] = rgb[0];
+      pixels.data[o + 1] = rgb[1];
+      pixels.data[o + 2] = rgb[2];
+      pixels.data[o + 3] = 255;
+    }
+    lctx.putImageData(pixels, 0, 0);
+    return layer;
+  }
+
   function draw() {
     const img = state.image;
     $("placeholder").hidden = Boolean(img);
@@ -233,8 +274,17 @@
     const font = Math.max(12, Math.round(side / 32));
     ctx.font = `600 ${font}px system-ui, -apple-system, "Segoe UI", sans-serif`;
     ctx.textBaseline = "top";
-    // Draw the highlighted box last so it sits on top.
+    // Draw the highlighted box (and mask) last so it sits on top.
     const order = dets.map((_, i) => i).sort((a, b) => (a === state.highlight) - (b === state.highlight));
+    // Masks first, under every box and label. A mask is at the image's size; drawn stretched to the canvas so
+    // one at another size (an image the browser orients differently) still covers the picture, not a corner.
+    for (const i of order) {
+      const layer = state.maskLayers[i];
+      if (!layer) continue;
+      const dim = state.highlight >= 0 && i !== state.highlight;
+      ctx.globalAlpha = dim ? MASK_ALPHA * 0.35 : MASK_ALPHA;
+      ctx.drawImage(layer, 0, 0, canvas.width, canvas.height);
+    }
     const placed = [];  // label rectangles drawn so far: a label that would cover one moves down a line
     const overlaps = (r) => placed.some(
       (q) => r.x < q.x + q.w && q.x < r.x + r.w && r.y < q.y + q.h && q.y < r.y + r.h);

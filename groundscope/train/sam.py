@@ -278,7 +278,8 @@ class SamTrainer(Trainer):
 
     def _batch_loss(self, batch: SamBatch, autocast) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast:
-            embeddings = self.model.get_image_embeddings(batch.pixel_values.to(self.device))
+            # the vision encoder itself: SamModel.get_image_embeddings runs under torch.no_grad (inference only)
+            embeddings = self.model.vision_encoder(batch.pixel_values.to(self.device))[0]
             loss, iou, n = embeddings.new_zeros(()), 0.0, 0
             for i, item in enumerate(batch.images):
                 li, ii, ni = self._image_loss(embeddings[i : i + 1], item)

@@ -173,3 +173,68 @@ def test_describe_a_region_dragged_on_the_image(browser, page, dam_dir, tmp_path
         assert "x2 > x1" in dpage.text_content("#status")
         save_screenshot(dpage, tmp_path, "serve_describe_page.png")
         assert not dpage.js_errors, dpage.js_errors
+
+
+def _far_from_box(shape, box, margin: int) -> "np.ndarray":
+    """bool (H, W): pixels more than `margin` from the box's edges and out of its label's band at the top edge
+    (the stroke and the label are drawn over the mask)."""
+    import numpy as np
+
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    x1, y1, x2, y2 = box
+    near_edge = ((np.abs(xs - x1) <= margin) | (np.abs(xs - x2) <= margin)) & (ys >= y1 - margin) & (ys <= y2 + margin)
+    near_edge |= ((np.abs(ys - y1) <= margin) | (np.abs(ys - y2) <= margin)) & (xs >= x1 - margin) & (xs <= x2 + margin)
+    label_band = (ys >= y1 - 3 * margin) & (ys <= y1 + 3 * margin) & (xs >= x1 - margin)
+    return ~(near_edge | label_band)
+
+
+def test_masks_are_tinted_under_the_boxes(browser, tiny_sam_dir, tmp_path):
+    """Masks ticked: the answer carries RLE masks, the page decodes them as pycocotools does and tints the
+    inside of the mask in the box colour at alpha 0.4; a pixel outside keeps the image's colour."""
+    import numpy as np
+
+    from groundscope.masks import decode_one
+
+    with serve_in_thread(create_app(gs.load_detector("nano"), segmenter=tiny_sam_dir)) as url:
+        mpage = open_page(browser, url)
+        assert mpage.is_visible("#masks")  # offered for detect ...
+        mpage.set_input_files("#file", str(SYNTH))
+        mpage.wait_for_selector('#stage[data-state="ready"]')
+        mpage.click(".tasks span:text-is('Refer')")
+        assert mpage.is_visible("#masks")  # ... and refer
+        mpage.fill("#expression", "the large pink cross")
+        mpage.check("#masks")
+        assert run_and_wait(mpage) == 1
+        assert "with masks" in mpage.text_content("#status")
+        record = mpage.evaluate("JSON.parse(document.getElementById('json').textContent)")
+        (det,) = record["detections"]
+        mask = decode_one(det["mask"])
+        assert mask.shape == (record["height"], record["width"])
+        # The page's decoder, in Chromium, against pycocotools' pixels.
+        decoded = mpage.evaluate("(r) => Array.from(GroundscopeRle.decode(r).data)", det["mask"])
+        assert np.array_equal(np.array(decoded, bool).reshape(mask.shape), mask)
+
+        clear = _far_from_box(mask.shape, det["box"], margin=8)
+        inside, outside = np.argwhere(mask & clear), np.argwhere(~mask & clear)
+        assert len(inside) and len(outside), "the tiny SAM's mask must leave pixels on both sides to compare"
+        original = np.asarray(Image.open(SYNTH).convert("RGB")).astype(float)
+        colour = np.array([int(PALETTE[det["class_id"] % len(PALETTE)][i:i + 2], 16) for i in (1, 3, 5)], float)
+        rng = np.random.default_rng(0)
+        for y, x in inside[rng.choice(len(inside), 5)].tolist():
+            tinted = "#%02X%02X%02X" % tuple(int(round(v)) for v in original[y, x] * 0.6 + colour * 0.4)
+            assert colour_distance(canvas_pixel(mpage, x, y), tinted) <= 3, (x, y, tinted)
+        for y, x in outside[rng.choice(len(outside), 5)].tolist():
+            untouched = "#%02X%02X%02X" % tuple(int(v) for v in original[y, x])
+            assert colour_distance(canvas_pixel(mpage, x, y), untouched) <= 2, (x, y, untouched)
+        save_screenshot(mpage, tmp_path, "serve_masks_page.png")
+
+        # Unticked: no masks asked for, none drawn.
+        y, x = inside[0].tolist()
+        mpage.uncheck("#masks")
+        assert run_and_wait(mpage) == 1
+        record = mpage.evaluate("JSON.parse(document.getElementById('json').textContent)")
+        assert "mask" not in record["detections"][0]
+        untouched = "#%02X%02X%02X" % tuple(int(v) for v in original[y, x])
+        assert colour_distance(canvas_pixel(mpage, x, y), untouched) <= 2
+        assert not mpage.js_errors, mpage.js_errors

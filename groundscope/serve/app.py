@@ -222,9 +222,9 @@ def create_app(
             image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task)
             if callable(prompt):
                 prompt = await loop.run_in_executor(decode_pool, prompt, image)
-            if options.get("masks"):
-                # The segmenter is loaded (the first time: seconds) before the request joins the queue, outside
-                # the batcher's workers, so box requests keep flowing meanwhile and a failed load is one 503.
+            if options.get("masks") and segmenters.name is None:
+                # The segmenter is loaded (seconds, once) before the request joins the queue and outside the
+                # batcher's workers, so box requests keep flowing meanwhile and a failed load is one 503.
                 await asyncio.to_thread(segmenters.get)
         except BaseException as e:
             batcher.withdraw()

@@ -314,7 +314,6 @@ def test_refer_top_k(detector):
 
 def test_errors_name_the_fix(detector):
     from groundscope.models.captioner import CaptionerError
-    from groundscope.models.sam3_detector import Sam3OptionError
     from groundscope.prompts import PromptError
 
     im = _image(*IMAGES[0])
@@ -324,17 +323,84 @@ def test_errors_name_the_fix(detector):
         detector.caption(im)
     with pytest.raises(CaptionerError):
         detector._require_caption_head()  # what `groundscope caption` asks first
-    with pytest.raises(Sam3OptionError, match="chunk_size=40.*leave it at None"):
-        detector.detect(im, ["cat"], chunk_size=40)
-    with pytest.raises(Sam3OptionError, match="rec_rule"):
-        detector.refer(im, "the cat", rec_rule="llmdet")
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
         detector.detect(im, ["cat"], colour="red")
-    with pytest.raises(PromptError, match="class 1 is empty"):
+    with pytest.raises(ValueError, match="rec_rule must be one of mean, mmgdino, llmdet, not 'best'"):
+        detector.refer(im, "the cat", rec_rule="best")
+    with pytest.raises(PromptError, match=r"class 1 \('  '\) is empty"):
         detector.detect(im, ["cat", "  "])
     with pytest.raises(PromptError, match="does not occur"):
         detector.ground(im, "a cat", ["a dog"])
-    detector.detect(im, ["cat"], score_rule="mean", per_chunk=False, official_names=False)  # defaults pass
+    with pytest.raises(PromptError, match="expression is empty"):
+        detector.refer(im, "  ")
+
+
+def test_grounding_dino_options_and_protocol_settings(detector):
+    """The options `eval run`'s official settings pass (groundscope.evaluate.protocols.official_settings)."""
+    im = _image(*IMAGES[0])
+    plain = detector.detect(im, ["cat", "dog"])
+    same = detector.detect(im, ["cat", "dog"], chunk_size=40, score_rule="max")  # no effect on SAM 3
+    np.testing.assert_array_equal(same.scores, plain.scores)
+    assert detector.refer(im, "the dog", rec_rule="mmgdino").scores == detector.refer(im, "the dog").scores
+    # per_chunk: each class's top k, class by class (LVIS: chunk_size=40, per_chunk=True, official_names=True)
+    per = detector.detect(im, ["cat", "dog"], max_detections=3, per_chunk=True)
+    assert list(per.class_ids) == [0, 0, 0, 1, 1, 1]
+    for k in range(2):
+        np.testing.assert_allclose(per.scores[3 * k : 3 * k + 3], _per_class(plain, k).scores[:3], rtol=1e-6)
+    # duplicates: merged into the first id by default, kept under their own id with official_names
+    with pytest.warns(UserWarning, match="repeats index 0"):
+        dup = detector.detect(im, ["cat", "Cat", "dog"])
+    assert set(dup.class_ids) == {0, 2} and len(dup) == 40
+    official = detector.detect(im, ["cat", "Cat", "", "dog"], official_names=True)
+    assert set(official.class_ids) == {0, 1, 3} and official.labels.count("Cat") == 20
+    np.testing.assert_allclose(_per_class(official, 1).scores, _per_class(plain, 0).scores, rtol=1e-6)
+    blank = detector.detect([im, im], ["", " "], official_names=True)
+    assert [len(d) for d in blank] == [0, 0] and blank[0].masks == []  # no boxes, still "with masks"
+    # ODinW's caption_prompt: SAM 3 is prompted with its "name"
+    enh = detector.detect(im, ["pet", "dog"], caption_prompt={"pet": {"prefix": "there is a ", "name": "cat",
+                                                                      "suffix": " on the rug"}})
+    np.testing.assert_allclose(_per_class(enh, 0).scores, _per_class(plain, 0).scores, rtol=1e-6)
+    assert set(_per_class(enh, 0).labels) == {"pet"}
+
+
+def test_running_top_k_equals_the_global_top_k(detector):
+    """Candidates are cut to max_detections after every pass: the result is the global stable top-k."""
+    im = _image(*IMAGES[1])
+    names = ["cat", "dog", "bird", "a red dog", "tree"]
+    full = detector.detect(im, names, max_detections=300)
+    for k, bs in ((7, 1), (7, 2), (25, 3), (1, 4)):
+        cut = detector.detect(im, names, max_detections=k, batch_size=bs)
+        np.testing.assert_array_equal(cut.class_ids, full.class_ids[:k])
+        np.testing.assert_allclose(cut.scores, full.scores[:k], rtol=1e-6)
+        np.testing.assert_array_equal(cut.mask_array(), full.mask_array()[:k])
+
+
+def test_eval_run_with_official_settings(detector, tmp_path):
+    """`groundscope eval run` code path on a tiny COCO file (official settings: official_names, top 300) and a
+    refexp file (official rec_rule), with SAM 3's masks written as segmentations."""
+    from groundscope.evaluate.run import run_evaluation
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, s in enumerate(IMAGES):
+        _image(*s).save(folder / f"{i}.png")
+    coco = {"images": [{"id": i + 1, "file_name": f"{i}.png", "width": s[1], "height": s[0]}
+                       for i, s in enumerate(IMAGES)],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 40, 30], "area": 1200,
+                             "iscrowd": 0}],
+            "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    m = run_evaluation(detector, "coco", tmp_path / "coco.json", folder, tmp_path / "out", progress=False,
+                       model_name="sam3")
+    assert 0.0 <= m["AP"] <= 1.0 and m["settings"]["official_names"] is True
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results) == 80 and all("segmentation" in r for r in results)
+    ref = {"images": [{"id": 0, "file_name": "0.png", "caption": "the cat"}],
+           "annotations": [{"id": 1, "image_id": 0, "bbox": [10, 10, 40, 30]}]}
+    (tmp_path / "refcoco_val.json").write_text(json.dumps(ref))
+    m = run_evaluation(detector, "refexp", tmp_path / "refcoco_val.json", folder, tmp_path / "out2", progress=False,
+                       model_name="sam3")
+    assert m["settings"]["rec_rule"] == "mmgdino" and m["num_expressions"] == 1
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -32,19 +32,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from groundscope import masks as mask_ops
 from groundscope.detections import Detections
 from groundscope.images import ImageInput, load_image
 from groundscope.models.detector import _is_batch, _is_class_list, _per_image
 from groundscope.models.sam2_processing import Sam2Processing
-from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
+from groundscope.prompts import (REC_RULES, PromptError, _unique_classes, clean_class_name, find_phrase_spans,
+                                 normalize_caption)
 
 TEXT_LENGTH = 32  # Sam3Processor.__call__: tokenizer(text, padding="max_length", max_length=32)
 TEXT_CACHE_SIZE = 512
 MASK_THRESHOLD = 0.5  # post_process_instance_segmentation's default
-
-
-class Sam3OptionError(PromptError):
-    """An option of the Grounding DINO task API that SAM 3 has no counterpart for; the message says what to do."""
+MASK_CHUNK = 32  # masks resized to the image and encoded to RLE at a time
 
 
 # ---------------------------------------------------------------------------------------------- post-processing
@@ -160,6 +159,9 @@ class Sam3Detector:
         max_detections: int = 300,
         nms_iou: float | None = None,
         batch_size: int = 4,
+        per_chunk: bool = False,
+        official_names: bool = False,
+        caption_prompt: dict | None = None,
         masks: bool = True,
         mask_threshold: float = MASK_THRESHOLD,
         segmenter=None,
@@ -170,31 +172,46 @@ class Sam3Detector:
         Args:
             images: one image or a list (paths, PIL images or arrays).
             classes: class names shared by all images, or one list per image. `class_ids` index these lists.
+                A name that repeats an earlier one (case and dots aside) is prompted once, its boxes under the
+                first one's id, as `GroundingDetector.detect` merges them.
             box_threshold: minimum score kept (after the top-k). SAM 3's own demos keep scores above 0.5,
                 transformers' post-processing above 0.3.
-            max_detections: top-k (query, class) pairs per image over all its classes.
+            max_detections: top-k (query, class) pairs per image over all its classes; with `per_chunk`, per class.
             nms_iou: class-wise box NMS at this IoU when given (SAM 3's pipeline uses none).
             batch_size: (image, class) pairs per forward pass, and images per vision-encoder pass.
+            per_chunk: keep the top `max_detections` of every class and concatenate them class by class (the
+                LVIS protocol's chunked prediction, a chunk being one class here).
+            official_names: as `GroundingDetector.detect`: a repeated name keeps its own class id (prompted again,
+                from the text cache), a blank one is never detected instead of an error.
+            caption_prompt: per class name, ODinW's {"prefix", "name", "suffix"}: SAM 3 is prompted with the
+                "name" (a noun phrase); prefix and suffix, sentence context for Grounding DINO, are not sent.
             masks: keep SAM 3's masks (True) or drop them to save memory (False).
             mask_threshold: probability above which a mask pixel is on.
             segmenter: a `Segmenter` or segmenter name to re-segment the boxes with instead of SAM 3's masks.
-            options: `GroundingDetector.detect` options; those at their defaults are accepted, others
-                (chunk_size, per_chunk, official_names, caption_prompt, score_rule != "mean") raise
-                `Sam3OptionError`.
+            options: `chunk_size` (any: SAM 3 prompts every class alone, so grouping changes nothing) and
+                `score_rule` ("mean" / "max": a query has one score, not one per token) are accepted and have
+                no effect; anything else is a TypeError.
         Returns:
-            `Detections` (a list for a list of images) sorted by score, boxes clipped to the image.
+            `Detections` (a list for a list of images) sorted by score (class by class with `per_chunk`), boxes
+            clipped to the image.
         """
-        _check_options("detect", options, {"score_rule": "mean", "chunk_size": None, "per_chunk": False,
-                                           "official_names": False, "caption_prompt": None})
+        _accept(options, "detect", score_rule=("mean", "max"), chunk_size=None)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         per_image = _per_image(classes, len(imgs), "class lists", _is_class_list)
+        enh = caption_prompt or {}
+        cache: dict[tuple[str, ...], list] = {}
         prompts = []
         for cl in per_image:
-            if not cl:
-                raise PromptError("no classes given; pass at least one class name")
-            prompts.append([(k, name, _prompt_text(name, f"class {k}"), None) for k, name in enumerate(cl)])
-        dets = self._run(imgs, prompts, max_detections, box_threshold, batch_size, masks, mask_threshold)
+            key = tuple(cl)
+            if key not in cache:
+                idx, texts = _unique_classes(cl, official_names)
+                items = [(i, cl[i], clean_class_name((enh.get(cl[i]) or {}).get("name", text)), None)
+                         for i, text in zip(idx, texts)]
+                cache[key] = [it for it in items if it[2]]  # a blank name (official_names) is never detected
+            prompts.append(cache[key])
+        dets = self._run(imgs, prompts, max_detections, box_threshold, batch_size, masks, mask_threshold,
+                         per_prompt=per_chunk)
         if nms_iou is not None:
             dets = [d.nms(nms_iou) for d in dets]
         dets = self._resegment(imgs, dets, segmenter, masks)
@@ -219,15 +236,14 @@ class Sam3Detector:
         SAM 3 has no token-level alignment with a caption, so the caption is not encoded: each phrase (a string
         found in the caption, or (start, end) character spans, as `GroundingDetector.ground` takes them) is a
         text prompt, and its detections carry the phrase's characters in the caption as their span. Without
-        `phrases` it raises `PromptError` (no phrase decoding). `text_threshold` is accepted and unused (it only
-        decodes phrases); `score_rule` must stay "mean".
+        `phrases` it raises `PromptError` (no phrase decoding from tokens). `text_threshold` (it only decodes
+        phrases) and `score_rule` are accepted and have no effect.
 
         Returns:
-            `Detections` whose labels are phrases, class_ids phrase indices and spans the phrase's characters.
+            `Detections` whose labels are phrases, class_ids phrase indices and spans the phrase's characters;
+            the top `max_detections` over all phrases.
         """
-        text_threshold = options.pop("text_threshold", None)
-        del text_threshold  # decodes phrases from tokens, which SAM 3 does not do
-        _check_options("ground", options, {"score_rule": "mean"})
+        _accept(options, "ground", score_rule=("mean", "max"), text_threshold=None)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         caps = _per_image(captions, len(imgs), "captions", lambda v: isinstance(v, str))
@@ -243,9 +259,8 @@ class Sam3Detector:
                 raise PromptError("SAM 3 grounds explicit phrases only (it cannot read phrases off a caption's "
                                   "tokens); pass phrases=[...] (--phrase) naming the caption's phrases")
             text = normalize_caption(cap)
-            spans = find_phrase_spans(text, ph)
             items = []
-            for k, sp in enumerate(spans):
+            for k, sp in enumerate(find_phrase_spans(text, ph)):
                 label = text[sp[0][0] : sp[-1][1]]
                 items.append((k, label, _prompt_text(label, f"phrase {k}"), sp))
             prompts.append(items)
@@ -271,12 +286,13 @@ class Sam3Detector:
         boxes against the expression's tokens to single out one object: SAM 3 is a concept segmenter and
         returns every instance matching the phrase, so "the cat on the left" may score both cats alike and the
         top-1 is simply its most confident cat. Expect REC accuracy well below that of a grounding model on
-        relational expressions. `rec_rule` must stay "mean" and `tagger` unset (they pick tokens to score with).
+        relational expressions. `rec_rule` (any of prompts.REC_RULES) and `tagger` pick the tokens that score a
+        box in Grounding DINO; SAM 3 scores the whole text, so they are accepted and have no effect.
 
         Returns:
             `Detections` of at most `top_k` boxes, class_id 0, the expression as label and as span.
         """
-        _check_options("refer", options, {"rec_rule": "mean", "tagger": None})
+        _accept(options, "refer", rec_rule=REC_RULES, tagger=None)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         batch = _is_batch(images)
@@ -288,7 +304,7 @@ class Sam3Detector:
         return dets if batch else dets[0]
 
     def caption(self, image: ImageInput, boxes=None, **_: Any):
-        """Not supported: SAM 3 has no caption head."""
+        """Not supported: SAM 3 has no caption head (raises `CaptionerError`)."""
         self._require_caption_head()
 
     def _require_caption_head(self):
@@ -314,37 +330,38 @@ class Sam3Detector:
         are truncated to 32 tokens, where transformers' processor would fail); the features are
         ``Sam3Model.get_text_features(...).pooler_output`` (the projected last hidden state).
         """
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        # Safe from several threads (the server's streams): each OrderedDict call is atomic, and an entry
+        # another thread evicts in between is encoded again.
+        found = {t: self._text_cache.get(t) for t in dict.fromkeys(texts)}
+        missing = [t for t, v in found.items() if v is None]
         if missing:
             enc = self.tokenizer(missing, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                                  return_tensors="pt")
             ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
             feats = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
             for k, t in enumerate(missing):
-                self._text_cache[t] = (feats[k], mask[k])
-        out_f, out_m = [], []
-        for t in texts:
-            f, m = self._text_cache[t]
+                found[t] = self._text_cache[t] = (feats[k], mask[k])
+        for t in found:
             try:
                 self._text_cache.move_to_end(t)
             except KeyError:
                 pass
-            out_f.append(f)
-            out_m.append(m)
         while len(self._text_cache) > TEXT_CACHE_SIZE:
             try:
                 self._text_cache.popitem(last=False)
             except KeyError:
                 break
-        return torch.stack(out_f), torch.stack(out_m)
+        return torch.stack([found[t][0] for t in texts]), torch.stack([found[t][1] for t in texts])
 
     @torch.inference_mode()
     def _run(self, images, prompts, max_detections: int, box_threshold: float, batch_size: int, masks: bool,
-             mask_threshold: float) -> list[Detections]:
+             mask_threshold: float, per_prompt: bool = False) -> list[Detections]:
         """Every image's prompts -> one `Detections` per image.
 
-        `prompts[i]` is a list of (class id, label, prompt text, spans or None). Images are encoded
-        `batch_size` at a time; their (image, prompt) pairs run `batch_size` per pass on the encoded features.
+        `prompts[i]` is a list of (class id, label, prompt text, spans or None). Images are encoded `batch_size`
+        at a time; their (image, prompt) pairs run `batch_size` per pass on the encoded features. After each pass
+        an image keeps only the candidates that can still make its final top `max_detections` (`_Best`), so
+        memory holds at most that many low-resolution masks an image, however many classes are asked.
         """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -356,20 +373,19 @@ class Sam3Detector:
         for s in range(0, len(images), batch_size):
             pils = [load_image(im) for im in images[s : s + batch_size]]
             vision = self.encode_images(self.processing.pixel_values(pils))
-            pairs = [(row, p) for row, ps in enumerate(prompts[s : s + batch_size]) for p in ps]
-            raw: list[list[tuple]] = [[] for _ in pils]  # per image: (prompt, scores, boxes, mask logits)
+            best = [_Best((im.height, im.width), max_detections, box_threshold, masks, mask_threshold, per_prompt)
+                    for im in pils]
+            pairs = [(row, pos, p) for row, ps in enumerate(prompts[s : s + batch_size]) for pos, p in enumerate(ps)]
             for b in range(0, len(pairs), batch_size):
                 chunk = pairs[b : b + batch_size]
-                rows = torch.tensor([r for r, _ in chunk], device=self.device)
-                feats, mask = self.text_features([p[2] for _, p in chunk])
+                rows = torch.tensor([r for r, _, _ in chunk], device=self.device)
+                feats, mask = self.text_features([p[2] for _, _, p in chunk])
                 out = self.model(vision_embeds=_select(vision, rows), attention_mask=mask,
                                  text_embeds=BaseModelOutputWithPooling(pooler_output=feats))
                 scores = scores_of(out.pred_logits, out.presence_logits).cpu()
-                for k, (row, p) in enumerate(chunk):
-                    raw[row].append((p, scores[k], out.pred_boxes[k].float().cpu(), out.pred_masks[k]))
-            for im, items in zip(pils, raw):
-                results.append(_to_detections(items, (im.height, im.width), max_detections, box_threshold,
-                                              masks, mask_threshold))
+                for k, (row, pos, p) in enumerate(chunk):
+                    best[row].add(pos, p, scores[k], out.pred_boxes[k], out.pred_masks[k] if masks else None)
+            results += [b.detections() for b in best]
         return results
 
     def _resegment(self, images, dets: list[Detections], segmenter, masks: bool) -> list[Detections]:
@@ -388,22 +404,92 @@ class Sam3Detector:
         return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]
 
 
+class _Best:
+    """One image's best candidates over its prompts, kept as they come.
+
+    The result equals a stable descending sort of all (prompt, query) scores in prompt order, cut to `k` and to
+    scores >= `threshold`: a candidate of that result is in the top `k` of every subset holding it, so each
+    prompt's queries are merged into the kept set (ordered by their flat index prompt * Q + query, so a stable
+    sort breaks ties as the global one does) and cut to `k` again. With `per_prompt`, each prompt's top `k` is
+    final at once and the prompts' results are concatenated in order.
+    """
+
+    def __init__(self, size, k: int, threshold: float, masks: bool, mask_threshold: float, per_prompt: bool):
+        self.size, self.k, self.threshold = size, k, threshold
+        self.masks, self.mask_threshold, self.per_prompt = masks, mask_threshold, per_prompt
+        self.flat = torch.zeros(0, dtype=torch.long)
+        self.scores = torch.zeros(0)
+        self.boxes = torch.zeros((0, 4))
+        self.logits: torch.Tensor | None = None
+        self.meta: list[tuple] = []  # the prompt of each kept candidate
+        self.parts: list[Detections] = []  # per_prompt: the prompts' finished results
+
+    def add(self, pos: int, prompt: tuple, scores: torch.Tensor, boxes: torch.Tensor, logits: torch.Tensor | None):
+        """One prompt's (Q,) scores, (Q, 4) normalised xyxy boxes and (Q, h', w') mask logits (or None)."""
+        q = len(scores)
+        order = torch.argsort(scores, descending=True, stable=True)[: self.k]
+        order = order[scores[order] >= self.threshold]
+        if not self.per_prompt:
+            order = torch.sort(order).values  # by query index: flat indices ascending, for the merge below
+        part_boxes = boxes[order.to(boxes.device)].float().cpu()
+        part_logits = None if logits is None else logits[order.to(logits.device)].float().cpu()
+        if self.per_prompt:
+            self.parts.append(self._finish(scores[order], part_boxes, part_logits, [prompt] * len(order)))
+            return
+        flat = torch.cat([self.flat, pos * q + order])
+        cand_scores = torch.cat([self.scores, scores[order]])
+        keep = torch.argsort(cand_scores, descending=True, stable=True)[: self.k]
+        keep = torch.sort(keep).values  # back in flat-index order for the next merge
+        meta = self.meta + [prompt] * len(order)
+        self.flat, self.scores = flat[keep], cand_scores[keep]
+        self.boxes = torch.cat([self.boxes, part_boxes])[keep]
+        if part_logits is not None:
+            self.logits = part_logits[keep] if self.logits is None else torch.cat([self.logits, part_logits])[keep]
+        self.meta = [meta[i] for i in keep.tolist()]
+
+    def detections(self) -> Detections:
+        if self.per_prompt:
+            merged = Detections.merge(self.parts)
+            if len(merged) == 0:  # merge drops the masks of empty parts
+                return self._finish(self.scores, self.boxes, None, [])
+            return merged
+        order = torch.argsort(self.scores, descending=True, stable=True)
+        logits = None if self.logits is None else self.logits[order]
+        return self._finish(self.scores[order], self.boxes[order], logits, [self.meta[i] for i in order.tolist()])
+
+    def _finish(self, scores, boxes, logits, meta) -> Detections:
+        """Sorted candidates -> `Detections`: pixel boxes clipped to the image, masks at its size as RLE."""
+        h, w = self.size
+        xyxy = boxes_to_pixels(boxes.reshape(-1, 4), self.size)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        rles = None
+        if self.masks:
+            rles = []
+            for c in range(0, len(meta), MASK_CHUNK):  # bounded memory: full-size masks a chunk at a time
+                rles += mask_ops.encode(masks_to_image(logits[c : c + MASK_CHUNK], self.size,
+                                                       self.mask_threshold).numpy())
+        with_spans = bool(meta) and meta[0][3] is not None
+        return Detections(xyxy=xyxy.numpy(), scores=scores.numpy(), class_ids=[m[0] for m in meta],
+                          labels=[m[1] for m in meta], spans=[m[3] for m in meta] if with_spans else None,
+                          masks=rles)
+
+
 def _prompt_text(text: str, what: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise PromptError(f"{what} is empty; SAM 3 needs a noun phrase to look for")
     return text.strip()
 
 
-def _check_options(task: str, options: dict, defaults: dict) -> None:
-    """Accept Grounding DINO options left at their defaults; name any other and what to do instead."""
+def _accept(options: dict, task: str, **allowed) -> None:
+    """Grounding DINO options with no SAM 3 counterpart: accepted (no effect) when valid, else an error naming
+    the option. `allowed` maps an option to its valid values (None: any)."""
     for key, value in options.items():
-        if key not in defaults:
+        if key not in allowed:
             raise TypeError(f"Sam3Detector.{task}() got an unexpected keyword argument '{key}'")
-        if value != defaults[key]:
-            raise Sam3OptionError(
-                f"{key}={value!r} is a Grounding DINO prompt option; SAM 3 prompts each class (phrase, expression) "
-                f"on its own and scores the whole text, so it has no {key}: leave it at {defaults[key]!r} "
-                "(or use a Grounding DINO / LLMDet model)")
+        valid = allowed[key]
+        if valid is not None and value not in valid:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, valid))}, not {value!r}")
 
 
 def _select(vision, rows: torch.Tensor):
@@ -416,41 +502,6 @@ def _select(vision, rows: torch.Tensor):
         elif isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
             kwargs[key] = tuple(v.index_select(0, rows) for v in value)
     return type(vision)(**kwargs)
-
-
-def _to_detections(items: list[tuple], size: tuple[int, int], max_detections: int, box_threshold: float,
-                   masks: bool, mask_threshold: float) -> Detections:
-    """One image's (prompt, scores (Q,), boxes (Q, 4) normalised xyxy, mask logits (Q, h', w')) per prompt ->
-    `Detections`: the top `max_detections` over all (query, prompt) pairs, scores >= `box_threshold`, pixel
-    boxes clipped to the image, the kept masks resized to it."""
-    h, w = size
-    if not items:
-        return Detections(masks=np.zeros((0, h, w), bool) if masks else None)
-    scores = torch.cat([sc for _, sc, _, _ in items])
-    q = len(items[0][1])
-    order = torch.argsort(scores, descending=True, stable=True)[:max_detections]
-    order = order[scores[order] >= box_threshold]
-    which, query = (order // q).tolist(), (order % q).tolist()
-    boxes = torch.stack([items[p][2][j] for p, j in zip(which, query)]) if which else torch.zeros((0, 4))
-    xyxy = boxes_to_pixels(boxes, size)
-    xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
-    xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
-    mask_arr = None
-    if masks:
-        if which:
-            logits = torch.stack([items[p][3][j] for p, j in zip(which, query)])
-            mask_arr = masks_to_image(logits, size, mask_threshold).cpu().numpy()
-        else:
-            mask_arr = np.zeros((0, h, w), bool)
-    with_spans = items[0][0][3] is not None
-    return Detections(
-        xyxy=xyxy.numpy(),
-        scores=scores[order].numpy(),
-        class_ids=[items[p][0][0] for p in which],
-        labels=[items[p][0][1] for p in which],
-        spans=[items[p][0][3] for p in which] if with_spans else None,
-        masks=mask_arr,
-    )
 
 
 def load_sam3_detector(local: str, display: str, config, device="cpu", dtype: torch.dtype | None = None,

@@ -42,8 +42,8 @@ def tiny_sam3_config(vocab_size: int, bos: int, eos: int, pad: int):
 
     vit = Sam3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                         image_size=SIZE, patch_size=14, window_size=4, global_attn_indexes=[1], pretrain_image_size=56)
-    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=16, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
-                              scale_factors=[4.0, 2.0, 1.0])
+    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=16,
+                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], scale_factors=[4.0, 2.0, 1.0])
     h = 16
     cfg = Sam3Config(
         vision_config=vision,

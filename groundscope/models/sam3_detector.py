@@ -14,9 +14,14 @@ task surface of `GroundingDetector` (`detect`, `ground`, `refer`, `name`, `devic
   (image_processing_sam3.py; `post_process_instance_segmentation` below reproduces it and tests/
   test_sam3_detector.py holds it equal): score = sigmoid(pred_logits) * sigmoid(presence_logits), boxes are
   normalised xyxy scaled to pixels, mask probabilities (sigmoid of the logits) are resized bilinearly to the
-  image and thresholded at 0.5. `detect` then keeps the top `max_detections` scores over all classes of an image,
+  image and thresholded at 0.5. `detect` then keeps the top `max_detections` scores over all classes of an image
+  (cut after every pass, so an image holds at most that many low-resolution masks however many classes),
   drops those under `box_threshold`, clips the boxes to the image (as groundscope's other detectors do) and
-  upsamples only the kept masks.
+  upsamples only the kept masks, a chunk at a time, to COCO RLE;
+- the Grounding DINO options `eval run`'s official protocols pass are honoured where they mean something for
+  one-class-a-prompt SAM 3 (per_chunk: top-k per class; official_names: repeated names keep their ids, blank
+  ones are never detected; caption_prompt: its "name" is the prompt) and accepted without effect where they
+  do not (chunk_size, score_rule, rec_rule, tagger, text_threshold).
 
 What it does not do: there is no token-level alignment, so `ground` needs explicit phrases (no phrase decoding
 from a caption) and `refer` is not referring-expression top-1 (see its docstring); there is no caption head.
@@ -28,7 +33,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -257,7 +261,8 @@ class Sam3Detector:
         for cap, ph in zip(caps, phr):
             if ph is None or len(ph) == 0:
                 raise PromptError("SAM 3 grounds explicit phrases only (it cannot read phrases off a caption's "
-                                  "tokens); pass phrases=[...] (--phrase) naming the caption's phrases")
+                                  "tokens); pass phrases=[...] (--phrase, or the phrase form field of /v1/ground) "
+                                  "naming the caption's phrases")
             text = normalize_caption(cap)
             items = []
             for k, sp in enumerate(find_phrase_spans(text, ph)):
@@ -525,7 +530,8 @@ def load_sam3_detector(local: str, display: str, config, device="cpu", dtype: to
     try:
         model = Sam3Model.from_pretrained(local, config=detector_config, dtype=dtype or torch.float32)
     except Exception as e:
-        raise ModelLoadError(f"model '{display}': SAM 3 weights in {local} do not load ({type(e).__name__}: {e})") from e
+        raise ModelLoadError(f"model '{display}': SAM 3 weights in {local} do not load "
+                             f"({type(e).__name__}: {e})") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(local)
     except Exception as e:

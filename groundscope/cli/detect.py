@@ -75,7 +75,9 @@ def run_task(
 
     paths = require_images(images)
     detector = load_model(model_name, device, precision)
-    seg = load_segmenter_for(segmenter, model_name, device) if masks else None
+    # SAM 3 as a detector predicts its own masks: --masks keeps them unless --segmenter names another segmenter
+    own_masks = getattr(detector, "predicts_masks", False) and segmenter is None
+    seg = load_segmenter_for(segmenter, model_name, device) if masks and not own_masks else None
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     stems: dict[str, int] = {}

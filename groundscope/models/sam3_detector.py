@@ -131,6 +131,8 @@ class Sam3Detector:
     result carries SAM 3's own masks unless `masks=False`.
     """
 
+    predicts_masks = True  # its results carry its own masks: --masks keeps them unless a segmenter is named
+
     def __init__(self, model, tokenizer, processing: Sam2Processing, name: str = "sam3",
                  path: str | Path | None = None):
         self.model = model.eval()

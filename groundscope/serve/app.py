@@ -222,7 +222,8 @@ def create_app(
             image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task)
             if callable(prompt):
                 prompt = await loop.run_in_executor(decode_pool, prompt, image)
-            if options.get("masks") and segmenters.name is None:
+            own_masks = getattr(detector, "predicts_masks", False) and not segmenters.explicit
+            if options.get("masks") and segmenters.name is None and not own_masks:
                 # The segmenter is loaded (seconds, once) before the request joins the queue and outside the
                 # batcher's workers, so box requests keep flowing meanwhile and a failed load is one 503.
                 await asyncio.to_thread(segmenters.get)

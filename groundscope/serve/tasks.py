@@ -98,6 +98,7 @@ class SegmenterSlot:
         self._lock = threading.Lock()
         self._device = device
         self._error: str | None = None
+        self.explicit = segmenter is not None  # named by the caller (not the default pairing)
         if segmenter is None or isinstance(segmenter, (str, os.PathLike)):
             from groundscope.models.segmenter import default_segmenter
 
@@ -196,7 +197,9 @@ def make_runner(detector, batch_size: int, describer=None,
             out = detector.ground(images, captions, phrases, batch_size=batch_size, **options)
         else:
             out = detector.refer(images, [it.prompt for it in items], batch_size=batch_size, **options)
-        if masks:
+        if masks and getattr(plain_detector, "predicts_masks", False) and not (segmenter and segmenter.explicit):
+            pass  # a detector with its own masks (SAM 3) keeps them unless a segmenter was named
+        elif masks:
             if segmenter is None:
                 raise SegmenterUnavailable("this runner has no segmenter for masks requests")
             seg = segmenter.get()

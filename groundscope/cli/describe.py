@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
                                             "its pixels prompt SAM as the official demo does."),
         segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Turn --box / --points / --scribble "
                                                 "(and --expression's box) into a SAM mask first, as the official "
-                                                "pipeline does: sam-vit-base, sam2.1-hiera-tiny, sam-nano (offline, "
-                                                "synthetic world) ..."),
+                                                "pipeline does: sam-vit-base, sam2.1-hiera-tiny, edgetam, a SAM folder "
+                                                "..."),
         expression: Optional[str] = typer.Option(None, "--expression", "-e", help="Find the region with the "
                                                  "detector's referring-expression top-1 box, then describe it."),
         detector: str = typer.Option("nano", "--detector", help="Detector for --expression (a `groundscope "
@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
             describer._noticed = True  # said here once, on the console, instead of as a Python warning
             console.print("[yellow]notice:[/] boxes and points are described through a filled rectangle / small "
                           "discs, not the SAM mask the official pipeline makes; add --segmenter sam-vit-base "
-                          "(or sam-nano offline)", highlight=False, soft_wrap=True)
+                          "(or a SAM folder)", highlight=False, soft_wrap=True)
         det = load_model(detector, device, precision) if expression is not None else None
         gen = generation_preset(preset) if preset is not None else {}
         gen.update({k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature),

@@ -265,7 +265,7 @@ class Describer:
         self._noticed = True
         warnings.warn("describing a box / point region through a filled rectangle / small discs, not a SAM mask "
                       "as the official pipeline does; pass segmenter= to load_describer (CLI: --segmenter "
-                      "sam-vit-base, or sam-nano offline)", UserWarning, stacklevel=3)
+                      "sam-vit-base, or a SAM folder)", UserWarning, stacklevel=3)
 
     @property
     def config(self):

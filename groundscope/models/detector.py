@@ -318,19 +318,9 @@ class GroundingDetector:
 
     def _add_masks(self, images: Sequence[ImageInput], dets: list[Detections], segmenter=None) -> list[Detections]:
         """Each image's detections with a mask per box from the segmenter (each image encoded once)."""
-        from groundscope.models.segmenter import Segmenter, default_segmenter, load_segmenter
+        from groundscope.models.segmenter import default_segmenter, segment_detections
 
-        seg = segmenter if segmenter is not None else self.segmenter
-        if seg is None or isinstance(seg, (str, Path)):
-            name = str(seg or default_segmenter(self.name))
-            cached = self.segmenter
-            if cached is not None and cached.name == name:
-                seg = cached
-            else:
-                seg = self.segmenter = load_segmenter(name, device=self.device)  # kept for the next call
-        if not isinstance(seg, Segmenter):
-            raise TypeError(f"segmenter must be a Segmenter or a segmenter name, not {type(seg).__name__}")
-        return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]
+        return segment_detections(self, images, dets, segmenter, default_segmenter(self.name))
 
     def _require_caption_head(self):
         if self.caption_head is None:

@@ -399,16 +399,9 @@ class Sam3Detector:
         """With a `segmenter` (and masks on), each image's boxes re-segmented by it (detect, then segment)."""
         if segmenter is None or not masks:
             return dets
-        from groundscope.models.segmenter import Segmenter, load_segmenter
+        from groundscope.models.segmenter import segment_detections
 
-        seg = segmenter
-        if isinstance(seg, (str, Path)):
-            if self.segmenter is None or self.segmenter.name != str(seg):
-                self.segmenter = load_segmenter(str(seg), device=self.device)
-            seg = self.segmenter
-        if not isinstance(seg, Segmenter):
-            raise TypeError(f"segmenter must be a Segmenter or a segmenter name, not {type(seg).__name__}")
-        return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]
+        return segment_detections(self, images, dets, segmenter)
 
 
 class _Best:

@@ -312,6 +312,24 @@ def _load_processor(proc_cls, local: str):
         return proc_cls.from_pretrained(local)
 
 
+def segment_detections(owner, images: Sequence[ImageInput], dets: list[Detections], segmenter=None,
+                       default: str | None = None) -> list[Detections]:
+    """`dets` (one per image) with a mask per box, for a detector `owner` that keeps its segmenter in
+    ``owner.segmenter``: `segmenter` (a `Segmenter` or a name), else ``owner.segmenter``, else `default`. A name is
+    loaded on ``owner.device`` once and kept on the owner for the next call."""
+    seg = segmenter if segmenter is not None else owner.segmenter
+    if seg is None or isinstance(seg, (str, os.PathLike)):
+        name = str(seg or default)
+        cached = owner.segmenter
+        if cached is not None and cached.name == name:
+            seg = cached
+        else:
+            seg = owner.segmenter = load_segmenter(name, device=owner.device)
+    if not isinstance(seg, Segmenter):
+        raise TypeError(f"segmenter must be a Segmenter or a segmenter name, not {type(seg).__name__}")
+    return [seg.add_masks(load_image(im), d) for im, d in zip(images, dets)]
+
+
 def default_segmenter(detector_name: str | None) -> str:
     """The segmenter a detector is paired with when none is named: the bundled sam-nano for the synthetic world's
     models (they see only its shapes), else SAM ViT-B, the segmenter of Describe Anything's official examples

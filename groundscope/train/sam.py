@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from groundscope.train.config import ConfigError, TrainConfig
+from groundscope.train.config import ConfigError
 from groundscope.train.dam import read_region_sources
 from groundscope.train.data import TrainDataError
 from groundscope.train.loop import Trainer

@@ -189,3 +189,49 @@ def dam_dir(tmp_path_factory) -> Path:
         lm.get_output_embeddings().weight[tok.eos_token_id].zero_()
     model = DamModel.from_parts(DamConfig(image_size=24, max_new_tokens=5, temperature=0.0), vision, lm, tok).eval()
     return model.save(tmp_path_factory.mktemp("dam") / "tiny-dam")
+
+
+def build_tiny_video_segmenter(out: Path, seed: int = 0) -> Path:
+    """A tiny random SAM 2 video model (`Sam2VideoModel`: the tiny "sam2" Hiera above plus memory attention and a
+    memory encoder) saved as transformers saves one, with its preprocessor_config.json. Input size 128; hidden size
+    128 and memory channels 64 (transformers fixes the memory cross-attention's input at 64 channels and splits
+    object pointers into memory-sized tokens, so hidden must be a larger multiple of 64). Its object-score head is
+    biased to +1 so that objects stay 'in the frame' and masks are non-trivial; 7 memory frames, 16 pointers."""
+    import json
+
+    import torch
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    torch.manual_seed(seed)
+    hiera = Sam2HieraDetConfig(
+        hidden_size=8, num_attention_heads=1, image_size=[128, 128], patch_kernel_size=[7, 7],
+        patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
+        window_positional_embedding_background_size=[4, 4], num_query_pool_stages=3,
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[2, 2, 2, 2],
+        global_attention_blocks=[3])
+    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=128)
+    cfg = Sam2VideoConfig(
+        vision_config=vision, image_size=128,
+        prompt_encoder_config=dict(hidden_size=128, image_size=128, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                                 iou_head_hidden_dim=16),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[8, 8], memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64)
+    model = Sam2VideoModel(cfg).eval()
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.add_(1.0)
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Sam2ImageProcessor", "size": {"height": 128, "width": 128},
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "rescale_factor": 1 / 255,
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "resample": 2}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2_video_dir(tmp_path_factory) -> Path:
+    return build_tiny_video_segmenter(tmp_path_factory.mktemp("tiny-sam2-video"))

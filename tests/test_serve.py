@@ -714,3 +714,172 @@ def test_masks_answer_equals_detect_with_masks_and_a_missing_segmenter_is_503(na
         ok = post(client, "refer", {"expression": "the large pink cross"}, synth_bytes)
     assert r.status_code == 503 and "no-such-sam" in r.json()["error"] and "--segmenter" in r.json()["error"]
     assert ok.status_code == 200
+
+
+# ---------------------------------------------------------------------------- security: API key, CORS, bind
+KEY = "s3cret-key"
+
+
+def test_api_key_guards_every_v1_route_and_leaves_health_and_page_open(nano, synth_bytes, monkeypatch):
+    from groundscope.serve import auth
+
+    compared = []
+    real_compare = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real_compare(a, b))
+    with TestClient(create_app(nano, api_key=KEY)) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["auth"] is True
+        assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200
+        for task, form in [("detect", {"classes": "pink cross"}), ("ground", {"caption": "a pink cross"}),
+                           ("refer", {"expression": "the pink cross"}), ("describe", {"box": "1,1,9,9"})]:
+            r = post(client, task, form, synth_bytes)
+            assert r.status_code == 401, (task, r.text)
+            assert "Authorization: Bearer" in r.json()["error"] and "--api-key" in r.json()["error"]
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Authorization": "Bearer wrong-key"})
+        assert r.status_code == 401 and "not this server's" in r.json()["error"]
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Authorization": f"Basic {KEY}"})
+        assert r.status_code == 401 and "must be 'Bearer <key>'" in r.json()["error"]
+        assert compared == [(b"wrong-key", KEY.encode())]  # the one well-formed guess, compared in constant time
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200 and r.json()["detections"], r.text
+        assert client.app.state.batcher.incoming == 0  # refused requests never reached the batcher
+    with TestClient(create_app(nano)) as client:  # without a key: open, as before
+        assert client.get("/healthz").json()["auth"] is False
+        assert post(client, "detect", {"classes": "pink cross"}, synth_bytes).status_code == 200
+    with pytest.raises(ValueError, match="api_key is empty"):
+        create_app(nano, api_key=" ")
+
+
+def test_cors_is_closed_unless_origins_are_named(nano, synth_bytes):
+    preflight = {"Origin": "https://tools.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization"}
+    with TestClient(create_app(nano)) as client:
+        r = client.options("/v1/detect", headers=preflight)
+        assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Origin": "https://tools.example.com"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # the browser hides it
+    with TestClient(create_app(nano, api_key=KEY, cors_origins=["https://tools.example.com"])) as client:
+        r = client.options("/v1/detect", headers=preflight)  # a preflight carries no key and must still pass
+        assert r.status_code == 200, r.text
+        assert r.headers["access-control-allow-origin"] == "https://tools.example.com"
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = client.options("/v1/detect", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Origin": "https://tools.example.com", "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://tools.example.com"
+
+
+def _serve_cli(monkeypatch, nano, args, env=None):
+    """`groundscope serve ARGS` with uvicorn.run caught: (the CLI result, the app it would have served)."""
+    import uvicorn
+
+    import groundscope.cli.serve as serve_cli
+
+    served = {}
+    monkeypatch.setattr(serve_cli, "load_model", lambda *a: nano)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("GROUNDSCOPE_API_KEY", raising=False)
+    res = CliRunner().invoke(cli_app, ["serve", "--model", "nano", *args], env=env)
+    return res, served.get("app")
+
+
+def test_serve_api_key_from_the_environment_and_the_open_bind_warning(nano, synth_bytes, monkeypatch):
+    res, app = _serve_cli(monkeypatch, nano, ["--host", "0.0.0.0"], env={"GROUNDSCOPE_API_KEY": KEY})
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.output and "API key required" in res.output
+    with TestClient(app) as client:
+        assert post(client, "detect", {"classes": "pink cross"}, synth_bytes).status_code == 401
+        r = client.post("/v1/detect", files={"image": ("s.png", synth_bytes)}, data={"classes": "pink cross"},
+                        headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200, r.text
+
+    res, app = _serve_cli(monkeypatch, nano, ["--host", "0.0.0.0", "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    (warning,) = [line for line in res.output.splitlines() if "warning" in line]  # one line, however wide
+    assert "0.0.0.0 without an API key" in warning and "--api-key" in warning and "8123" in warning
+    with TestClient(app) as client:
+        assert post(client, "detect", {"classes": "pink cross"}, synth_bytes).status_code == 200
+
+    for host in ["127.0.0.1", "localhost", "::1"]:  # loopback: only this machine can connect, no warning
+        res, _ = _serve_cli(monkeypatch, nano, ["--host", host])
+        assert res.exit_code == 0 and "warning" not in res.output, (host, res.output)
+    res, app = _serve_cli(monkeypatch, nano, ["--api-key", ""])
+    assert res.exit_code == 2 and "API key is empty" in res.output and app is None
+
+
+# ---------------------------------------------------------------------------- refusals reach urllib
+def _multipart(size: int, filler: bytes = b"\0") -> tuple[bytes, str]:
+    """A detect form whose image is `size` bytes: (body, content type)."""
+    boundary = "groundscopeboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="classes"\r\n\r\ncat\r\n--{boundary}\r\n'
+            f'Content-Disposition: form-data; name="image"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n')
+    return head.encode() + filler * size + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _urllib_post(url: str, data, headers: dict) -> tuple[int, dict]:
+    """POST with Python's urllib, which sends the whole body before it reads the answer: (status, JSON body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:  # a connection reset would raise URLError instead and fail the test
+        return e.code, json.loads(e.read())
+
+
+def test_oversized_upload_reaches_urllib_as_413_not_a_reset(nano, synth_bytes):
+    """The server reads (and throws away) a refused body before answering: closing with it unread makes the
+    kernel reset the connection, and urllib, still sending, would see "connection reset by peer"."""
+    body, ctype = _multipart(64 * 2**20)  # the issue's 64 MB photo against the default 20 MB limit
+    with serve_in_thread(create_app(nano)) as url:
+        status, answer = _urllib_post(f"{url}/v1/detect", body, {"Content-Type": ctype})
+        assert status == 413 and "limit of 20 MB" in answer["error"] and "--max-upload-mb" in answer["error"]
+        # Without a Content-Length (chunked): refused while it streams in, the rest read and dropped.
+        chunks = (body[i:i + 2**20] for i in range(0, 30 * 2**20, 2**20))
+        status, answer = _urllib_post(f"{url}/v1/detect", chunks,
+                                      {"Content-Type": ctype, "Transfer-Encoding": "chunked"})
+        assert status == 413 and "limit of 20 MB" in answer["error"]
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["status"] == "ok" and health["queued"] == 0
+    with serve_in_thread(create_app(nano, api_key=KEY)) as url:  # a 401 is read the same way
+        status, answer = _urllib_post(f"{url}/v1/detect", _multipart(8 * 2**20)[0], {"Content-Type": ctype})
+        assert status == 401 and "Authorization: Bearer" in answer["error"]
+        status, answer = _urllib_post(f"{url}/v1/detect", body, {"Content-Type": ctype,
+                                                                  "Authorization": f"Bearer {KEY}"})
+        assert status == 413
+
+
+def test_a_refused_body_is_read_only_up_to_its_bound():
+    """`discard_body` stops at its byte bound and its time bound, so a huge or trickling body cannot hold the
+    server; the bound is twice the limit, at least 128 MiB."""
+    import asyncio
+
+    from groundscope.serve.limits import DRAIN_FLOOR_BYTES, discard_body, drain_bound
+
+    assert drain_bound(2**20) == DRAIN_FLOOR_BYTES == 128 * 2**20 and drain_bound(100 * 2**20) == 200 * 2**20
+    read = []
+
+    async def endless():
+        read.append(2**16)
+        return {"type": "http.request", "body": b"\0" * 2**16, "more_body": True}
+
+    async def trickle():
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def short():
+        return {"type": "http.request", "body": b"last", "more_body": False}
+
+    assert asyncio.run(discard_body(endless, 2**20)) is False
+    assert sum(read) == 2**20 + 2**16  # stopped at the first chunk past the bound
+    started = time.monotonic()
+    assert asyncio.run(discard_body(trickle, 2**30, seconds=0.3)) is False
+    assert time.monotonic() - started < 2
+    assert asyncio.run(discard_body(short, 10)) is True

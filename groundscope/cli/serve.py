@@ -2,16 +2,21 @@
 
     groundscope serve --model nano [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20] [--max-batch 4]
                       [--describer dam-nano] [--segmenter sam-vit-base] [--precision fp32|bf16] [--streams N]
+                      [--api-key KEY | $GROUNDSCOPE_API_KEY] [--cors-origin ORIGIN ...]
 
 The model is loaded before the server binds its port, so a bad --model exits with 2 and one line like every
 other verb, and /healthz answers 200 from the first moment it answers at all. A --segmenter (for requests with
 masks=true) loads then too; without one the detector's default pairing loads on the first masks request. SIGTERM or Ctrl-C stop taking
 connections, finish the requests in flight and the queue, then exit.
+
+With a key every /v1/* request needs "Authorization: Bearer KEY"; binding anything but loopback without one
+prints a warning, since then anyone who can reach the port can use the model.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import ipaddress
+from typing import List, Optional
 
 import typer
 
@@ -41,6 +46,12 @@ def register(app: typer.Typer) -> None:
                                                 "request: sam-nano for nano, sam-vit-base otherwise)."),
         streams: int = typer.Option(1, "--streams", min=1, help="Forward passes that may run at once on a share of "
                                     "the CPU threads; a lone request still gets them all."),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GROUNDSCOPE_API_KEY", show_envvar=True,
+                                              help="Require 'Authorization: Bearer KEY' on every /v1/* request "
+                                              "(/healthz and the web page stay open; the page asks for the key)."),
+        cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", help="An origin (e.g. "
+                                                        "https://tools.example.com) whose web pages may call the "
+                                                        "API; repeatable. Default: none, no CORS headers."),
         device: str = DeviceOpt,
         precision: str = PrecisionOpt,
     ) -> None:
@@ -53,6 +64,9 @@ def register(app: typer.Typer) -> None:
                    if not any(find_spec(m) for m in mods)]
         if missing:
             raise fail(f"groundscope serve needs {', '.join(missing)}: pip install 'groundscope[serve]'")
+        if api_key is not None and not api_key.strip():
+            raise fail("the API key is empty (--api-key or $GROUNDSCOPE_API_KEY); give a key, or unset it to "
+                       "serve without one")
         import uvicorn
 
         from groundscope.serve.app import create_app
@@ -75,8 +89,24 @@ def register(app: typer.Typer) -> None:
 
             seg = in_fresh_thread(load_segmenter_for, segmenter, model, device)
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,
-                         max_wait_ms=max_wait_ms, describer=describe_model, streams=streams, segmenter=seg)
-        console.print(f"[green]serving[/] {detector.name} on http://{host}:{port}  (web page /, API docs /docs)",
-                      highlight=False)
+                         max_wait_ms=max_wait_ms, describer=describe_model, streams=streams, segmenter=seg,
+                         api_key=api_key, cors_origins=cors_origin or ())
+        if api_key is None and not is_loopback(host):
+            console.print(f"[yellow]warning:[/] serving {host} without an API key: anyone who can reach port "
+                          f"{port} can use the model; pass --api-key KEY (or set GROUNDSCOPE_API_KEY)",
+                          highlight=False, soft_wrap=True)  # one line, whatever the terminal's width
+        auth = "API key required" if api_key is not None else "no API key"
+        console.print(f"[green]serving[/] {detector.name} on http://{host}:{port}  (web page /, API docs /docs, "
+                      f"{auth})", highlight=False, soft_wrap=True)
         # Graceful shutdown: uvicorn waits up to 30 s for requests in flight before the batcher drains and stops.
         uvicorn.run(web, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False

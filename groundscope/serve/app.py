@@ -12,6 +12,10 @@ Routes:
                       temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
     GET  /docs        the OpenAPI documentation FastAPI generates
 
+With an API key (`create_app(..., api_key=)`, `serve --api-key` / $GROUNDSCOPE_API_KEY) every /v1/* route needs
+``Authorization: Bearer <key>`` (401 otherwise, serve/auth.py); /healthz, the page and /docs stay open. No CORS
+headers are sent unless `cors_origins` names the origins whose pages may call the API.
+
 Each answer is exactly the JSON the CLI writes as <stem>.json for the same image (`groundscope.answers.result_record`);
 a describe answer is what `groundscope describe --json` prints. ``masks=true`` is the CLI's --masks: every box is
 segmented (the server's segmenter: `create_app(..., segmenter=)`, `serve --segmenter`, else the detector's default
@@ -32,7 +36,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -48,6 +52,7 @@ from groundscope.describe.api import RegionError, read_mask
 from groundscope.images import ImageLoadError
 from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
 from groundscope.serve.announce import AnnounceRequests, claim
+from groundscope.serve.auth import ApiKeyAuth
 from groundscope.serve.batcher import DynamicBatcher, QueueFull, ShuttingDown
 from groundscope.serve.limits import UploadLimit
 from groundscope.serve.tasks import (
@@ -106,6 +111,8 @@ def create_app(
     describer=None,
     streams: int = 1,
     segmenter=None,
+    api_key: Optional[str] = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """Build the app around a loaded `GroundingDetector` (or a model name / folder, loaded now on `device`).
 
@@ -124,6 +131,10 @@ def create_app(
         streams: forward passes that may run at once, sharing the CPU threads (`DynamicBatcher`); a lone request
             still gets every thread. Default 1: with the nano model on 2 cores, 2 streams raised the 16-client rate
             by 3-8% and lowered the 4-client rate by 10-12% (benchmarks/results/serve.md).
+        api_key: when given, every /v1/* request needs ``Authorization: Bearer <api_key>`` (401 otherwise);
+            /healthz reports ``"auth": true`` so the web page knows to ask for it.
+        cors_origins: origins (e.g. "https://tools.example.com") whose pages may call the API from a browser;
+            none (the default): no CORS headers, so browsers keep other sites' pages from reading the answers.
 
     A detector passed in loaded runs as fast as it can in the batcher's thread only if the calling thread has not
     run torch's parallel kernels (see `groundscope.serve.threads`): load it with `in_fresh_thread(load_detector,
@@ -143,6 +154,8 @@ def create_app(
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 2**20)
+    if api_key is not None and not api_key.strip():  # checked now: middleware is built on the first request
+        raise ValueError("api_key is empty; give a key, or None for a server without one")
     threads = torch.get_num_threads()
     if isinstance(segmenter, (str, os.PathLike)):
         from groundscope.models.segmenter import load_segmenter
@@ -180,6 +193,16 @@ def create_app(
     app.state.max_upload_bytes = max_upload_bytes
     app.add_middleware(AnnounceRequests, batcher=batcher)  # inner: a 413 refused by UploadLimit is never announced
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    # Outside the upload limit: a request without the key learns nothing, not even the limit.
+    if api_key is not None:
+        app.add_middleware(ApiKeyAuth, api_key=api_key, max_body_bytes=max_upload_bytes)
+    app.state.auth = api_key is not None
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        # Outermost: a browser's preflight (OPTIONS) carries no Authorization header and must be answered here.
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -269,6 +292,7 @@ def create_app(
         body = {
             "status": "ok",
             "model": detector.name,
+            "auth": app.state.auth,  # true: /v1/* needs "Authorization: Bearer <key>" (the page asks for it)
             "describer": describer.name if describer is not None else None,
             "segmenter": segmenters.name,  # null until one is loaded (the first masks request loads the default)
             "segmenter_error": segmenters.error,

@@ -22,6 +22,32 @@
   // once per answer so hovering a row redraws without decoding again.
   const state = { file: null, image: null, record: null, items: [], highlight: -1, dragBox: null, maskLayers: [] };
 
+  // The API key (servers started with --api-key): typed once, kept in sessionStorage so it lasts for this tab
+  // only (not written to disk like localStorage), and sent as "Authorization: Bearer <key>" on every request.
+  const KEY_STORE = "groundscope.apiKey";
+  const keyInput = $("api-key"), keyField = $("api-key-field");
+
+  function apiKey() {
+    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch { return keyInput.value.trim(); }
+  }
+
+  function saveKey() {
+    const key = keyInput.value.trim();
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
+    } catch { /* storage disabled: apiKey() reads the field instead */ }
+  }
+
+  function authHeaders() {
+    const key = apiKey();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function askForKey() {
+    keyField.hidden = false;
+    keyInput.focus();
+  }
+
   function setStatus(text, kind) {
     statusLine.textContent = text;
     statusLine.dataset.kind = kind || "info";
@@ -149,9 +175,13 @@
     setStatus(`Running ${task}…`, "info");
     const started = performance.now();
     try {
-      const response = await fetch(`/v1/${task}`, { method: "POST", body });
+      const response = await fetch(`/v1/${task}`, { method: "POST", body, headers: authHeaders() });
       const payload = await response.json()
         .catch(() => ({ error: `HTTP ${response.status} with a body that is not JSON` }));
+      if (response.status === 401) {  // no key, or the wrong one: ask for it, say what the server said
+        askForKey();
+        throw new Error(`${payload.error || "HTTP 401"}. Enter the server's API key above Find and press Find again.`);
+      }
       if (!response.ok) throw new Error(payload.error || `HTTP ${response.status}`);
       state.record = payload;
       state.items = toItems(task, payload);
@@ -367,12 +397,18 @@
   bindRange("box-threshold");
   bindRange("text-threshold");
   showTaskFields();
+  keyInput.value = apiKey();
+  keyInput.addEventListener("input", saveKey);
   fetch("/healthz")
     .then((r) => r.json())
     .then((h) => {
       $("model").textContent = h.describer ? `${h.model} + ${h.describer} · ${h.device}` : `${h.model} · ${h.device}`;
       $("describe-task").hidden = !h.describer;
       $("model").dataset.ok = String(h.status === "ok");
+      if (h.auth) {
+        keyField.hidden = false;
+        if (!apiKey()) { setStatus("This server needs an API key: enter it above Find.", "info"); keyInput.focus(); }
+      }
     })
     .catch(() => { $("model").textContent = "server unreachable"; $("model").dataset.ok = "false"; });
 })();

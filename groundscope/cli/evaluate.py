@@ -190,6 +190,30 @@ def phrase(
     finish(metrics, out, [metrics_table(f"phrase grounding ({protocol}): {annotations.name}", metrics)])
 
 
+@eval_app.command()
+def mot(
+    gt: Path = typer.Argument(..., help="MOTChallenge ground truth: a gt.txt, a sequence folder (gt/gt.txt), or a "
+                              "folder of sequences (<seq>/gt/gt.txt).", show_default=False),
+    results: Path = typer.Argument(..., help="Tracker output: a results .txt, or a folder of <seq>.txt.",
+                                   show_default=False),
+    out: Path | None = OutOpt,
+    iou: float = typer.Option(0.5, "--iou", min=0.0, max=1.0, help="IoU a box pair needs to match (MOTA, IDF1; "
+                              "HOTA integrates over thresholds)."),
+    per_sequence: bool = typer.Option(False, "--per-sequence", help="Also print one row per sequence."),
+) -> None:
+    """Tracking: MOTA, IDF1, HOTA, ID switches, MOTP, precision/recall (motmetrics + TrackEval)."""
+    from groundscope.evaluate.mot import evaluate_mot, mot_tables
+
+    if iou <= 0.0:
+        raise fail("--iou must be above 0 (0.5 is MOTChallenge's)")
+    with input_errors():
+        try:
+            metrics = evaluate_mot(gt, results, iou_threshold=iou)
+        except ImportError as e:
+            raise fail(str(e)) from None
+    finish(metrics, out, mot_tables(metrics, per_sequence=per_sequence))
+
+
 RUN_KINDS = (*DATASET_KINDS, "odinw")
 
 

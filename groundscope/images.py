@@ -101,6 +101,19 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def _sniff(data: bytes) -> str:
+    """A few words on what `data` (a file's bytes) looks like, for an error message: text or binary, and its
+    first bytes."""
+    head = data[:16]
+    try:
+        text = data[:256].decode("utf-8")
+        if all(c.isprintable() or c in "\r\n\t" for c in text):
+            return f"it holds text, starting {text[:24]!r}"
+    except UnicodeDecodeError:
+        pass
+    return f"{len(data):,} bytes starting {head.hex(' ')}"
+
+
 def load_image(source: ImageInput) -> Image.Image:
     """Load `source` as an RGB PIL image.
 
@@ -120,7 +133,13 @@ def load_image(source: ImageInput) -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 data = path.read_bytes()
-                im = Image.open(io.BytesIO(data))
+                if not data:
+                    raise ImageLoadError(source, "the file is empty (0 bytes); re-export or re-download it")
+                try:
+                    im = Image.open(io.BytesIO(data))
+                except UnidentifiedImageError as e:
+                    raise ImageLoadError(source, f"not an image format PIL reads ({_sniff(data)}); convert it to "
+                                         "PNG or JPEG") from e
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise ImageLoadError(
                         source, f"{im.size[0]}x{im.size[1]} pixels exceeds the {MAX_PIXELS:,}-pixel limit"
@@ -138,7 +157,12 @@ def load_image(source: ImageInput) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(source, f"too large (decompression bomb guard): {e}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except OSError as e:
+        if "truncated" in str(e):
+            raise ImageLoadError(source, "the file is truncated (cut off before the image ends); re-download or "
+                                 "re-export it") from e
+        raise ImageLoadError(source, f"{type(e).__name__}: {e}") from e
+    except (SyntaxError, ValueError) as e:
         raise ImageLoadError(source, f"{type(e).__name__}: {e}") from e
 
 

@@ -70,6 +70,23 @@ def test_bad_files_name_themselves(tmp_path):
         load_image(tmp_path)
 
 
+def test_bad_files_say_what_they_hold_and_the_fix_without_object_reprs(tmp_path):
+    cases = {
+        "empty.jpg": (b"", "empty \\(0 bytes\\); re-export"),
+        "notes.png": (b"hello, not pixels", "holds text, starting 'hello, not pixels'.*convert it to PNG or JPEG"),
+        "blob.png": (bytes(range(40)), "40 bytes starting 00 01 02.*convert it to PNG or JPEG"),
+    }
+    for name, (data, pattern) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageLoadError, match=pattern) as info:
+            load_image(tmp_path / name)
+        assert "object at 0x" not in str(info.value) and "BytesIO" not in str(info.value)
+    Image.new("RGB", (300, 300), (9, 8, 7)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:120])
+    with pytest.raises(ImageLoadError, match="cut.png.*truncated.*re-download"):
+        load_image(tmp_path / "cut.png")
+
+
 def test_decompression_bomb_is_refused_with_its_name(tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20000, 10000)).save(bomb)  # 200 Mpx, a few hundred kB on disk

@@ -252,7 +252,11 @@ def fuse_and_decode_padded(
             memory.float() if _mixed_bf16(detector) else memory, ~images.mask, images.spatial_shapes_list
         )
         enc_class = m.encoder_output_class_embed(object_query, memory_text, text_mask)
-        topk = torch.topk(enc_class.max(-1)[0], cfg.num_queries, dim=1)[1]
+        # An extreme image (20 x 8000 px resizes to a strip a few tokens high) can hold fewer encoder tokens than
+        # the model has queries; the reference's topk then fails ("selected index k out of range"). Such an
+        # image runs with one query per token instead. A traced export sees a constant here (num_queries).
+        num_queries = min(cfg.num_queries, enc_class.shape[1])
+        topk = torch.topk(enc_class.max(-1)[0], num_queries, dim=1)[1]
         # The box MLP is row-wise, so it runs on the num_queries selected tokens only (not all ~22k of an
         # 800x1333 image, as the reference does before gathering): the same boxes for 4% of the work.
         selected = torch.gather(object_query, 1, topk.unsqueeze(-1).repeat(1, 1, object_query.shape[-1]))
@@ -260,12 +264,13 @@ def fuse_and_decode_padded(
             output_proposals, 1, topk.unsqueeze(-1).repeat(1, 1, 4))
         reference_points = enc_coords.detach().sigmoid()
         if query_embeds is not None:
-            target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
+            target = query_embeds[:num_queries].unsqueeze(0).repeat(batch_size, 1, 1)
         else:
             target = torch.gather(object_query, 1, topk.unsqueeze(-1).repeat(1, 1, cfg.d_model)).detach()
         enc_boxes = reference_points
         enc_logits = m.encoder_output_class_embed(target, text_features, text_mask)
     else:
+        num_queries = cfg.num_queries
         target = query_embeds.unsqueeze(0).repeat(batch_size, 1, 1)
         reference_points = m.reference_points.weight.unsqueeze(0).repeat(batch_size, 1, 1).sigmoid()
     num_dn = 0
@@ -283,7 +288,7 @@ def fuse_and_decode_padded(
     init_reference = reference_points
 
     # A Python int (not reference_points.shape[1]), so an exporter's tracer sees a constant, not a tensor.
-    with _decoder_query_count(m.decoder, cfg.num_queries + num_dn):
+    with _decoder_query_count(m.decoder, num_queries + num_dn):
         dec = m.decoder(
             inputs_embeds=target,
             vision_encoder_hidden_states=memory,

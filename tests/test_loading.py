@@ -80,3 +80,19 @@ def test_resize_edges_come_from_the_preprocessor_config(tmp_path, tiny_mm_dir, e
     assert det.image_size == (320, 512)
     assert tuple(det.prepare([example_photo])[0].pixel_values.shape[1:]) == (320, 481)  # chelsea is 451x300 (w x h)
     assert gs.load_detector(tiny_mm_dir).image_size == (800, 1333)
+
+
+@pytest.mark.parametrize("pickle_name", ["pytorch_model.bin", "llm/weights.pt"])
+def test_a_model_folder_with_a_pickle_file_is_refused_with_the_reason(tmp_path, pickle_name):
+    import torch
+
+    import groundscope as gs
+
+    folder = tmp_path / "suspicious"
+    (folder / pickle_name).parent.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    torch.save({"w": torch.zeros(1)}, folder / pickle_name)
+    with pytest.raises(ModelLoadError, match=f"holds {pickle_name}: pickle files can run code.*safetensors"):
+        gs.load_detector(str(folder))
+    with pytest.raises(ModelLoadError, match="pickle files"):
+        gs.load_segmenter(str(folder))

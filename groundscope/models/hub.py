@@ -81,9 +81,30 @@ def _offline_hint(kind: str = "detector") -> str:
     return f" ({', '.join(names)} ship with groundscope and run offline, on the synthetic world's shapes only)"
 
 
+# Pickle-based weight formats: unpickling runs code the file chooses, so groundscope reads weights only from
+# safetensors (hub downloads are limited to the safe patterns in `fetch`; training checkpoints are read with
+# torch.load(weights_only=True), groundscope/train/checkpoint.py).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickles(folder: str | os.PathLike, display: str) -> None:
+    """Raise ModelLoadError if the model folder (or a folder inside it) holds a pickle-format file."""
+    root = Path(folder)
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if found:
+        names = ", ".join(str(p.relative_to(root)) for p in found[:3]) + (" ..." if len(found) > 3 else "")
+        raise ModelLoadError(
+            f"model '{display}' holds {names}: pickle files can run code when loaded, and groundscope loads weights "
+            "only from safetensors; re-save the model with save_pretrained (it writes model.safetensors) and "
+            "remove the pickle files from the folder"
+        )
+
+
 def fetch(source: str, display: str, revision: str | None, kind: str = "detector") -> str:
-    """Local directory for `source`: itself if it is one, else the hub snapshot (cache first)."""
+    """Local directory for `source`: itself if it is one (refused if it holds pickle files), else the hub
+    snapshot (cache first; safetensors, JSON and text files only)."""
     if Path(source).is_dir():
+        refuse_pickles(source, display)
         return source
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

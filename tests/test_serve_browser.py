@@ -238,3 +238,36 @@ def test_masks_are_tinted_under_the_boxes(browser, tiny_sam_dir, tmp_path):
         untouched = "#%02X%02X%02X" % tuple(int(v) for v in original[y, x])
         assert colour_distance(canvas_pixel(mpage, x, y), untouched) <= 2
         assert not mpage.js_errors, mpage.js_errors
+
+
+def test_page_asks_for_the_api_key_and_sends_it(browser, page, tmp_path):
+    """A server with --api-key: the page shows the key field (/healthz says auth), a request without the key
+    shows the server's 401, and with it a detection succeeds; the key is kept in sessionStorage for the tab."""
+    key = "browser-test-key"
+    with serve_in_thread(create_app(gs.load_detector("nano"), api_key=key)) as url:
+        kpage = open_page(browser, url)
+        assert kpage.is_visible("#api-key-field") and "needs an API key" in kpage.text_content("#status")
+        kpage.set_input_files("#file", str(SYNTH))
+        kpage.wait_for_selector('#stage[data-state="ready"]')
+        kpage.fill("#classes", CLASSES)
+        kpage.click("#run")
+        kpage.wait_for_selector('#stage[data-state="error"]', timeout=60_000)
+        assert "Authorization: Bearer" in kpage.text_content("#status")
+        kpage.fill("#api-key", "not-the-key")
+        kpage.click("#run")
+        kpage.wait_for_selector('#stage[data-state="error"]', timeout=60_000)
+        assert "not this server's" in kpage.text_content("#status")
+        kpage.fill("#api-key", key)
+        assert run_and_wait(kpage) >= 1
+        assert kpage.evaluate("sessionStorage.getItem('groundscope.apiKey')") == key
+        # Reloaded, the tab still has the key: no typing needed.
+        kpage.reload()
+        kpage.wait_for_selector("#model:not(:text('connecting'))")
+        assert kpage.input_value("#api-key") == key
+        kpage.set_input_files("#file", str(SYNTH))
+        kpage.wait_for_selector('#stage[data-state="ready"]')
+        kpage.fill("#classes", CLASSES)
+        assert run_and_wait(kpage) >= 1
+        save_screenshot(kpage, tmp_path, "serve_api_key_page.png")
+        assert not kpage.js_errors, kpage.js_errors
+    assert page.is_hidden("#api-key-field")  # the open server's page (no key) does not ask

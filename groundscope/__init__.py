@@ -27,6 +27,10 @@ _EXPORTS = {
     "REGISTRY": "groundscope.models.registry",
     "PromptError": "groundscope.prompts",
     "annotate": "groundscope.visualize",
+    "load_video_segmenter": "groundscope.models.video_segmenter",
+    "track": "groundscope.track.api",
+    "Tracker": "groundscope.track.tracker",
+    "Tracks": "groundscope.track.tracks",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -41,6 +41,8 @@ class Detections:
         spans: optional N lists of (start, end) character spans into the prompt/caption the label came from.
         masks: optional N instance masks at the image's size, stored as COCO compressed RLE dicts; pass a bool
             (N, H, W) array or RLE dicts. `mask_array()` decodes them to bool (N, H, W).
+        tracker_id: optional int64 (N,) track ids, set by `groundscope.track` (one id per object across a video's
+            frames); None outside tracking.
     """
 
     xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
@@ -49,6 +51,7 @@ class Detections:
     labels: list[str] = field(default_factory=list)
     spans: list[list[Span]] | None = None
     masks: list[dict] | None = None
+    tracker_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -73,6 +76,10 @@ class Detections:
             if len(self.masks) != n:
                 raise ValueError(f"masks has {len(self.masks)} entries for {n} detections")
             mask_ops.size_of(self.masks)
+        if self.tracker_id is not None:
+            self.tracker_id = np.asarray(self.tracker_id, dtype=np.int64).reshape(-1)
+            if len(self.tracker_id) != n:
+                raise ValueError(f"tracker_id has {len(self.tracker_id)} entries for {n} detections")
 
     # ------------------------------------------------------------------ masks
     @property
@@ -88,7 +95,7 @@ class Detections:
 
     def with_masks(self, masks: np.ndarray | list[dict] | None) -> "Detections":
         """A copy of these detections carrying `masks` (bool (N, H, W) or N RLE dicts; None drops them)."""
-        return Detections(self.xyxy, self.scores, self.class_ids, self.labels, self.spans, masks)
+        return Detections(self.xyxy, self.scores, self.class_ids, self.labels, self.spans, masks, self.tracker_id)
 
     # ------------------------------------------------------------------ container protocol
     def __len__(self) -> int:
@@ -107,6 +114,7 @@ class Detections:
             labels=[self.labels[i] for i in idx],
             spans=None if self.spans is None else [self.spans[i] for i in idx],
             masks=None if self.masks is None else [self.masks[i] for i in idx],
+            tracker_id=None if self.tracker_id is None else self.tracker_id[idx],
         )
 
     def __iter__(self):
@@ -119,8 +127,8 @@ class Detections:
 
     @classmethod
     def merge(cls, items: Sequence["Detections"]) -> "Detections":
-        """Concatenate detections of the same image (e.g. from several prompt chunks); masks are kept when every
-        non-empty item carries them."""
+        """Concatenate detections of the same image (e.g. from several prompt chunks); masks and tracker ids are
+        kept when every non-empty item carries them."""
         items = list(items)
         if not items:
             return cls.empty()
@@ -128,6 +136,9 @@ class Detections:
         with_masks = bool(filled) and all(d.masks is not None for d in filled)
         if not with_masks and any(d.masks is not None for d in filled):
             raise ValueError("cannot merge detections with masks and detections without; segment them all or none")
+        with_ids = bool(filled) and all(d.tracker_id is not None for d in filled)
+        if not with_ids and any(d.tracker_id is not None for d in filled):
+            raise ValueError("cannot merge tracked detections with untracked ones; give every item a tracker_id or none")
         with_spans = any(d.spans is not None for d in items)
         spans = None
         if with_spans:
@@ -139,6 +150,7 @@ class Detections:
             labels=[lab for d in items for lab in d.labels],
             spans=spans,
             masks=[m for d in filled for m in d.masks] if with_masks else None,
+            tracker_id=np.concatenate([d.tracker_id for d in filled]) if with_ids else None,
         )
 
     # ------------------------------------------------------------------ filters
@@ -174,8 +186,8 @@ class Detections:
 
     # ------------------------------------------------------------------ serialisation
     def to_list(self, ndigits: int | None = 2) -> list[dict[str, Any]]:
-        """One dict per box: ``{"box": [x1, y1, x2, y2], "score", "label", "class_id", "span"?, "mask"?}``, the
-        mask as COCO compressed RLE."""
+        """One dict per box: ``{"box": [x1, y1, x2, y2], "score", "label", "class_id", "span"?, "mask"?,
+        "tracker_id"?}``, the mask as COCO compressed RLE."""
         out = []
         for i in range(len(self)):
             box = [float(v) for v in self.xyxy[i]]
@@ -191,6 +203,8 @@ class Detections:
                 rec["span"] = [list(s) for s in self.spans[i]]
             if self.masks is not None:
                 rec["mask"] = self.masks[i]
+            if self.tracker_id is not None:
+                rec["tracker_id"] = int(self.tracker_id[i])
             out.append(rec)
         return out
 
@@ -200,6 +214,7 @@ class Detections:
         try:
             has_spans = any("span" in r for r in records)
             has_masks = bool(records) and all("mask" in r for r in records)
+            has_ids = bool(records) and all("tracker_id" in r for r in records)
             return cls(
                 xyxy=np.array([r["box"] for r in records], np.float32).reshape(-1, 4),
                 scores=[r["score"] for r in records],
@@ -207,6 +222,7 @@ class Detections:
                 labels=[r.get("label", "") for r in records],
                 spans=[[tuple(s) for s in r.get("span", [])] for r in records] if has_spans else None,
                 masks=[r["mask"] for r in records] if has_masks else None,
+                tracker_id=[r["tracker_id"] for r in records] if has_ids else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a detections list ({type(e).__name__}: {e}); each record needs 'box' and 'score'")
@@ -241,7 +257,7 @@ class Detections:
     # ------------------------------------------------------------------ supervision interop
     def to_supervision(self):
         """Convert to `supervision.Detections` (labels go to ``data['class_name']``, masks to ``mask`` as bool
-        (N, H, W))."""
+        (N, H, W), track ids to ``tracker_id``)."""
         try:
             import supervision as sv
         except ImportError as e:  # optional dependency
@@ -251,6 +267,7 @@ class Detections:
             confidence=self.scores.copy(),
             class_id=self.class_ids.copy(),
             mask=None if self.masks is None or not len(self) else self.mask_array(),
+            tracker_id=None if self.tracker_id is None else self.tracker_id.copy(),
             data={"class_name": np.array(self.labels, dtype=object)},
         )
 
@@ -265,6 +282,7 @@ class Detections:
             class_ids=class_ids,
             labels=[str(x) for x in names] if names is not None else [str(c) for c in class_ids],
             masks=None if getattr(det, "mask", None) is None else np.asarray(det.mask, bool),
+            tracker_id=getattr(det, "tracker_id", None),
         )
 
     def __repr__(self) -> str:

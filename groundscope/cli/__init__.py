@@ -2,7 +2,7 @@
 
 The CLI parses arguments, loads inputs (reporting bad ones by name and carrying on), calls the Python API and
 writes files; it never touches tensors. Each verb group is a module of this package (`detect`, `data`,
-`groundingcap`, `train`, `pretrain_lm`, `pretrain_vlm`, `describe`, `distill`, `label`, `serve`, `export`,
+`groundingcap`, `train`, `pretrain_lm`, `pretrain_vlm`, `describe`, `distill`, `label`, `serve`, `export`, `track`,
 `evaluate` with `dlc`) that imports `groundscope.cli.common` and the task packages, never another verb module.
 Exit codes: 0 all done, 1 some inputs failed, 2 bad arguments or model.
 
@@ -26,6 +26,7 @@ from groundscope.cli import (
     pretrain_lm,
     pretrain_vlm,
     serve,
+    track,
     train,
 )
 
@@ -48,6 +49,7 @@ distill.register(app)
 label.register(app)
 serve.register(app)
 export.register(app)
+track.register(app)
 dlc.register(evaluate.eval_app)
 app.add_typer(evaluate.eval_app, name="eval")
 

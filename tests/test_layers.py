@@ -16,7 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "groundscope"
 
-GROUND = {"answers", "box_ops", "data", "detections", "images", "masks", "postprocess", "prompts", "rec_subject", "visualize"}
+GROUND = {"answers", "box_ops", "data", "detections", "images", "masks", "postprocess", "prompts", "rec_subject",
+          "slicing", "visualize"}
 TASKS = {"describe", "distill", "evaluate", "export", "label", "track", "train"}
 ENTRY = {"cli", "serve"}
 LAYER_NAMES = ("ground", "models", "tasks", "entry points")

@@ -1,6 +1,6 @@
 """``groundscope synth`` and ``groundscope convert``: the data commands, added to the main app by `register`.
 
-    groundscope synth --out DIR --n 200 --seed 0 --split train|test [--regions]
+    groundscope synth --out DIR --n 200 --seed 0 --split train|test [--regions] [--small [--size 2048x2048]]
     groundscope synth-regions DIR [--out FILE] [--no-verify]
     groundscope synth-video --out DIR --n 4 --frames 60 --seed 0 [--size 480x360] [--no-video]
     groundscope convert IN OUT [--from coco|odvg|refexp|groundingcap] [--to ...] [--label-map F]
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -50,16 +50,35 @@ def synth(
     regions: Annotated[bool, typer.Option(
         "--regions", help="Also write regions.json: each object's exact mask (COCO RLE) and description, "
                           "Describe Anything's training data.")] = False,
+    small: Annotated[bool, typer.Option(
+        "--small", help="The large-image world for sliced inference: 2048x2048 canvases (see --size) with "
+                        "24-48 objects, most of them small (16-26 px).")] = False,
+    size: Annotated[Optional[str], typer.Option(
+        "--size", help="With --small: the canvas WIDTHxHEIGHT in pixels (default 2048x2048; the object count "
+                       "scales with the area).")] = None,
 ) -> None:
     """Generate the synthetic grounding world: images plus COCO, ODVG, GroundingCap and refexp files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from groundscope.data.synth import parse_canvas, small_layout
+
+    layout = None
+    if size is not None and not small:
+        raise fail("--size goes with --small (the default world draws each image 320-640 px a side); add --small")
+    if small:
+        try:
+            dims = parse_canvas(size) if size is not None else None
+            layout = small_layout(dims)
+        except ValueError as e:
+            raise fail(f"--size: {e}")
 
     with Progress(TextColumn("[bold]synth {task.fields[split]}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("synth", total=n, split=split.value)
         try:
             summary = generate_world(out, n, seed, split.value,
-                                     progress=lambda done, total: bar.update(task, completed=done), regions=regions)
+                                     progress=lambda done, total: bar.update(task, completed=done), regions=regions,
+                                     layout=layout)
         except OSError as e:
             raise fail(f"{e.filename or out}: {e.strerror or e}")
     typer.echo(f"wrote {summary['images']} images, {summary['objects']} objects "

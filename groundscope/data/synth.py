@@ -33,6 +33,9 @@ Directory layout (``file_name`` / ``filename`` entries are relative to ``DIR``):
                                       ("crimson circle", same ids as coco_base.json), base objects only;
                                       canonical-colour extras (phrase, description, captions) are left out
     DIR/odvg_grounding.jsonl, DIR/groundingcap.jsonl, DIR/refexp.json   as for train, over all objects
+    --small (either split): the large-image world for sliced inference (`SMALL_LAYOUT`): 2048 x 2048 canvases
+    (``--size WIDTHxHEIGHT`` for others) holding 24-48 objects, 60 % of them "small" at 16-26 px (under COCO's
+    32^2 small area), with every file above; meta.json records the layout.
     --regions (either split; or later with `groundscope synth-regions DIR`, which redraws the images):
     DIR/regions.json                  every object's exact visible mask (COCO RLE) + its description
                                       (`groundscope.data.regions`): Describe Anything's training data
@@ -91,6 +94,85 @@ MAX_TILT = math.radians(12)
 GENERATOR_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a world's images are laid out: canvas size, object count, object sizes, the smallest box.
+
+    Attributes:
+        size: fixed canvas (width, height), or None for `side` drawn per image.
+        side: (lo, hi) px of each canvas side, drawn per image when `size` is None.
+        objects: (lo, hi) objects drawn per image (fewer when placement under the occlusion limits fails).
+        sizes: size word -> (lo, hi) px of the object's square footprint; the words are the vocabulary's.
+        size_weights: probability of each size word (None: uniform, the default world's rule).
+        min_box_side: smallest visible box side kept, px.
+    """
+
+    size: tuple[int, int] | None = None
+    side: tuple[int, int] = IMAGE_SIDE
+    objects: tuple[int, int] = (1, MAX_OBJECTS)
+    sizes: tuple[tuple[str, tuple[int, int]], ...] = tuple(SIZES.items())
+    size_weights: tuple[float, ...] | None = None
+    min_box_side: int = MIN_BOX_SIDE
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 64):
+            raise ValueError(f"the canvas size must be (width, height) with both sides >= 64 px, not {self.size}")
+        if tuple(name for name, _ in self.sizes) != SIZE_NAMES:
+            raise ValueError(f"sizes must give the size words {SIZE_NAMES} in order")
+        if not 1 <= self.objects[0] <= self.objects[1]:
+            raise ValueError(f"objects must be (lo, hi) with 1 <= lo <= hi, not {self.objects}")
+
+    def side_range(self, word: str) -> tuple[int, int]:
+        return dict(self.sizes)[word]
+
+    def record(self) -> dict:
+        """What meta.json records for a non-default layout (so `write_world_regions` can redraw the world)."""
+        return {"size": list(self.size) if self.size else None, "side": list(self.side),
+                "objects": list(self.objects), "sizes": {k: list(v) for k, v in self.sizes},
+                "size_weights": list(self.size_weights) if self.size_weights else None,
+                "min_box_side": self.min_box_side}
+
+    @classmethod
+    def from_record(cls, d: dict) -> "Layout":
+        return cls(size=tuple(d["size"]) if d.get("size") else None, side=tuple(d["side"]),
+                   objects=tuple(d["objects"]), sizes=tuple((k, tuple(v)) for k, v in d["sizes"].items()),
+                   size_weights=tuple(d["size_weights"]) if d.get("size_weights") else None,
+                   min_box_side=int(d["min_box_side"]))
+
+
+DEFAULT_LAYOUT = Layout()
+# The large-image world for sliced inference (`groundscope synth --small`, docs/sliced.md): 2048 x 2048 canvases
+# with 24-48 objects, most of them "small" at 16-26 px (boxes under COCO's 32^2 small-object area), some
+# "medium" (40-80 px) and a few "large" (160-300 px: more than a 320 px tile holds whole, so the whole-image pass
+# and the merge of border-cut boxes matter). The size words keep their order, so "the small red circle" still
+# reads off the image.
+SMALL_LAYOUT = Layout(size=(2048, 2048), objects=(24, 48),
+                      sizes=(("small", (16, 26)), ("medium", (40, 80)), ("large", (160, 300))),
+                      size_weights=(0.6, 0.28, 0.12), min_box_side=8)
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """``"2048x1536"`` -> (2048, 1536): a canvas WIDTHxHEIGHT, each side 64..16384 px (a ValueError otherwise)."""
+    parts = str(text).lower().split("x")
+    try:
+        width, height = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"the canvas size must be WIDTHxHEIGHT in pixels such as 2048x2048, not {text!r}") from None
+    if not (64 <= width <= 16384 and 64 <= height <= 16384):
+        raise ValueError(f"canvas {width}x{height}: each side must be 64..16384 px")
+    return width, height
+
+
+def small_layout(size: tuple[int, int] | None = None) -> Layout:
+    """`SMALL_LAYOUT` on a (width, height) canvas (default 2048 x 2048); the object count scales with the area."""
+    if size is None or tuple(size) == SMALL_LAYOUT.size:
+        return SMALL_LAYOUT
+    scale = size[0] * size[1] / (SMALL_LAYOUT.size[0] * SMALL_LAYOUT.size[1])
+    lo, hi = (max(1, round(v * scale)) for v in SMALL_LAYOUT.objects)
+    return Layout(size=tuple(int(v) for v in size), objects=(lo, max(lo, hi)), sizes=SMALL_LAYOUT.sizes,
+                  size_weights=SMALL_LAYOUT.size_weights, min_box_side=SMALL_LAYOUT.min_box_side)
+
+
 @dataclass
 class SynthImage:
     """One generated image: pixels uint8 (H, W, 3), its objects in drawing order, background words.
@@ -122,14 +204,15 @@ def _visible_box(owner: np.ndarray, k: int, x: int, y: int, h: int, w: int) -> t
     return x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1
 
 
-def _box_ok(box, h: int, w: int) -> bool:
+def _box_ok(box, h: int, w: int, min_side: int = MIN_BOX_SIDE) -> bool:
     if box is None:
         return False
     bw, bh = box[2] - box[0], box[3] - box[1]
-    return bw >= max(MIN_BOX_SIDE, MIN_BOX_FRACTION * w) and bh >= max(MIN_BOX_SIDE, MIN_BOX_FRACTION * h)
+    return bw >= max(min_side, MIN_BOX_FRACTION * w) and bh >= max(min_side, MIN_BOX_FRACTION * h)
 
 
-def _sample_attributes(rng: np.random.Generator, split: str, previous: list[dict]) -> dict:
+def _sample_attributes(rng: np.random.Generator, split: str, previous: list[dict],
+                       layout: Layout = DEFAULT_LAYOUT) -> dict:
     if previous and rng.random() < DUPLICATE_PROB:
         src = previous[int(rng.integers(len(previous)))]
         colour, shape = src["colour"], src["shape"]
@@ -141,26 +224,33 @@ def _sample_attributes(rng: np.random.Generator, split: str, previous: list[dict
         else:
             pool = base_combos()
         colour, shape = pool[int(rng.integers(len(pool)))]
-        size = str(rng.choice(SIZE_NAMES))
-    lo, hi = SIZES[size]
+        if layout.size_weights is None:
+            size = str(rng.choice(SIZE_NAMES))
+        else:
+            size = str(rng.choice(SIZE_NAMES, p=np.asarray(layout.size_weights) / sum(layout.size_weights)))
+    lo, hi = layout.side_range(size)
     angle = float(rng.uniform(0, 2 * math.pi)) if shape == "crescent" else float(rng.uniform(-MAX_TILT, MAX_TILT))
     return {"colour": colour, "shape": shape, "size": size, "side": int(rng.integers(lo, hi + 1)),
             "texture": str(rng.choice(TEXTURES)), "angle": angle}
 
 
-def sample_image(rng: np.random.Generator, split: str) -> SynthImage:
+def sample_image(rng: np.random.Generator, split: str, layout: Layout = DEFAULT_LAYOUT) -> SynthImage:
     """Draw one image: size, background, objects placed under the occlusion limits, then pixels."""
-    width = int(rng.integers(IMAGE_SIDE[0], IMAGE_SIDE[1] + 1))
-    height = int(rng.integers(IMAGE_SIDE[0], IMAGE_SIDE[1] + 1))
+    if layout.size is None:
+        width = int(rng.integers(layout.side[0], layout.side[1] + 1))
+        height = int(rng.integers(layout.side[0], layout.side[1] + 1))
+    else:
+        width, height = layout.size
+    min_side = layout.min_box_side
     canvas, bg_words = render.background(height, width, rng)
     owner = np.full((height, width), -1, dtype=np.int16)  # index of the top object at each pixel
     placed: list[dict] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        attrs = _sample_attributes(rng, split, placed)
+    for _ in range(int(rng.integers(layout.objects[0], layout.objects[1] + 1))):
+        attrs = _sample_attributes(rng, split, placed, layout)
         alpha = render.shape_mask(attrs["shape"], attrs["side"], attrs["angle"])
         solid = alpha >= 0.5
         h, w = alpha.shape
-        if min(h, w) < MIN_BOX_SIDE:  # cannot happen with the vocabulary's sizes; guards edits to them
+        if min(h, w) < min_side:  # cannot happen with the layouts' sizes; guards edits to them
             continue
         k = len(placed)
         for _ in range(PLACEMENT_TRIES):
@@ -174,7 +264,7 @@ def sample_image(rng: np.random.Generator, split: str) -> SynthImage:
             for j in np.nonzero(hit)[0]:
                 pj = placed[j]
                 if pj["visible"] - hit[j] < MIN_VISIBLE * pj["pixels"] or not _box_ok(
-                        _visible_box(owner, j, pj["x"], pj["y"], pj["h"], pj["w"]), pj["h"], pj["w"]):
+                        _visible_box(owner, j, pj["x"], pj["y"], pj["h"], pj["w"]), pj["h"], pj["w"], min_side):
                     ok = False
                     break
             if not ok:
@@ -194,7 +284,7 @@ def sample_image(rng: np.random.Generator, split: str) -> SynthImage:
         fill = render.texture_fill(p["texture"], p["h"], p["w"], COLOUR_RGB[p["colour"]], rng)
         render.composite(canvas, fill, p["alpha"], p["x"], p["y"])
         box = _visible_box(owner, k, p["x"], p["y"], p["h"], p["w"])
-        assert box is not None and _box_ok(box, p["h"], p["w"])
+        assert box is not None and _box_ok(box, p["h"], p["w"], min_side)
         objects.append(SceneObject(
             colour=p["colour"], shape=p["shape"], size=p["size"], texture=p["texture"], side=p["side"],
             box=tuple(float(v) for v in box),
@@ -273,7 +363,8 @@ def write_paraphrases(path: str | Path) -> Path:
 
 
 def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
-                   progress: Callable[[int, int], None] | None = None, regions: bool = False) -> dict:
+                   progress: Callable[[int, int], None] | None = None, regions: bool = False,
+                   layout: Layout | None = None) -> dict:
     """Generate ``n`` images of ``split`` with every annotation file into ``out`` (layout in the module doc).
 
     Args:
@@ -285,6 +376,10 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
         regions: also write ``regions.json``: every object's exact visible mask (COCO RLE) with its
             description (`groundscope.data.regions`), DAM's training data. Off by default, so the other
             files and meta.json are byte-identical to a world generated without it.
+        layout: canvas and object sizes (`Layout`); None is the default world (`DEFAULT_LAYOUT`: 320-640 px,
+            1-8 objects), `small_layout()` the large-image world of many small shapes (``groundscope synth
+            --small``). A non-default layout is recorded in meta.json under ``layout``; the default adds nothing,
+            so the default world's files are byte-identical to those of earlier versions.
 
     Returns:
         ``{"out", "split", "seed", "images", "objects", "novel_objects", "refexps", "files", "seconds",
@@ -305,7 +400,7 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
     next_ann = 1
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), i]))
-        image = sample_image(rng, split)
+        image = sample_image(rng, split, layout or DEFAULT_LAYOUT)
         filename = f"images/{i:06d}.png"
         # compress_level=1: ~4x faster than the default with files ~20 % larger; the data is noisy anyway.
         Image.fromarray(image.pixels).save(out / filename, format="PNG", compress_level=1)
@@ -329,6 +424,8 @@ def generate_world(out: str | Path, n: int, seed: int = 0, split: str = "train",
     meta = {"generator": "groundscope.data.synth", "version": GENERATOR_VERSION, "split": split, "seed": seed,
             "images": n, "box": "visible extent (xyxy in ODVG, xywh in COCO); full extent in attributes.full_bbox",
             "files": sorted(files), "vocabulary": split_definition(include_held_out=split == "test")}
+    if layout is not None and layout != DEFAULT_LAYOUT:
+        meta["layout"] = layout.record()
     write_json(out / "meta.json", meta)
     seconds = time.perf_counter() - start
     return {
@@ -401,12 +498,13 @@ def write_world_regions(world: str | Path, out: str | Path | None = None, verify
         raise ValueError(f"{meta_path}: written by generator {meta.get('generator')} version {meta.get('version')}, "
                          f"this is groundscope.data.synth version {GENERATOR_VERSION}; generate the world again")
     seed, split, n = int(meta["seed"]), str(meta["split"]), int(meta["images"])
+    layout = Layout.from_record(meta["layout"]) if meta.get("layout") else DEFAULT_LAYOUT
     classes = base_classes() if split == "train" else base_classes() + novel_classes()
     images, anns = [], []
     next_ann = 1
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), i]))
-        image = sample_image(rng, split)
+        image = sample_image(rng, split, layout)
         filename = f"images/{i:06d}.png"
         if verify:
             path = world / filename

@@ -110,6 +110,10 @@ class GroundingDetector:
         caption_prompt: dict | None = None,
         masks: bool = False,
         segmenter=None,
+        slices=None,
+        overlap: float = 0.2,
+        full_image: bool = True,
+        merge: str = "nmm",
     ) -> Detections | list[Detections]:
         """Open-vocabulary detection.
 
@@ -136,7 +140,19 @@ class GroundingDetector:
             masks: also segment every kept box (detect, then segment, as Grounded-SAM does): `Detections.masks`.
             segmenter: a `Segmenter` or a segmenter name for `masks` (default: `self.segmenter`, else the bundled
                 sam-nano for the synthetic world's models and SAM ViT-B otherwise).
+            slices: sliced inference for small objects in large images (`groundscope.slicing`, docs/sliced.md):
+                tile (height, width) in pixels (or a `SliceSpec`); each image's tiles with `overlap` (in [0, 1)),
+                plus the whole image when `full_image`, run through this method in one call and are merged by
+                `merge` ("nmm": SAHI's greedy non-maximum merging, "nms": class-wise suppression).
         """
+        if slices is not None:
+            from groundscope.slicing import slice_spec, sliced_detect
+
+            return sliced_detect(
+                self, images, classes, slice_spec(slices, overlap, full_image, merge), box_threshold=box_threshold,
+                max_detections=max_detections, nms_iou=nms_iou, score_rule=score_rule, batch_size=batch_size,
+                chunk_size=chunk_size, per_chunk=per_chunk, official_names=official_names,
+                caption_prompt=caption_prompt, masks=masks, segmenter=segmenter)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         per_image = _per_image(classes, len(imgs), "class lists", _is_class_list)
@@ -209,6 +225,10 @@ class GroundingDetector:
         batch_size: int = 4,
         masks: bool = False,
         segmenter=None,
+        slices=None,
+        overlap: float = 0.2,
+        full_image: bool = True,
+        merge: str = "nmm",
     ) -> Detections | list[Detections]:
         """Phrase grounding: boxes for the phrases of a caption.
 
@@ -219,9 +239,17 @@ class GroundingDetector:
                 decoded from the tokens whose probability passes `text_threshold` (the reference demo's rule),
                 for queries whose best token passes `box_threshold` (use e.g. 0.35 there).
             masks, segmenter: segment every box, as in `detect`.
+            slices, overlap, full_image, merge: sliced inference, as in `detect` (phrase by phrase).
         Returns:
             `Detections` whose labels are phrases, class_ids phrase indices and spans the phrase's characters.
         """
+        if slices is not None:
+            from groundscope.slicing import slice_spec, sliced_ground
+
+            return sliced_ground(
+                self, images, captions, phrases, slice_spec(slices, overlap, full_image, merge),
+                box_threshold=box_threshold, text_threshold=text_threshold, max_detections=max_detections,
+                score_rule=score_rule, batch_size=batch_size, masks=masks, segmenter=segmenter)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         caps = _per_image(captions, len(imgs), "captions", lambda v: isinstance(v, str))
@@ -262,14 +290,25 @@ class GroundingDetector:
         tagger=None,
         masks: bool = False,
         segmenter=None,
+        slices=None,
+        overlap: float = 0.2,
+        full_image: bool = True,
+        merge: str = "nmm",
     ) -> Detections | list[Detections]:
         """Referring expression comprehension: the box the expression describes (top-1; top-k on request).
 
         `rec_rule` says which tokens score a box (`groundscope.prompts.rec_prompt`): "mean" (groundscope's: the
         mean over the whole expression), "mmgdino" (MM-Grounding-DINO's evaluation: the best of all the text's
         tokens) or "llmdet" (LLMDet's: the mean over the first noun phrase, found with NLTK, or with `tagger`:
-        ``(tag_fn, stopwords)``). `masks` / `segmenter` segment the answer, as in `detect`.
+        ``(tag_fn, stopwords)``). `masks` / `segmenter` segment the answer, as in `detect`. With `slices` (as in
+        `detect`) the answer is the best `top_k` over all tiles and the whole image, by the same rule.
         """
+        if slices is not None:
+            from groundscope.slicing import slice_spec, sliced_refer
+
+            return sliced_refer(
+                self, images, expressions, slice_spec(slices, overlap, full_image, merge), top_k=top_k,
+                batch_size=batch_size, rec_rule=rec_rule, tagger=tagger, masks=masks, segmenter=segmenter)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
         exprs = _per_image(expressions, len(imgs), "expressions", lambda v: isinstance(v, str))

@@ -5,6 +5,8 @@
     groundscope describe photo.jpg --expression "the cat on the left" [--detector nano]
     groundscope describe clip.mp4 --box 10,20,200,240 [--frames 8]           (the box on every frame)
     groundscope describe frames/ --expression "the red car" --track          (the box found frame by frame)
+    groundscope describe clip.mp4 --box 10,20,200,240 --frame 0 --video-segmenter sam2.1-hiera-tiny
+                                  (the official video pipeline: the region on one frame, propagated by SAM 2)
 
 Prints one line per region (``source<TAB>x1,y1,x2,y2<TAB>text``), or with --json one object
 ``{"image", "width", "height", "model", "regions": [{"name", "box", "area", "text", "error", ...}]}``; --out writes
@@ -55,6 +57,23 @@ def _annotated_video(clip, results, outline_regions, text_panel, stack_below, te
     return stack_below(strip, text_panel(strip.width, texts))
 
 
+def _clip_at(source: Path, indices: list[int]):
+    """A `VideoClip` of the frames `indices` of `source` (streamed: only those are kept), for the picture."""
+    from groundscope.describe.video import VideoClip
+    from groundscope.track.errors import TrackError
+    from groundscope.track.frames import open_video
+
+    wanted, kept, total = set(indices), {}, 0
+    try:
+        for t, image in enumerate(open_video(source)):
+            total = t + 1
+            if t in wanted:
+                kept[t] = image
+    except TrackError:
+        pass  # the describer has reported the unreadable video on its region
+    return VideoClip([kept[t] for t in indices if t in kept], [t for t in indices if t in kept], total, str(source))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``describe`` command to `app`."""
 
@@ -83,6 +102,13 @@ def register(app: typer.Typer) -> None:
                                    "frame (default: in the first, used for all)."),
         frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames sampled uniformly from a video "
                                              "(default: the model's, 8)."),
+        video_segmenter: Optional[str] = typer.Option(None, "--video-segmenter", help="Video: give one region "
+                                                      "(or --expression) on --frame and propagate it with this SAM "
+                                                      "2-family video model (sam2.1-hiera-tiny, edgetam, a folder), "
+                                                      "as the official demo_video.py; frames are sampled among those "
+                                                      "where its mask is not empty."),
+        frame: int = typer.Option(0, "--frame", min=0, help="With --video-segmenter: the 0-based frame the region "
+                                  "is on."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the annotated image here (PNG; a "
                                            "folder gets <stem>.png)."),
@@ -130,6 +156,9 @@ def register(app: typer.Typer) -> None:
         video = is_video_source(source)
         if track and (expression is None or not video):
             raise fail("--track finds the box frame by frame from --expression in a video or frame folder; give both")
+        if video_segmenter is not None and (not video or len(regions) > 1 or track):
+            raise fail("--video-segmenter propagates one region (or --expression, without --track) given on --frame "
+                       "through a video or frame folder; give one of each")
         for r in regions:
             r["name"] = region_name(r)
         from groundscope.describe.model import GENERATION_PRESETS, generation_preset, seed_everything
@@ -157,8 +186,29 @@ def register(app: typer.Typer) -> None:
         gen.pop("seed", None)
         size: tuple[int, int] | tuple[None, None] = (None, None)  # (width, height) once the image is read
         video_info: dict = {}
+        vs = None
+        if video_segmenter is not None:
+            from groundscope.models.hub import ModelLoadError as SegmenterLoadError
+            from groundscope.models.video_segmenter import load_video_segmenter
+
+            try:
+                with console.status(f"loading {video_segmenter} ..."):
+                    vs = load_video_segmenter(video_segmenter, device=pick_device(device))
+            except SegmenterLoadError as e:
+                raise fail(str(e))
         try:
-            if video:
+            if vs is not None:
+                with console.status("propagating the region and describing ..."):
+                    res = describer.describe_video(source, regions[0] if regions else None, expression=expression,
+                                                   detector=det, frame=frame, segmenter=vs,
+                                                   num_frames=frames, **gen)
+                results = [res]
+                clip = _clip_at(source, res.frames or [])
+                if clip.frames:
+                    h, w = clip.frames[0].shape[:2]
+                    size = (w, h)
+                video_info = {"frames": res.frames or [], "total_frames": clip.total}
+            elif video:
                 clip = load_video(source, frames or describer.config.num_frames)
                 for r in regions:  # a folder of masks: one per frame, in name order
                     if isinstance(r.get("mask"), Path) and r["mask"].is_dir():
@@ -210,7 +260,7 @@ def register(app: typer.Typer) -> None:
         for r in failed:
             console.print(f"[yellow]not described:[/] {r.error}", highlight=False, soft_wrap=True)
 
-        if out is not None and "width" in record:
+        if out is not None and "width" in record and (vs is None or results[0].ok):
             texts = [r.text if r.ok else f"(not described: {r.error})" for r in results]
             texts = [f"{r.expression} ({r.score:.2f}): {t}" if r.expression and r.score is not None else t
                      for r, t in zip(results, texts)]

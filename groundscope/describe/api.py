@@ -405,7 +405,7 @@ class Describer:
     # ------------------------------------------------------------------ videos
     def describe_video(self, video: Any, region: Any = None, *, num_frames: int | None = None,
                        expression: str | None = None, detector: Any = None, track: bool = False,
-                       prompt: str | None = None, temperature: float | None = None, top_p: float | None = None,
+                       frame: int = 0, segmenter: Any = None, prompt: str | None = None, temperature: float | None = None, top_p: float | None = None,
                        max_new_tokens: int | None = None, seed: int | None = None,
                        preset: str | None = None) -> RegionDescription:
         """Describe one region through a video.
@@ -416,7 +416,12 @@ class Describer:
                 one per sampled frame); omit it with `expression`.
             num_frames: frames sampled uniformly (default: the model's num_frames, 8); ignored for a `VideoClip`.
             expression / detector: find the region with the detector's referring-expression top-1 box, in the first
-                sampled frame (used for every frame) or, with `track`, in every sampled frame.
+                sampled frame (used for every frame) or, with `track`, in every sampled frame; with `segmenter`, on
+                frame `frame`, then propagated.
+            frame / segmenter: the official video pipeline (`groundscope.describe.propagate`): the one region (or
+                the expression's box) is given on frame `frame` and propagated through the video by this SAM
+                2-family video model (a `VideoSegmenter` or a name / folder for `load_video_segmenter`); the frames
+                are sampled among those where its mask is not empty, each with its own mask.
             seed / preset: as `describe`'s.
         Returns:
             a `RegionDescription` with ``frames`` (the sampled indices) and ``frame_boxes``; on a bad frame region
@@ -428,6 +433,9 @@ class Describer:
                                                            else "region")
         if (expression is None) == (region is None):
             raise ValueError("pass a region (or one per frame) or an expression with a detector, not both")
+        if segmenter is not None:
+            return self._describe_propagated(video, region, expression, detector, frame, segmenter, num_frames, gen,
+                                             name)
         try:
             clip = load_video(video, num_frames or self.config.num_frames)
         except ImageLoadError as e:
@@ -472,6 +480,44 @@ class Describer:
         return RegionDescription(text, _union(boxes), int(round(np.mean([m.sum() for m in masks]))), name=name,
                                  expression=expression, score=score, frames=clip.indices, frame_boxes=boxes,
                                  mask=masks)
+
+    def _describe_propagated(self, video, region, expression, detector, frame, segmenter, num_frames, gen,
+                             name) -> RegionDescription:
+        """`describe_video` with a video segmenter: region (or the expression's box) on `frame`, propagated."""
+        from groundscope.describe.propagate import propagate_region
+        from groundscope.track.errors import TrackError
+        from groundscope.track.frames import open_video
+
+        if isinstance(segmenter, (str, os.PathLike)):
+            from groundscope.models.video_segmenter import load_video_segmenter
+
+            segmenter = load_video_segmenter(segmenter, device=self.device)
+        if isinstance(region, (list, tuple)):
+            raise ValueError("with a video segmenter give one region, on one frame (frame=K); it is propagated to "
+                             "the others")
+        score = None
+        try:
+            if expression is not None:
+                if detector is None:
+                    raise ValueError("an expression needs a detector (a GroundingDetector or a model name)")
+                image = next((im for t, im in enumerate(open_video(video)) if t == frame), None)
+                if image is None:
+                    raise RegionError(f"{name}: frame {frame} is past the end of the video; give a smaller frame")
+                dets = _as_detector(detector, self.device).refer([image], expression, top_k=1)[0]
+                if not len(dets):
+                    return RegionDescription("", None, 0, error=f"expression {expression!r}: the detector found no "
+                                             f"box on frame {frame}", name=name, expression=expression)
+                region, score = {"box": [float(v) for v in dets.xyxy[0]], "name": expression}, float(dets.scores[0])
+            prop = propagate_region(video, region, segmenter, frame=frame, num_frames=num_frames or
+                                    self.config.num_frames, name=name, min_crop=self.config.min_crop)
+        except (RegionError, TrackError) as e:
+            given = None if isinstance(region, (list, tuple)) or region is None else _given_box(region)
+            return RegionDescription("", given, 0, error=str(e), name=name, expression=expression, score=score)
+        boxes = [[float(v) for v in b] for b in prop.boxes]
+        text = self._generate([prop.frames], [prop.masks], gen)[0]
+        return RegionDescription(text, _union(boxes), int(round(np.mean([m.sum() for m in prop.masks]))), name=name,
+                                 expression=expression, score=score, frames=prop.indices, frame_boxes=boxes,
+                                 mask=prop.masks)
 
 
 def _as_detector(detector: Any, device):

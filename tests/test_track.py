@@ -82,7 +82,7 @@ def test_box_tracker_keeps_ids_births_ends_and_relabels():
         dets([a(16)], [0.9], [1]),                           # B unseen (lost 2): ends with max_lost=2
         dets([a(20), a(100)], [0.9, 0.8], [1, 0]),           # the box where B was is a new object: id 3
     ]
-    tracker = Tracker(Scripted(script), ["cat", "dog"], max_lost=2)
+    tracker = Tracker(Scripted(script), ["cat", "dog"], max_lost=2, min_hits=1, interpolate=0)
     per_frame = [tracker.update(f) for f in blank(len(script))]
     assert [d.tracker_id.tolist() for d in per_frame] == [[1], [1, 2], [1, 2], [1], [1], [1, 3]]
     assert tracker.live == [1, 3]
@@ -92,6 +92,22 @@ def test_box_tracker_keeps_ids_births_ends_and_relabels():
     assert all(out[f].labels[0] == "dog" and out[f].class_ids[0] == 1 for f in range(len(script)))
     assert [f for f, _, _ in out.track(2)] == [1, 2]
     np.testing.assert_allclose(out[2].xyxy[1], a(100))
+
+
+def test_short_tracks_are_dropped_and_gaps_filled_on_the_line():
+    a = lambda x: [x, 10, x + 20, 30]  # noqa: E731
+    empty = Detections.empty()
+    # A seen on frames 0, 1, 4 (a 2-frame gap), B (far away) only on frame 1: a one-off false positive
+    script = [dets([a(0)]), dets([a(2), a(200)]), empty, empty, dets([a(8)], [0.6])]
+    out = track(blank(5), ["cat"], detector=Scripted(script), max_lost=5, min_hits=3, interpolate=2,
+                progress=False)
+    assert out.ids == [1]  # B (1 hit) is gone; A has 3 hits
+    assert [f for f, _, _ in out.track(1)] == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(out[2].xyxy[0], a(4)) and np.testing.assert_allclose(out[3].xyxy[0], a(6))
+    assert out[3].scores[0] == pytest.approx(0.6)  # the lower score of the sightings around the gap
+    short = track(blank(5), ["cat"], detector=Scripted(script), max_lost=5, min_hits=3, interpolate=1,
+                  progress=False)
+    assert [f for f, _, _ in short.track(1)] == [0, 1, 4]  # a 2-frame gap is longer than interpolate=1
 
 
 def test_oracle_detections_on_the_synthetic_video_world_keep_their_identities(tmp_path):
@@ -111,7 +127,8 @@ def test_oracle_detections_on_the_synthetic_video_world_keep_their_identities(tm
                 b = gt.boxes[gt.frames == f].astype(np.float32)  # xywh, 1-based left / top
                 script.append(dets(np.c_[b[:, 0] - 1, b[:, 1] - 1, b[:, 0] - 1 + b[:, 2], b[:, 1] - 1 + b[:, 3]]))
             frames = sorted((seq / "img1").glob("*.png"))
-            out = track(frames, ["shape"], detector=Scripted(script), max_lost=3, buffer=buffer, progress=False)
+            out = track(frames, ["shape"], detector=Scripted(script), max_lost=3, buffer=buffer,
+                        min_hits=1, interpolate=0, progress=False)
             m = evaluate_mot(seq / "gt" / "gt.txt", out.write_mot(tmp_path / f"{seq.name}.txt"))
             assert m["FP"] == 0 and m["FN"] == 0
             if buffer:
@@ -148,7 +165,7 @@ def test_segmenter_tracker_propagates_as_the_session_does(vs, one_thread):
     frames = random_frames(8)
     boxes = [[10, 10, 60, 50], [80, 20, 150, 90]]
     tracker = Tracker(Scripted([dets(boxes), dets(boxes)]), ["cat"], segmenter=vs, every=4, match_iou=0.0,
-                      lost_score=0.0)
+                      lost_score=0.0, min_hits=1)
     got = [tracker.update(f) for f in frames]
     session = vs.start()
     ref = [session.add(0, frames[0], [1, 2], box=boxes)] + [session.step(f) for f in frames[1:]]
@@ -165,7 +182,7 @@ def test_segmenter_tracker_follows_a_given_box_and_writes_files(vs, one_thread, 
 
     frames = random_frames(6, seed=1)
     out = track(frames, segmenter=vs, box=[20, 20, 90, 70], frame=2, label="thing", lost_score=0.0,
-                progress=False)
+                min_hits=1, progress=False)
     assert len(out) == 6 and all(len(out[f]) == 0 for f in (0, 1))
     session = vs.start()
     for f in frames[:2]:
@@ -209,7 +226,8 @@ def test_the_package_is_callable_as_gs_track():
     import groundscope as gs
     import groundscope.track
 
-    out = gs.track(blank(2), ["cat"], detector=Scripted([dets([[1, 1, 9, 9]])] * 2), progress=False)
+    out = gs.track(blank(2), ["cat"], detector=Scripted([dets([[1, 1, 9, 9]])] * 2), min_hits=1,
+                   progress=False)
     assert out.ids == [1] and callable(groundscope.track)
 
 

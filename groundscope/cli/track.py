@@ -3,7 +3,7 @@
     groundscope track VIDEO --classes "car,person" [--model M] [--segmenter sam2.1-hiera-tiny] [--every 10]
     groundscope track VIDEO --expression "the red car" [--segmenter S]
     groundscope track VIDEO --box x1,y1,x2,y2 --frame K --segmenter S
-    options: [--max-lost 10] [--match-iou 0.5] [--box-threshold 0.3] [--out DIR] [--device cpu]
+    options: [--max-lost 10] [--match-iou 0.5] [--min-hits 5] [--interpolate 5] [--box-threshold 0.3] [--out DIR] [--device cpu]
 
 VIDEO is a video file, or a folder of its frames. Writes DIR/tracks.txt (MOTChallenge: frame,id,x,y,w,h,score,
 -1,-1,-1 with frames and bb_left/bb_top from 1, as MOTChallenge), DIR/tracks.json (each track: class, score, and per frame its box and RLE mask) and
@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
         max_lost: int = typer.Option(10, "--max-lost", min=1, help="Frames a track may go unseen before it ends."),
         match_iou: float = typer.Option(0.5, "--match-iou", min=0.0, max=1.0, help="IoU a detection needs with a "
                                         "track to continue it (mask IoU with --segmenter, else box IoU)."),
+        min_hits: int = typer.Option(5, "--min-hits", min=1, help="Drop tracks seen on fewer frames (one-off false "
+                                     "detections)."),
+        interpolate: int = typer.Option(5, "--interpolate", min=0, help="Without --segmenter: fill a track's gaps of "
+                                        "up to N frames on the line between its boxes (0: off)."),
         box_threshold: float = typer.Option(0.3, "--box-threshold", "-t", min=0.0, max=1.0, help="Minimum "
                                             "detection score."),
         out: Path = typer.Option(Path("groundscope_track"), "--out", "-o", help="Directory for tracks.txt, "
@@ -88,6 +92,7 @@ def register(app: typer.Typer) -> None:
         try:
             tracks = track(frames, names, detector=detector, segmenter=vs, every=every, expression=expression,
                            box=region, frame=frame, max_lost=max_lost, match_iou=match_iou,
+                           min_hits=min_hits, interpolate=interpolate,
                            box_threshold=box_threshold, progress=True)
         except (TrackError, PromptError) as e:
             raise fail(str(e))

@@ -16,7 +16,8 @@ def track(video: str | os.PathLike | Sequence | VideoFrames, classes: Sequence[s
           segmenter=None, every: int = 10, expression: str | None = None, box: Sequence[float] | None = None,
           frame: int = 0, label: str = "object", match_iou: float = 0.5, max_lost: int = 10,
           box_threshold: float = 0.3, lost_score: float = 0.5, max_detections: int = 100,
-          nms_iou: float | None = 0.7, buffer: float = 0.5, buffer_iou: float = 0.1, device: str = "cpu",
+          nms_iou: float | None = 0.5, buffer: float = 0.5, buffer_iou: float = 0.1,
+          min_hits: int = 5, interpolate: int = 5, device: str = "cpu",
           progress: bool = True) -> Tracks:
     """Track what `classes` name (or `expression`, or `box` on frame `frame`) through `video`.
 
@@ -27,7 +28,8 @@ def track(video: str | os.PathLike | Sequence | VideoFrames, classes: Sequence[s
         detector: a groundscope detector or a registry name / folder (`load_detector`).
         segmenter: a `VideoSegmenter` or a segmenter name / folder (`load_video_segmenter`), to propagate masks with
             SAM 2's memory; None tracks detections by box overlap instead (detecting every frame).
-        every, match_iou, max_lost, box_threshold, lost_score, max_detections, nms_iou, buffer, buffer_iou, label:
+        every, match_iou, max_lost, box_threshold, lost_score, max_detections, nms_iou, buffer, buffer_iou, min_hits,
+            interpolate, label:
             see `Tracker`.
         device: where a detector or segmenter given by name is loaded.
         progress: show a progress bar over the frames (on stderr).
@@ -53,7 +55,7 @@ def track(video: str | os.PathLike | Sequence | VideoFrames, classes: Sequence[s
     tracker = Tracker(detector, classes, segmenter=segmenter, every=every, expression=expression, box=box,
                       frame=frame, label=label, match_iou=match_iou, max_lost=max_lost, box_threshold=box_threshold,
                       lost_score=lost_score, max_detections=max_detections, nms_iou=nms_iou, buffer=buffer,
-                      buffer_iou=buffer_iou)
+                      buffer_iou=buffer_iou, min_hits=min_hits, interpolate=interpolate)
     if not progress:
         for image in frames:
             tracker.update(image)

@@ -1,5 +1,5 @@
 """A video as a stream of frames, read one at a time: a video file (decoded with PyAV), a folder of frames (image files
-sorted by name), a list of frames (arrays, PIL images or paths) or a (T, H, W, 3) uint8 array.
+sorted by name; a MOTChallenge sequence folder reads its img1/), a list of frames (arrays, PIL images or paths) or a (T, H, W, 3) uint8 array.
 
 Nothing holds the whole clip: a file is decoded frame by frame as it is iterated, a folder is read file by file.
 Opening checks what can be checked up front (the file exists and has a video stream, the folder has frames), so a
@@ -89,6 +89,8 @@ def open_video(video: str | os.PathLike | Sequence | np.ndarray | VideoFrames) -
         raise VideoReadError(path, f"no such file or folder; {_FIX}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files and (path / "img1").is_dir():  # a MOTChallenge sequence folder: its frames are in img1/
+            files = sorted(p for p in (path / "img1").iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise VideoReadError(path, "the folder holds no frames (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
         return VideoFrames(str(path), None, len(files), files)

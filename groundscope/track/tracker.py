@@ -63,13 +63,18 @@ class Tracker:
         nms_iou: class-agnostic box NMS of each frame's detections before matching (None: off).
         buffer, buffer_iou: the box-IoU fallback's second matching round: boxes grown by `buffer` of their size on
             each side must overlap by `buffer_iou` (buffer 0: one round only).
+        min_hits: a track seen on fewer frames than this is dropped from the result (`finish`): a detector's
+            one-frame false positive is not a track (SORT's min_hits, applied after the fact, so the first frames
+            of a kept track are kept).
+        interpolate: the box-IoU fallback fills a track's gaps of up to this many frames by linear interpolation
+            in `finish` (0: off).
     """
 
     def __init__(self, detector=None, classes: Sequence[str] = (), *, segmenter=None, every: int = 10,
                  expression: str | None = None, box: Sequence[float] | None = None, frame: int = 0,
                  label: str = "object", match_iou: float = 0.5, max_lost: int = 10, box_threshold: float = 0.3,
-                 lost_score: float = 0.5, max_detections: int = 100, nms_iou: float | None = 0.7,
-                 buffer: float = 0.5, buffer_iou: float = 0.1):
+                 lost_score: float = 0.5, max_detections: int = 100, nms_iou: float | None = 0.5,
+                 buffer: float = 0.5, buffer_iou: float = 0.1, min_hits: int = 5, interpolate: int = 5):
         self.classes = [str(c).strip() for c in classes if str(c).strip()]
         if box is not None and expression is not None:
             raise TrackError("give either a box (--box) or an expression (--expression), not both")
@@ -101,6 +106,7 @@ class Tracker:
         self.match_iou, self.max_lost, self.box_threshold = float(match_iou), int(max_lost), float(box_threshold)
         self.lost_score, self.max_detections, self.nms_iou = float(lost_score), int(max_detections), nms_iou
         self.buffer, self.buffer_iou = float(buffer), float(buffer_iou)
+        self.min_hits, self.interpolate = int(min_hits), int(interpolate)
         self.names = ([expression.strip()] if expression is not None else [label] if box is not None
                       else self.classes)
         self.session = segmenter.start() if segmenter is not None else None
@@ -282,8 +288,34 @@ class Tracker:
         if self.box is not None and self.index < self.box_frame:
             raise TrackError(f"frame {self.box_frame} (the frame of the box, --frame) is past the end of the video "
                              f"({self.index + 1} frames); give a frame index below {self.index + 1}")
-        return Tracks([self._detections(seen) for seen in self._seen], list(self.names), video,
-                      self.size)
+        seen = self._seen
+        if self.min_hits > 1:
+            hits: dict[int, int] = {}
+            for frame in seen:
+                for rec in frame:
+                    hits[rec[0]] = hits.get(rec[0], 0) + 1
+            seen = [[rec for rec in frame if hits[rec[0]] >= self.min_hits] for frame in seen]
+        if self.interpolate and self.session is None:
+            seen = _interpolate(seen, self.interpolate)
+        return Tracks([self._detections(s) for s in seen], list(self.names), video, self.size)
+
+
+def _interpolate(seen: list[list[tuple]], longest: int) -> list[list[tuple]]:
+    """Fill each track's gaps of at most `longest` frames with boxes on the line between the sightings around the
+    gap (the score the lower of theirs), as offline MOT post-processing does (ByteTrack's
+    tools/interpolation.py). -> a new per-frame list of (id, box, score, rle) records."""
+    out = [list(frame) for frame in seen]
+    last: dict[int, tuple[int, np.ndarray, float]] = {}
+    for t, frame in enumerate(seen):
+        for tid, box, score, _ in frame:
+            if tid in last:
+                t0, box0, score0 = last[tid]
+                if 1 < t - t0 <= longest + 1:
+                    for k in range(t0 + 1, t):
+                        w = (k - t0) / (t - t0)
+                        out[k].append((tid, ((1 - w) * box0 + w * box).astype(np.float32), min(score0, score), None))
+            last[tid] = (t, np.asarray(box, np.float32), float(score))
+    return [sorted(frame, key=lambda r: r[0]) for frame in out]
 
 
 def _cascade(tracks: np.ndarray, dets: np.ndarray, threshold: float, buffer: float,

@@ -95,16 +95,25 @@ def _build(tokenizer, text: str, entity_spans, entity_ids, labels, max_tokens: i
     if max_tokens is not None and input_ids.shape[1] > max_tokens:
         raise PromptError(
             f"prompt is {input_ids.shape[1]} tokens, more than the model's limit of {max_tokens}: "
-            f"'{text[:80]}{'...' if len(text) > 80 else ''}'; shorten it, or split it into sentences"
+            f"{quoted(text, 80)}; shorten it, or split it into sentences"
         )
     token_spans = []
     tokenless_ok = tokenless_ok if tokenless_ok is not None else [False] * len(labels)
     for label, spans, ok in zip(labels, entity_spans, tokenless_ok, strict=True):
         toks = tokens_for_spans(offsets, spans)
         if not toks and not ok:
-            raise PromptError(f"'{label}' produces no tokens (only whitespace or characters the tokenizer drops)")
+            raise PromptError(f"{quoted(label)} produces no tokens (only whitespace or characters the tokenizer drops)")
         token_spans.append(toks)
     return Prompt(text, input_ids, [list(s) for s in entity_spans], token_spans, list(entity_ids), list(labels), offsets)
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """`text` in quotes for a message, cut to `limit` characters with its length said (a 10,000-character class
+    name must not fill the terminal)."""
+    text = str(text)
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}...' ({len(text)} characters)"
 
 
 def clean_class_name(name: str) -> str:
@@ -116,24 +125,29 @@ def _unique_classes(classes: Sequence[str], official_names: bool = False) -> tup
     """Indices and prompt texts of the first occurrence of each distinct class (of every class, blank ones
     included, with `official_names`); validates names."""
     if isinstance(classes, str):
-        raise PromptError(f"classes must be a list of names, got the string '{classes}'; split it first")
+        raise PromptError(f"classes must be a list of names, got the string {quoted(classes)}; split it first")
     if len(classes) == 0:
         raise PromptError("the class list is empty; pass at least one class name")
     seen: dict[str, int] = {}
     idx, texts = [], []
+    repeats: list[tuple[int, str, int]] = []  # (index, name, index it repeats)
     for i, name in enumerate(classes):
         if not isinstance(name, str):
             raise PromptError(f"class {i} is {type(name).__name__}, not a string")
         text = clean_class_name(name)
         if not text and not official_names:
-            raise PromptError(f"class {i} ('{name}') is empty; remove it from the list")
+            raise PromptError(f"class {i} ({quoted(name)}) is empty; remove it from the list")
         key = text.lower()
         if key in seen and not official_names:
-            warnings.warn(f"class '{name}' (index {i}) repeats index {seen[key]}; its boxes go to index {seen[key]}")
+            repeats.append((i, name, seen[key]))
             continue
         seen.setdefault(key, i)
         idx.append(i)
         texts.append(text)
+    if repeats:  # one warning for the list, not one per repeat
+        i, name, first = repeats[0]
+        more = f" (and {len(repeats) - 1} more repeated names)" if len(repeats) > 1 else ""
+        warnings.warn(f"class {quoted(name)} (index {i}) repeats index {first}; its boxes go to index {first}{more}")
     return idx, texts
 
 
@@ -230,7 +244,7 @@ def chunk_classes(
     for j, c in enumerate(counts):
         if c > budget:
             raise PromptError(
-                f"class '{classes[idx[j]]}' alone is {c} tokens, over the model's {max_tokens}-token text limit; "
+                f"class {quoted(classes[idx[j]])} alone is {c} tokens, over the model's {max_tokens}-token text limit; "
                 "shorten the name"
             )
         if used + c > budget and current:
@@ -267,7 +281,7 @@ def find_phrase_spans(caption: str, phrases: Sequence[str | Span | Sequence[Span
                 raise PromptError(f"phrase {k} is empty")
             starts = [m.start() for m in re.finditer(re.escape(needle), low)]
             if not starts:
-                raise PromptError(f"phrase '{ph}' does not occur in the caption '{caption}'")
+                raise PromptError(f"phrase {quoted(ph)} does not occur in the caption {quoted(caption, 120)}")
             free = [s for s in starts if not any(s < e and s + len(needle) > b for b, e in taken)]
             s = (free or starts)[0]
             span = [(s, s + len(needle))]

@@ -107,3 +107,23 @@ def test_caption_prompt_has_no_entities_and_a_limit(tok):
     assert p.text == "two cats on a couch." and p.labels == [] and len(p.offsets) == p.num_tokens
     with pytest.raises(PromptError, match="more than the model's limit of 256"):
         caption_prompt(tok, "cat " * 300, max_tokens=256)
+
+
+def test_messages_quote_long_user_text_cut_and_repeats_warn_once():
+    """A 10,000-character class name is named by its start and length, not echoed whole; 400 repeated names give
+    one warning, not 399."""
+    import warnings
+
+    from groundscope.prompts import _unique_classes, quoted
+
+    assert quoted("cat") == "'cat'"
+    assert quoted("x" * 10_000) == "'" + "x" * 60 + "...' (10000 characters)"
+    with pytest.raises(PromptError) as e:
+        _unique_classes(["ok", "  " + "." * 10_000])
+    assert len(str(e.value)) < 200 and "(10002 characters)" in str(e.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idx, texts = _unique_classes(["a b"] * 400)
+    assert (idx, texts) == ([0], ["a b"])
+    assert [str(w.message) for w in caught] == [
+        "class 'a b' (index 1) repeats index 0; its boxes go to index 0 (and 398 more repeated names)"]

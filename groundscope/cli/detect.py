@@ -1,6 +1,7 @@
 """``groundscope detect``, ``ground``, ``refer``, ``caption`` and ``models``: the detector's own verbs.
 
     groundscope detect IMAGES... --classes "cat,remote control" [--model M] [--masks [--segmenter S]] [--out DIR]
+                       [--slices 640x640 [--overlap 0.2] [--merge nmm|nms] [--no-full-image]]   (ground, refer too)
     groundscope ground IMAGES... --caption "a cat on a sofa" [--phrase cat ...]
     groundscope refer IMAGES... --expression "the cat on the left" [--top-k 1] [--rec-rule mean|mmgdino|llmdet]
     groundscope caption IMAGES... --model FOLDER_WITH_caption_head [--box x1,y1,x2,y2 ...] [--json]
@@ -39,7 +40,24 @@ from groundscope.cli.common import (
     require_images,
 )
 
+from groundscope.slicing.tiles import OPTION_HELP as SLICE_HELP
+
 _COMMANDS: list[Callable] = []
+
+SlicesOpt = typer.Option(None, "--slices", help=SLICE_HELP["slices"])
+OverlapOpt = typer.Option(0.2, "--overlap", help=SLICE_HELP["overlap"])
+FullImageOpt = typer.Option(True, "--full-image/--no-full-image", help=SLICE_HELP["full_image"])
+MergeOpt = typer.Option("nmm", "--merge", help=SLICE_HELP["merge"])
+
+
+def slicing(slices: str | None, overlap: float, full_image: bool, merge: str):
+    """The `SliceSpec` of the slicing options (None without --slices); a bad value is one line and exit code 2."""
+    from groundscope.slicing import SliceError, spec_from_options
+
+    try:
+        return spec_from_options(slices, overlap, full_image, merge)
+    except SliceError as e:
+        raise fail(str(e))
 
 
 def _command(fn: Callable) -> Callable:
@@ -65,9 +83,11 @@ def run_task(
     precision: str = "fp32",
     masks: bool = False,
     segmenter: str | None = None,
+    sliced: bool = False,
 ) -> None:
     """Shared image loop: load, run `call(detector, [PIL images]) -> [Detections]` in batches, write files; with
-    `masks`, each box is segmented (detect, then segment) before the files are written."""
+    `masks`, each box is segmented (detect, then segment) before the files are written. `sliced`: `call` slices
+    each image (its tiles fill the detector's batches), so images go one at a time and the bar moves per image."""
     from groundscope.detections import save_detections_json
     from groundscope.images import ImageLoadError, load_image
     from groundscope.prompts import PromptError
@@ -114,7 +134,7 @@ def run_task(
             except ImageLoadError as e:
                 failures.append(str(e))
                 bars.console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
-            if len(batch) == batch_size:
+            if len(batch) == (1 if sliced else batch_size):
                 flush(batch)
                 bars.advance(bar, len(batch))
                 batch = []
@@ -148,17 +168,26 @@ def detect(
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     out: Path = OutOpt,
+    slices: Optional[str] = SlicesOpt,
+    overlap: float = OverlapOpt,
+    full_image: bool = FullImageOpt,
+    merge: str = MergeOpt,
 ) -> None:
     """Open-vocabulary detection: boxes for each class name."""
+    from groundscope.slicing import sliced_detect
+
     names = parse_classes(classes, classes_file)
-    run_task(
-        images, "detect", model, device, out, batch_size,
-        lambda det, ims: det.detect(
-            ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms, batch_size=batch_size,
-            **({"chunk_size": chunk_size} if chunk_size else {}), **({"per_chunk": True} if per_chunk else {}),
-        ),
-        precision, masks, segmenter,
-    )
+    spec = slicing(slices, overlap, full_image, merge)
+    extra = {**({"chunk_size": chunk_size} if chunk_size else {}), **({"per_chunk": True} if per_chunk else {})}
+
+    def call(det, ims):
+        if spec is not None:
+            return sliced_detect(det, ims, names, spec, box_threshold=box_threshold, max_detections=max_detections,
+                                 nms_iou=nms, batch_size=batch_size, **extra)
+        return det.detect(ims, names, box_threshold=box_threshold, max_detections=max_detections, nms_iou=nms,
+                          batch_size=batch_size, **extra)
+
+    run_task(images, "detect", model, device, out, batch_size, call, precision, masks, segmenter, spec is not None)
 
 
 @_command
@@ -176,23 +205,30 @@ def ground(
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     out: Path = OutOpt,
+    slices: Optional[str] = SlicesOpt,
+    overlap: float = OverlapOpt,
+    full_image: bool = FullImageOpt,
+    merge: str = MergeOpt,
 ) -> None:
     """Phrase grounding: boxes for the phrases of a caption."""
     from groundscope.prompts import PromptError, find_phrase_spans, normalize_caption
+    from groundscope.slicing import sliced_ground
 
     if phrase:
         try:
             find_phrase_spans(normalize_caption(caption), phrase)
         except PromptError as e:
             raise fail(str(e))
-    run_task(
-        images, "ground", model, device, out, batch_size,
-        lambda det, ims: det.ground(
-            ims, caption, phrase or None, box_threshold=box_threshold, text_threshold=text_threshold,
-            max_detections=max_detections, batch_size=batch_size,
-        ),
-        precision, masks, segmenter,
-    )
+    spec = slicing(slices, overlap, full_image, merge)
+    options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections,
+               "batch_size": batch_size}
+
+    def call(det, ims):
+        if spec is not None:
+            return sliced_ground(det, ims, caption, phrase or None, spec, **options)
+        return det.ground(ims, caption, phrase or None, **options)
+
+    run_task(images, "ground", model, device, out, batch_size, call, precision, masks, segmenter, spec is not None)
 
 
 @_command
@@ -210,6 +246,10 @@ def refer(
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     out: Path = OutOpt,
+    slices: Optional[str] = SlicesOpt,
+    overlap: float = OverlapOpt,
+    full_image: bool = FullImageOpt,
+    merge: str = MergeOpt,
 ) -> None:
     """Referring expression comprehension: the one box an expression describes."""
     from groundscope.prompts import REC_RULES
@@ -224,12 +264,17 @@ def refer(
             nltk_tagger()
         except RecSubjectError as e:
             raise fail(str(e))
-    run_task(
-        images, "refer", model, device, out, batch_size,
-        lambda det, ims: det.refer(ims, expression, top_k=top_k, batch_size=batch_size,
-                                   **({} if rec_rule == "mean" else {"rec_rule": rec_rule})),
-        precision, masks, segmenter,
-    )
+    from groundscope.slicing import sliced_refer
+
+    spec = slicing(slices, overlap, full_image, merge)
+    options = {"top_k": top_k, "batch_size": batch_size, **({} if rec_rule == "mean" else {"rec_rule": rec_rule})}
+
+    def call(det, ims):
+        if spec is not None:  # the best top_k over every tile and the whole image
+            return sliced_refer(det, ims, expression, spec, **options)
+        return det.refer(ims, expression, **options)
+
+    run_task(images, "refer", model, device, out, batch_size, call, precision, masks, segmenter, spec is not None)
 
 
 @_command

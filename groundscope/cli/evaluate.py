@@ -22,6 +22,7 @@ from groundscope.evaluate.refexp import OVERLAPS, evaluate_refexp
 from groundscope.evaluate.report import coco_tables, lvis_tables, metrics_table, odinw_table, write_json
 from groundscope.evaluate.run import DATASET_KINDS, DETECTION_KINDS, JOURNAL, run_evaluation
 from groundscope.evaluate.protocols import PLAIN, official_settings
+from groundscope.slicing.tiles import OPTION_HELP as SLICE_HELP
 
 eval_app = typer.Typer(
     name="eval",
@@ -293,8 +294,20 @@ def run(
                                "beside box AP; the annotations need masks."),
     segmenter: str | None = typer.Option(None, "--segmenter", help="Segmenter for --masks (default: sam-nano for "
                                          "the synthetic world's models, sam-vit-base otherwise)."),
+    slices: str | None = typer.Option(None, "--slices", help=SLICE_HELP["slices"]),
+    slice_overlap: float = typer.Option(0.2, "--overlap", help=SLICE_HELP["overlap"]),
+    full_image: bool = typer.Option(True, "--full-image/--no-full-image", help=SLICE_HELP["full_image"]),
+    merge: str = typer.Option("nmm", "--merge", help=SLICE_HELP["merge"]),
 ) -> None:
     """Run a detector over a dataset, write OUT/results.json and OUT/metrics.json, print the metrics."""
+    from groundscope.slicing import SliceError, spec_from_options
+
+    try:
+        spec = spec_from_options(slices, slice_overlap, full_image, merge)
+    except SliceError as e:
+        raise fail(str(e))
+    if spec is not None and dataset == "odinw":
+        raise fail("--slices runs with eval run's single-dataset kinds (coco, lvis, odvg, refexp, phrase), not odinw")
     if dataset not in RUN_KINDS:
         raise fail(f"--dataset must be one of {', '.join(RUN_KINDS)}, not {dataset!r}")
     if plot and dataset not in DETECTION_KINDS:
@@ -332,6 +345,7 @@ def run(
                     model_loader(model, device, precision), dataset, annotations, images, out,
                     label_map=label_map, plot=plot and dataset in DETECTION_KINDS, settings=settings, **common,
                     **({"masks": True, "segmenter": segmenter} if masks else {}),
+                    **({"slicing": spec} if spec is not None else {}),
                 )
         except ImageLoadError as e:
             raise fail(f"{e} (finished images are kept in {out / JOURNAL}; rerun the same command to resume)") from None

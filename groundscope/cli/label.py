@@ -3,6 +3,7 @@
     groundscope label IMAGES... --classes "cat,dog" [--classes-file F] --model M --out FILE [--format coco|odvg]
                       [--label-map F] [--box-threshold 0.3] [--max-detections 300] [--nms IOU] [--batch-size 4]
                       [--device cpu] [--ray [--ray-address ADDR] [--ray-actors N]]
+                      [--slices 640x640 [--overlap 0.2] [--merge nmm|nms] [--no-full-image]]
 
 Exit codes as for ``detect``: 0 every image labelled, 1 some images could not be read (reported by name, the
 rest are in the file), 2 bad arguments, a model that does not load, or a resume log from other settings.
@@ -17,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from groundscope.cli.common import console, fail, parse_classes, pick_device, progress, require_images
+from groundscope.slicing.tiles import OPTION_HELP as SLICE_HELP
 
 
 class LabelFormat(str, Enum):
@@ -86,20 +88,31 @@ def label(
         "--ray-address", help="A running Ray cluster (e.g. ray://head:10001 or auto); default: a local one.")] = None,
     ray_actors: Annotated[Optional[int], typer.Option(
         "--ray-actors", min=1, help="Model replicas (default: one per GPU, or one per 4 CPUs).")] = None,
+    slices: Annotated[Optional[str], typer.Option("--slices", help=SLICE_HELP["slices"])] = None,
+    overlap: Annotated[float, typer.Option("--overlap", help=SLICE_HELP["overlap"])] = 0.2,
+    full_image: Annotated[bool, typer.Option("--full-image/--no-full-image", help=SLICE_HELP["full_image"])] = True,
+    merge: Annotated[str, typer.Option("--merge", help=SLICE_HELP["merge"])] = "nmm",
 ) -> None:
     """Auto-label images into a COCO or ODVG dataset file (resumable; --ray to scale out)."""
     from groundscope.label.run import label_images, local_executor
     from groundscope.label.work import LabelError, LabelSettings
 
+    from groundscope.slicing import SliceError, spec_from_options
+
     names = parse_classes(classes, classes_file)
     form = _format_for(out, fmt)
+    try:
+        spec = spec_from_options(slices, overlap, full_image, merge)
+    except SliceError as e:
+        raise fail(str(e))
     if (ray_address is not None or ray_actors is not None) and not use_ray:
         raise fail("--ray-address and --ray-actors go with --ray; add --ray to run on Ray")
     paths = require_images(images)
     try:
         settings = LabelSettings(model=model, classes=tuple(names), box_threshold=box_threshold,
                                  max_detections=max_detections, nms=nms, batch_size=batch_size,
-                                 precision=precision, masks=masks, segmenter=segmenter, polygons=polygons)
+                                 precision=precision, masks=masks, segmenter=segmenter, polygons=polygons,
+                                 slicing=spec)
         if use_ray:
             import logging
 

@@ -60,6 +60,7 @@ from groundscope.evaluate.validate import (
     load_detection_ground_truth,
     load_detection_results,
 )
+from groundscope.slicing.tiles import SliceSpec
 
 DETECTION_KINDS = ("coco", "lvis", "odvg")
 DATASET_KINDS = (*DETECTION_KINDS, "refexp", "phrase")
@@ -285,20 +286,28 @@ def _call(
     top_k: int,
     settings: EvalSettings,
     masks: dict | None = None,
+    slicing: SliceSpec | None = None,
 ):
+    if slicing is not None:  # each image's tiles and the whole image through the same calls, merged
+        from groundscope.slicing import sliced_detect, sliced_ground, sliced_refer
     if ds.kind in DETECTION_KINDS:
-        out = detector.detect(paths, ds.classes, box_threshold=box_threshold, max_detections=max_detections,
-                              **settings.detect_kwargs(), **(masks or {}))
+        kwargs = dict(box_threshold=box_threshold, max_detections=max_detections, **settings.detect_kwargs(),
+                      **(masks or {}))
+        out = (detector.detect(paths, ds.classes, **kwargs) if slicing is None
+               else sliced_detect(detector, paths, ds.classes, slicing, **kwargs))
     elif ds.kind == "refexp":
-        out = detector.refer(paths, [it.text for it in batch], top_k=top_k, **settings.refer_kwargs())
+        exprs = [it.text for it in batch]
+        out = (detector.refer(paths, exprs, top_k=top_k, **settings.refer_kwargs()) if slicing is None
+               else sliced_refer(detector, paths, exprs, slicing, top_k=top_k, **settings.refer_kwargs()))
     else:
-        out = detector.ground(
-            paths,
-            [it.text for it in batch],
-            phrases=[[_phrase_arg(p) for p in it.phrases] for it in batch],
-            box_threshold=box_threshold,
-            max_detections=max_detections,
-        )
+        captions = [it.text for it in batch]
+        phrases = [[_phrase_arg(p) for p in it.phrases] for it in batch]
+        if slicing is None:
+            out = detector.ground(paths, captions, phrases=phrases, box_threshold=box_threshold,
+                                  max_detections=max_detections)
+        else:
+            out = sliced_ground(detector, paths, captions, phrases, slicing, box_threshold=box_threshold,
+                                max_detections=max_detections)
     out = [out] if hasattr(out, "xyxy") else list(out)
     if len(out) != len(batch):
         raise RuntimeError(f"detector returned {len(out)} results for {len(batch)} images")
@@ -332,6 +341,7 @@ def run_evaluation(
     categories: list[tuple[int, str]] | None = None,
     masks: bool = False,
     segmenter: Any = None,
+    slicing: SliceSpec | None = None,
 ) -> dict:
     """Run `detector` over a dataset, write ``results.json`` and ``metrics.json`` to `out_dir`, return the metrics.
 
@@ -362,6 +372,9 @@ def run_evaluation(
             pycocotools computes it) under ``metrics["segm"]``, next to the box AP; the ground truth needs a
             ``segmentation`` on every annotation.
         segmenter: the segmenter for `masks` (a `Segmenter` or a name; default: the detector's pairing).
+        slicing: sliced inference (`groundscope.slicing.SliceSpec`) for small objects in large images: every item
+            runs on its image's tiles and the whole image, merged (`sliced_detect` / `sliced_refer` /
+            `sliced_ground`); recorded in the journal and in metrics.json under ``slicing``.
 
     Raises:
         EvaluationInputError: bad annotation file, missing images, or a journal of a different run in `out_dir`.
@@ -404,6 +417,8 @@ def run_evaluation(
     }
     if dataset == "phrase":
         header["phrase_boxes"] = "all"
+    if slicing is not None:  # a resumed run must slice the same way
+        header["slicing"] = slicing.record()
     if masks:  # a resumed run must segment with the same segmenter
         header["masks"] = getattr(segmenter, "name", None) or (str(segmenter) if segmenter is not None else "default")
     journal = ResultJournal(out_dir / JOURNAL, header)
@@ -436,7 +451,8 @@ def run_evaluation(
             batch = pending[start : start + batch_size]
             paths = [str(images / it.file_name) for it in batch]
             for it, det in zip(
-                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k, settings, mask_args),
+                batch, _call(detector, ds, paths, batch, box_threshold, max_detections, top_k, settings, mask_args,
+                             slicing),
                 strict=True
             ):
                 recs = _records(ds, it, det, top_k)
@@ -460,5 +476,7 @@ def run_evaluation(
     else:
         metrics = evaluate_phrase(annotations, results_path)
     metrics["settings"] = settings.record()
+    if slicing is not None:
+        metrics["slicing"] = slicing.record()
     write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -29,7 +29,7 @@ def partial_path(out: str | Path) -> Path:
 
 
 # Settings added after the first log version, with the value older logs ran with.
-DEFAULTS_ADDED_LATER = {"precision": "fp32", "masks": False, "segmenter": None, "polygons": False}
+DEFAULTS_ADDED_LATER = {"precision": "fp32", "masks": False, "segmenter": None, "polygons": False, "slicing": None}
 
 
 def _header(settings: LabelSettings) -> dict[str, Any]:

@@ -183,6 +183,8 @@ def label_images(
                 "max_detections": settings.max_detections, "nms": settings.nms}
         if settings.masks:
             info["segmenter"] = settings.segmenter or "default"
+        if settings.slicing is not None:
+            info["slicing"] = settings.slicing.record()
         report.files = write_labels(out, fmt, labelled, settings.classes, info, label_map, settings.polygons)
         report.labelled = len(labelled)
         report.annotations = sum(keeps_box(d["box"]) for im in labelled for d in im["detections"])

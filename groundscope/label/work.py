@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from groundscope.images import ImageLoadError, describe_source, load_image
+from groundscope.slicing.tiles import SliceError, SliceSpec
 
 
 class LabelError(RuntimeError):
@@ -50,6 +51,8 @@ class LabelSettings:
         segmenter: the segmenter for `masks` (registry name, hub id or folder); None: the detector's default
             pairing (`groundscope.models.segmenter.default_segmenter`).
         polygons: write COCO masks as polygons instead of RLE.
+        slicing: sliced inference (`groundscope.slicing.SliceSpec`: tiles, overlap, whole image, merge rule) for
+            small objects in large images; None detects each image whole.
     """
 
     model: str
@@ -62,9 +65,15 @@ class LabelSettings:
     masks: bool = False
     segmenter: str | None = None
     polygons: bool = False
+    slicing: SliceSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if isinstance(self.slicing, dict):  # read back from a resume log
+            try:
+                object.__setattr__(self, "slicing", SliceSpec(**self.slicing))
+            except (TypeError, SliceError) as e:
+                raise LabelError(f"slicing settings {self.slicing!r}: {e}") from None
         if not self.classes:
             raise LabelError('no classes given; pass --classes "cat,remote control" or --classes-file FILE')
         seen: set[str] = set()
@@ -154,11 +163,16 @@ def label_chunk(detector, chunk: Chunk, settings: LabelSettings) -> dict[str, An
             failures.append({"pos": pos, "image": image, "reason": failure_reason(e), "error": str(e)})
     results = []
     if loaded:
-        dets = detector.detect(
-            [im for _, im in loaded], list(settings.classes), box_threshold=settings.box_threshold,
-            max_detections=settings.max_detections, nms_iou=settings.nms, batch_size=settings.batch_size,
-            **({"masks": True, "segmenter": settings.segmenter} if settings.masks else {}),
-        )
+        options = {"box_threshold": settings.box_threshold, "max_detections": settings.max_detections,
+                   "nms_iou": settings.nms, "batch_size": settings.batch_size,
+                   **({"masks": True, "segmenter": settings.segmenter} if settings.masks else {})}
+        ims = [im for _, im in loaded]
+        if settings.slicing is not None:  # each image's tiles (and the whole image) merged: groundscope.slicing
+            from groundscope.slicing.api import sliced_detect
+
+            dets = sliced_detect(detector, ims, list(settings.classes), settings.slicing, **options)
+        else:
+            dets = detector.detect(ims, list(settings.classes), **options)
         for (pos, im), d in zip(loaded, dets):
             # float(np.float32) is exact and JSON round-trips Python floats exactly, so a record read back
             # from the partial file writes the same output as the one computed now.

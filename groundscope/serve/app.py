@@ -8,6 +8,8 @@ Routes:
     POST /v1/ground   multipart: image, caption, phrase (repeatable), box_threshold, text_threshold, max_detections,
                       masks
     POST /v1/refer    multipart: image, expression, top_k, masks
+                      (detect, ground and refer also take slices="640x640", overlap, full_image, merge: sliced
+                      inference for small objects in large images, docs/sliced.md)
     POST /v1/describe multipart: image, box / mask / points (each repeatable) or expression, max_new_tokens,
                       temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
     GET  /docs        the OpenAPI documentation FastAPI generates
@@ -68,6 +70,8 @@ from groundscope.serve.tasks import (
 )
 from groundscope.serve.threads import in_fresh_thread
 from groundscope.serve.uploads import decode_image
+from groundscope.slicing.tiles import OPTION_HELP as SLICE_HELP
+from groundscope.slicing.tiles import SliceError, spec_from_options
 
 log = logging.getLogger("groundscope.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -96,6 +100,11 @@ def _validation_message(exc: RequestValidationError) -> str:
         where = f"form field '{'.'.join(loc)}'" if loc else "request"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def _slice_field(message: str) -> str:
+    """Which slicing form field a `SliceError` message is about."""
+    return next((f for f in ("overlap", "merge") if message.startswith(f)), "slices")
 
 
 def create_app(
@@ -217,10 +226,11 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    def decode_and_prepare(data: bytes, name: str, task: str):
-        """In the pool: the decoded image (for the answer's width and height) and the model's input."""
+    def decode_and_prepare(data: bytes, name: str, task: str, sliced: bool = False):
+        """In the pool: the decoded image (for the answer's width and height) and the model's input (the image
+        itself for describe and for a sliced request, whose tiles are cut from it)."""
         image = decode_image(data, name)
-        return image, (image if task == "describe" else prepare_input(detector, image))
+        return image, (image if task == "describe" or sliced else prepare_input(detector, image))
 
     def unavailable(e: SegmenterUnavailable) -> ApiError:
         """503 for a masks request whose segmenter cannot load; box requests are unaffected."""
@@ -242,7 +252,8 @@ def create_app(
         if not claim(request.scope):  # announced when its headers arrived (serve/announce.py); from here it is ours
             batcher.announce()
         try:
-            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task)
+            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task,
+                                                             options.get("slicing") is not None)
             if callable(prompt):
                 prompt = await loop.run_in_executor(decode_pool, prompt, image)
             own_masks = getattr(detector, "predicts_masks", False) and not segmenters.explicit
@@ -279,6 +290,15 @@ def create_app(
         image, dets = await run_task(request, task, upload, options, prompt)
         return JSONResponse(result_record(upload.filename or "upload", image.width, image.height, detector.name,
                                           task, dets))
+
+    def slicing(slices: str | None, overlap: float, full_image: bool, merge: str) -> dict:
+        """The form's slicing fields as the batch option ``slicing`` (absent without ``slices``); 400 naming the
+        field for a bad value."""
+        try:
+            spec = spec_from_options(slices, overlap, full_image, merge)
+        except SliceError as e:
+            raise ApiError(400, f"form field {_slice_field(str(e))!r}: {e}".replace("--", ""))
+        return {} if spec is None else {"slicing": spec}
 
     # ------------------------------------------------------------------ routes
     @app.get("/", include_in_schema=False)
@@ -319,12 +339,17 @@ def create_app(
         nms: Optional[float] = Form(None, ge=0, le=1, description="Class-wise NMS IoU (off when absent)."),
         masks: bool = Form(False, description="Also segment every box (the answer's detections get a COCO RLE "
                                               "'mask')."),
+        slices: Optional[str] = Form(None, description=SLICE_HELP["slices"].replace("--", "")),
+        overlap: float = Form(0.2, description=SLICE_HELP["overlap"].replace("With --slices", "With slices")),
+        full_image: bool = Form(True, description=SLICE_HELP["full_image"].replace("With --slices", "With slices")),
+        merge: str = Form("nmm", description=SLICE_HELP["merge"].replace("With --slices", "With slices")),
     ):
         names = [c.strip() for c in classes.split(",") if c.strip()]  # the CLI's --classes rule
         if not names:
             raise ApiError(400, f"form field 'classes' holds no class names ({classes!r}); "
                                 "send comma-separated names, e.g. classes=cat,remote control")
-        options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms, "masks": masks}
+        options = {"box_threshold": box_threshold, "max_detections": max_detections, "nms_iou": nms, "masks": masks,
+                   **slicing(slices, overlap, full_image, merge)}
         return await answer(request, "detect", image, options, tuple(names))
 
     @app.post("/v1/ground", summary="Phrase grounding: boxes for the phrases of a caption")
@@ -339,6 +364,10 @@ def create_app(
                                      description="Token threshold when decoding phrases."),
         max_detections: int = Form(GROUND_DEFAULTS["max_detections"], ge=1),
         masks: bool = Form(False, description="Also segment every box."),
+        slices: Optional[str] = Form(None, description=SLICE_HELP["slices"].replace("--", "")),
+        overlap: float = Form(0.2, description=SLICE_HELP["overlap"].replace("With --slices", "With slices")),
+        full_image: bool = Form(True, description=SLICE_HELP["full_image"].replace("With --slices", "With slices")),
+        merge: str = Form("nmm", description=SLICE_HELP["merge"].replace("With --slices", "With slices")),
     ):
         phrases = [p for p in phrase or [] if p is not None] or None
         try:  # the CLI's check, before the request takes a place in the queue
@@ -349,7 +378,7 @@ def create_app(
         except PromptError as e:
             raise ApiError(400, str(e))
         options = {"box_threshold": box_threshold, "text_threshold": text_threshold, "max_detections": max_detections,
-                   "masks": masks}
+                   "masks": masks, **slicing(slices, overlap, full_image, merge)}
         return await answer(request, "ground", image, options, (caption, tuple(phrases) if phrases else None))
 
     @app.post("/v1/refer", summary="Referring expressions: the box an expression describes")
@@ -359,10 +388,15 @@ def create_app(
         expression: str = Form(..., description='e.g. "the cat on the left".'),
         top_k: int = Form(REFER_DEFAULTS["top_k"], ge=1, description="Boxes to return, best first."),
         masks: bool = Form(False, description="Also segment every box."),
+        slices: Optional[str] = Form(None, description=SLICE_HELP["slices"].replace("--", "")),
+        overlap: float = Form(0.2, description=SLICE_HELP["overlap"].replace("With --slices", "With slices")),
+        full_image: bool = Form(True, description=SLICE_HELP["full_image"].replace("With --slices", "With slices")),
+        merge: str = Form("nmm", description=SLICE_HELP["merge"].replace("With --slices", "With slices")),
     ):
         if not expression.strip(" ."):
             raise ApiError(400, "form field 'expression' is empty; send the words that single out one object")
-        return await answer(request, "refer", image, {"top_k": top_k, "masks": masks}, expression)
+        return await answer(request, "refer", image, {"top_k": top_k, "masks": masks,
+                                                      **slicing(slices, overlap, full_image, merge)}, expression)
 
     @app.post("/v1/describe", summary="Describe Anything: a detailed description of each region")
     async def describe(

@@ -4,7 +4,9 @@ A request becomes a batch key (its task and scalar options: requests may share a
 share these, because `GroundingDetector` takes them once per call) and an `Item` (the decoded image and its own
 prompt: class list, caption and phrases, or expression, which the detector accepts per image).
 
-``masks`` is part of the key, so a box-only request never waits for another request's segmentation. After the
+``masks`` is part of the key, so a box-only request never waits for another request's segmentation. So is
+``slicing`` (a `groundscope.slicing.SliceSpec`, from the ``slices`` form field): such an item holds the decoded
+image, which `groundscope.slicing` cuts into tiles, and its batch runs the sliced task. After the
 batched detector call, a masks batch segments each item's boxes on the item's original decoded image (the model
 input may be a resized `PreparedImage`; masks are at the image's own size), one image at a time as
 `groundscope detect --masks` does, so the RLE strings are the CLI's. The server's segmenter sits in a
@@ -188,8 +190,21 @@ def make_runner(detector, batch_size: int, describer=None,
             with describe_lock:
                 return describe_items(describer, plain_detector, items, batch_size, **options)
         masks = options.pop("masks", False)
+        spec = options.pop("slicing", None)
         images = [it.image for it in items]
-        if task == "detect":
+        if spec is not None:  # the decoded images, cut into tiles: groundscope.slicing (docs/sliced.md)
+            from groundscope.slicing import sliced_detect, sliced_ground, sliced_refer
+
+            if task == "detect":
+                out = sliced_detect(plain_detector, images, [list(it.prompt) for it in items], spec,
+                                    batch_size=batch_size, **options)
+            elif task == "ground":
+                out = sliced_ground(plain_detector, images, [it.prompt[0] for it in items],
+                                    [it.prompt[1] for it in items], spec, batch_size=batch_size, **options)
+            else:
+                out = sliced_refer(plain_detector, images, [it.prompt for it in items], spec, batch_size=batch_size,
+                                   **options)
+        elif task == "detect":
             out = detector.detect(images, [list(it.prompt) for it in items], batch_size=batch_size, **options)
         elif task == "ground":
             captions = [it.prompt[0] for it in items]

@@ -8,10 +8,23 @@ The package knows no model: it sits in the ground layer (detections, images, mas
 methods (``detect(..., slices=(640, 640))``) and every entry point can use it. docs/sliced.md describes it.
 """
 
-from groundscope.slicing.api import plan, sliced_detect, sliced_ground, sliced_refer, tile_count
-from groundscope.slicing.merge import match_matrix, merge_detections, shift_detections
-from groundscope.slicing.tiles import MERGES, SliceError, SliceSpec, parse_slices, slice_spec, tile_boxes
+from importlib import import_module
 
-__all__ = ["MERGES", "SliceError", "SliceSpec", "match_matrix", "merge_detections", "parse_slices", "plan",
-           "shift_detections", "slice_spec", "sliced_detect", "sliced_ground", "sliced_refer", "tile_boxes",
-           "tile_count"]
+# Names load from their module on first use, so `from groundscope.slicing.tiles import ...` (the CLI's option
+# texts) does not pull in images / torch.
+_EXPORTS = {
+    **dict.fromkeys(("plan", "sliced_detect", "sliced_ground", "sliced_refer", "tile_count"), "groundscope.slicing.api"),
+    **dict.fromkeys(("match_matrix", "merge_detections", "shift_detections"), "groundscope.slicing.merge"),
+    **dict.fromkeys(("MERGES", "OPTION_HELP", "SliceError", "SliceSpec", "parse_slices", "slice_spec",
+                     "spec_from_options", "tile_boxes"), "groundscope.slicing.tiles"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'groundscope.slicing' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -149,3 +149,27 @@ def tile_boxes(height: int, width: int, tile_height: int, tile_width: int, overl
                          f"into {len(ys) * len(xs)} tiles (more than {MAX_TILES}); use larger tiles or less overlap")
     th, tw = min(tile_height, height), min(tile_width, width)
     return np.asarray([[x, y, x + tw, y + th] for y in ys for x in xs], np.int64).reshape(-1, 4)
+
+
+# What the command-line options mean (each verb module declares its own typer options with these texts).
+OPTION_HELP = {
+    "slices": "Sliced inference for small objects in large images: tile HEIGHTxWIDTH in pixels, e.g. 640x640 "
+              "(docs/sliced.md). Off by default.",
+    "overlap": "With --slices: the share of a tile its neighbour also covers, in [0, 1).",
+    "full_image": "With --slices: also run the whole image (large objects) and merge it with the tiles.",
+    "merge": "With --slices: nmm (SAHI's greedy non-maximum merging: matched boxes are united) or nms "
+             "(class-wise suppression).",
+}
+
+
+def spec_from_options(slices: str | None, overlap: float = 0.2, full_image: bool = True,
+                      merge: str = "nmm") -> SliceSpec | None:
+    """The `SliceSpec` of the command-line options (``--slices 640x640 --overlap 0.2 --merge nmm``), or None
+    without --slices. Raises `SliceError` for a bad value, or for a slicing option given without --slices."""
+    if slices is None:
+        if overlap != 0.2 or merge != "nmm" or not full_image:
+            raise SliceError("--overlap, --merge and --no-full-image set up sliced inference; add --slices "
+                             "HEIGHTxWIDTH (e.g. --slices 640x640) or drop them")
+        return None
+    h, w = parse_slices(slices)
+    return SliceSpec(h, w, overlap, full_image, merge)

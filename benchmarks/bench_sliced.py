@@ -1,7 +1,7 @@
 """Sliced inference on the large-image synthetic world: the bundled nano with slices vs without.
 
-    python benchmarks/bench_sliced.py                          # 8 images, seed 31, ~5 minutes on 2 CPU cores
-    python benchmarks/bench_sliced.py --n 4 --threads 1 --slices 320x320 --out benchmarks/results/sliced.md
+    python benchmarks/bench_sliced.py --threads 1 --out benchmarks/results/sliced.md   # 8 images, ~3 minutes
+    python benchmarks/bench_sliced.py --n 4 --slices 256x256 --box-threshold 0
 
 Draws a fresh test world of the large-image layout (``groundscope synth --small --split test --seed 31``:
 2048 x 2048 canvases, 24-48 shapes, most 16-26 px), runs the model over its images with each arm (the whole
@@ -10,7 +10,7 @@ the model was trained on) with faster-coco-eval, and prints one table row per ar
 objects (COCO's area < 32^2: precision at IoU 0.5 over the "small" area range, the AP50 analogue of APs), APs
 (COCO's AP@[.5:.95] on small), AP50 on medium and large, and seconds per image. pycocotools' caps are
 mmdetection's [100, 300, 1000] (an image holds up to 48 objects), so AP50 is at 1000 detections, of which each
-image gives at most 300.
+image gives at most 300. Every arm keeps boxes scoring >= ``--box-threshold`` (0.1 by default).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def area_ap(ev, area: str, iou: float | None = 0.5) -> float:
     return float(s.mean()) if s.size else -1.0
 
 
-def run_arm(detector, world: Path, gt, spec: SliceSpec | None, max_detections: int) -> tuple[list[dict], float]:
+def run_arm(detector, world: Path, gt, spec: SliceSpec | None, max_detections: int, box_threshold: float
+            ) -> tuple[list[dict], float]:
     """COCO results of one arm over every image, and seconds per image (detection only, image load included)."""
     names = [gt.category_name(c) for c in gt.category_ids]
     records, seconds = [], 0.0
@@ -51,9 +52,10 @@ def run_arm(detector, world: Path, gt, spec: SliceSpec | None, max_detections: i
         path = world / image["file_name"]
         start = time.perf_counter()
         if spec is None:
-            dets = detector.detect(path, names, box_threshold=0.0, max_detections=max_detections)
+            dets = detector.detect(path, names, box_threshold=box_threshold, max_detections=max_detections)
         else:
-            dets = sliced_detect(detector, path, names, spec, box_threshold=0.0, max_detections=max_detections)
+            dets = sliced_detect(detector, path, names, spec, box_threshold=box_threshold,
+                                 max_detections=max_detections)
         seconds += time.perf_counter() - start
         records += dets.to_coco_results(image["id"], category_ids=list(gt.category_ids))
     return records, seconds / len(gt.data["images"])
@@ -68,6 +70,9 @@ def main() -> None:
     ap.add_argument("--slices", default="320x320", help="tile HEIGHTxWIDTH")
     ap.add_argument("--overlap", type=float, default=0.2)
     ap.add_argument("--max-detections", type=int, default=300)
+    ap.add_argument("--box-threshold", type=float, default=0.1,
+                    help="minimum score kept, in every arm (0.1: SAHI's LOW_MODEL_CONFIDENCE; at 0 the tiles' "
+                         "near-zero boxes, merged by NMM, swallow small objects' boxes)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--world", type=Path, default=None, help="draw the world here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
@@ -89,7 +94,7 @@ def main() -> None:
     detector.detect(world / gt.data["images"][0]["file_name"], ["red circle"], max_detections=1)
     rows = []
     for name, spec in arms:
-        records, spi = run_arm(detector, world, gt, spec, args.max_detections)
+        records, spi = run_arm(detector, world, gt, spec, args.max_detections, args.box_threshold)
         ev = run_cocoeval(gt, records, "bbox", max_dets=MMDET_MAX_DETS)
         row = {"arm": name, "AP50": area_ap(ev, "all"), "AP50_small": area_ap(ev, "small"),
                "APs": area_ap(ev, "small", None), "AP50_medium": area_ap(ev, "medium"),
@@ -100,8 +105,8 @@ def main() -> None:
     n_small = sum(1 for a in gt.data["annotations"] if a["area"] < 32 ** 2)
     lines = [
         f"Sliced inference, `{args.model}` on the large-image world (`python benchmarks/bench_sliced.py --n {args.n} "
-        f"--seed {args.seed} --size {args.size} --slices {args.slices} --overlap {args.overlap} --threads "
-        f"{args.threads}`, {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+        f"--seed {args.seed} --size {args.size} --slices {args.slices} --overlap {args.overlap} --box-threshold "
+        f"{args.box_threshold} --threads {args.threads}`, {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads): {args.n} images, {len(gt.data['annotations'])} base-class objects "
         f"({n_small} small), {summary['objects']} objects in all.",
         "",

@@ -1,7 +1,7 @@
 """The package's layers point only down, and no module imports itself round a circle.
 
-    ground (detections, images, prompts, data formats, box ops, answers)  <-  models  <-  tasks (train, evaluate,
-    describe, distill, label, export)  <-  entry points (cli, serve, the `groundscope` facade)
+    ground (detections, images, prompts, data formats, box ops, answers, slicing)  <-  models  <-  tasks (train,
+    evaluate, describe, distill, label, export)  <-  entry points (cli, serve, the `groundscope` facade)
 
 Every import counts, the ones inside functions too: an import deferred for start-up time is still a dependency.
 Read from the source with `ast`, so the test needs no optional package installed.

@@ -2,6 +2,7 @@
 
     groundscope serve --model nano [--host 127.0.0.1] [--port 8000] [--max-upload-mb 20] [--max-batch 4]
                       [--describer dam-nano] [--segmenter sam-vit-base] [--precision fp32|bf16] [--streams N]
+                      [--video-segmenter sam2.1-hiera-tiny] [--max-video-frames 600]
                       [--api-key KEY | $GROUNDSCOPE_API_KEY] [--cors-origin ORIGIN ...]
 
 The model is loaded before the server binds its port, so a bad --model exits with 2 and one line like every
@@ -44,6 +45,12 @@ def register(app: typer.Typer) -> None:
         segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter for requests with masks=true "
                                                 "(default: the detector's pairing, loaded on the first such "
                                                 "request: sam-nano for nano, sam-vit-base otherwise)."),
+        video_segmenter: Optional[str] = typer.Option(None, "--video-segmenter", help="A SAM 2-family video model "
+                                                      "(sam2.1-hiera-tiny, edgetam, a folder): a region sent with a "
+                                                      "clip to /v1/describe is given on one frame and propagated "
+                                                      "through it, as DAM's official video demo."),
+        max_video_frames: int = typer.Option(600, "--max-video-frames", min=1, help="Most frames a clip sent to "
+                                             "/v1/describe may hold (400 beyond)."),
         streams: int = typer.Option(1, "--streams", min=1, help="Forward passes that may run at once on a share of "
                                     "the CPU threads; a lone request still gets them all."),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GROUNDSCOPE_API_KEY", show_envvar=True,
@@ -88,8 +95,20 @@ def register(app: typer.Typer) -> None:
             from groundscope.cli.common import load_segmenter_for
 
             seg = in_fresh_thread(load_segmenter_for, segmenter, model, device)
+        video_seg = None
+        if video_segmenter is not None:
+            if describe_model is None:
+                raise fail("--video-segmenter propagates the regions /v1/describe describes; give --describer too")
+            from groundscope.models.loading import ModelLoadError
+            from groundscope.models.video_segmenter import load_video_segmenter
+
+            try:
+                video_seg = in_fresh_thread(load_video_segmenter, video_segmenter, device=pick_device(device))
+            except ModelLoadError as e:
+                raise fail(str(e))
         web = create_app(detector, max_upload_mb=max_upload_mb, max_batch=max_batch, queue_size=queue_size,
                          max_wait_ms=max_wait_ms, describer=describe_model, streams=streams, segmenter=seg,
+                         video_segmenter=video_seg, max_video_frames=max_video_frames,
                          api_key=api_key, cors_origins=cors_origin or ())
         if api_key is None and not is_loopback(host):
             console.print(f"[yellow]warning:[/] serving {host} without an API key: anyone who can reach port "

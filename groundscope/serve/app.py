@@ -11,7 +11,8 @@ Routes:
                       (detect, ground and refer also take slices="640x640", overlap, full_image, merge: sliced
                       inference for small objects in large images, docs/sliced.md)
     POST /v1/describe multipart: image, box / mask / points (each repeatable) or expression, max_new_tokens,
-                      temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`)
+                      temperature (with a describer: `create_app(..., describer=...)`, `serve --describer`);
+                      or instead of the image a short clip, video, with frames, frame, track (serve/video.py)
     GET  /docs        the OpenAPI documentation FastAPI generates
 
 With an API key (`create_app(..., api_key=)`, `serve --api-key` / $GROUNDSCOPE_API_KEY) every /v1/* route needs
@@ -57,6 +58,7 @@ from groundscope.serve.announce import AnnounceRequests, claim
 from groundscope.serve.auth import ApiKeyAuth
 from groundscope.serve.batcher import DynamicBatcher, QueueFull, ShuttingDown
 from groundscope.serve.limits import UploadLimit
+from groundscope.serve.video import VideoUploadError, receive_video
 from groundscope.serve.tasks import (
     DETECT_DEFAULTS,
     GROUND_DEFAULTS,
@@ -120,6 +122,8 @@ def create_app(
     describer=None,
     streams: int = 1,
     segmenter=None,
+    video_segmenter=None,
+    max_video_frames: int = 600,
     api_key: Optional[str] = None,
     cors_origins: Sequence[str] = (),
 ) -> FastAPI:
@@ -137,6 +141,10 @@ def create_app(
             POST /v1/describe; without one that route answers 501. Its --expression form uses the detector.
         segmenter: a `Segmenter` or a segmenter name for requests with ``masks=true``; None: the detector's
             default pairing (`default_segmenter`), loaded on the first such request.
+        video_segmenter: a SAM 2-family `VideoSegmenter` or its name (`load_video_segmenter`): a region sent with
+            a clip to /v1/describe is given on form field ``frame`` and propagated through the clip, as the
+            official demo_video.py does. None: the region stays where it is given on every sampled frame.
+        max_video_frames: the most frames a clip sent to /v1/describe may hold (400 beyond it).
         streams: forward passes that may run at once, sharing the CPU threads (`DynamicBatcher`); a lone request
             still gets every thread. Default 1: with the nano model on 2 cores, 2 streams raised the 16-client rate
             by 3-8% and lowered the 4-client rate by 10-12% (benchmarks/results/serve.md).
@@ -173,7 +181,14 @@ def create_app(
         # first masks request. Off the main thread, as the detector (serve/threads.py).
         segmenter = in_fresh_thread(load_segmenter, segmenter, device=str(detector.device))
     segmenters = SegmenterSlot(segmenter, detector_name=detector.name, device=str(detector.device))
-    batcher = DynamicBatcher(make_runner(detector, max_batch, describer, segmenters), max_batch=max_batch,
+    if isinstance(video_segmenter, (str, os.PathLike)):
+        from groundscope.models.video_segmenter import load_video_segmenter
+
+        video_segmenter = in_fresh_thread(load_video_segmenter, video_segmenter, device=str(detector.device))
+    if max_video_frames < 1:
+        raise ValueError(f"max_video_frames must be >= 1, got {max_video_frames}")
+    batcher = DynamicBatcher(make_runner(detector, max_batch, describer, segmenters, video_segmenter),
+                             max_batch=max_batch,
                              max_wait_s=max_wait_ms / 1000, queue_size=queue_size, streams=streams,
                              threads=threads, set_threads=torch.set_num_threads if streams > 1 else None)
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers or min(4, os.cpu_count() or 1),
@@ -239,11 +254,15 @@ def create_app(
 
     async def run_task(request: Request, task: str, upload: UploadFile, options: dict, prompt):
         """Read and decode the upload off the event loop, queue it, await its batch: (image, the model's result).
-        `prompt` may be a callable, run in the decode pool after the image decoded, that returns the prompt."""
+        `prompt` may be a callable, run in the decode pool after the image decoded, that returns the prompt.
+        For describe_video the "image" is the checked clip on disk (a `VideoUpload`), removed when the batch is
+        done."""
         name = upload.filename or "upload"
+        video = task == "describe_video"
         data = await upload.read()
         if len(data) > max_upload_bytes:  # the middleware's allowance includes the form overhead
-            raise ApiError(413, f"image '{name}' is {len(data) / 2**20:.1f} MB; the server's limit is "
+            raise ApiError(413, f"{'video' if video else 'image'} '{name}' is {len(data) / 2**20:.1f} MB; the "
+                                f"server's limit is "
                                 f"{max_upload_mb:g} MB (restart with a larger --max-upload-mb)")
         if batcher.pending >= batcher.queue_size:  # refuse before spending a decode on it
             raise ApiError(503, f"the server is busy ({batcher.pending} requests queued); retry shortly",
@@ -251,9 +270,14 @@ def create_app(
         loop = asyncio.get_running_loop()
         if not claim(request.scope):  # announced when its headers arrived (serve/announce.py); from here it is ours
             batcher.announce()
+        image = None
         try:
-            image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task,
-                                                             options.get("slicing") is not None)
+            if video:
+                image = model_input = await loop.run_in_executor(decode_pool, receive_video, data, name,
+                                                                 max_video_frames)
+            else:
+                image, model_input = await loop.run_in_executor(decode_pool, decode_and_prepare, data, name, task,
+                                                                 options.get("slicing") is not None)
             if callable(prompt):
                 prompt = await loop.run_in_executor(decode_pool, prompt, image)
             own_masks = getattr(detector, "predicts_masks", False) and not segmenters.explicit
@@ -263,8 +287,12 @@ def create_app(
                 await asyncio.to_thread(segmenters.get)
         except BaseException as e:
             batcher.withdraw()
+            if video and image is not None:
+                image.remove()
             if isinstance(e, ImageLoadError):
                 raise ApiError(400, f"form field 'image': {e}")
+            if isinstance(e, VideoUploadError):
+                raise ApiError(400, f"form field 'video': {e}")
             if isinstance(e, SegmenterUnavailable):
                 raise unavailable(e)
             raise
@@ -283,6 +311,9 @@ def create_app(
         except Exception as e:  # the model failed: answer 500 with the reason, keep serving
             log.exception("%s failed for %s", task, name)
             raise ApiError(500, f"{task} failed on '{name}': {type(e).__name__}: {e}")
+        finally:
+            if video:
+                image.remove()
         return image, result
 
     async def answer(request: Request, task: str, upload: UploadFile, options: dict, prompt) -> JSONResponse:
@@ -316,6 +347,7 @@ def create_app(
             "describer": describer.name if describer is not None else None,
             "segmenter": segmenters.name,  # null until one is loaded (the first masks request loads the default)
             "segmenter_error": segmenters.error,
+            "video_segmenter": getattr(video_segmenter, "name", None),  # /v1/describe propagates a clip's region
             "device": str(detector.device),
             "max_batch": batcher.max_batch,
             "streams": batcher.streams,
@@ -401,7 +433,16 @@ def create_app(
     @app.post("/v1/describe", summary="Describe Anything: a detailed description of each region")
     async def describe(
         request: Request,
-        image: UploadFile = File(..., description="The image."),
+        image: Optional[UploadFile] = File(None, description="The image (or send 'video')."),
+        video: Optional[UploadFile] = File(None, description="Instead of the image: a short clip (mp4, webm, mov, "
+                                                             "... decoded by PyAV; at most the server's "
+                                                             "--max-video-frames frames)."),
+        frames: Optional[int] = Form(None, ge=1, description="With a video: frames the describer reads (default: "
+                                                             "the model's, 8)."),
+        frame: int = Form(0, ge=0, description="With a video and a server started with --video-segmenter: the "
+                                               "0-based frame the region is given on; it is propagated from there."),
+        track: bool = Form(False, description="With a video, an expression and no video segmenter: find the box on "
+                                              "every sampled frame instead of the first only."),
         box: Optional[list[str]] = Form(None, description='A region as "x1,y1,x2,y2" pixels (repeatable).'),
         mask: Optional[list[UploadFile]] = File(None, description="A region as a mask image of the image's size, "
                                                                   "non-zero inside (repeatable)."),
@@ -434,6 +475,19 @@ def create_app(
         if expression is None and not (regions or masks):
             raise ApiError(400, "no region given; send a 'box' (x1,y1,x2,y2), a 'mask' image, 'points' (x,y;x,y) "
                                 "or an 'expression'")
+        if (image is None) == (video is None):
+            raise ApiError(400, "send the picture as form field 'image' or a short clip as 'video', one of the two")
+        if video is None and (frames is not None or frame or track):
+            raise ApiError(400, "form fields 'frames', 'frame' and 'track' are for a 'video'; an image has one frame")
+        if video is not None and video_segmenter is None and frame:
+            raise ApiError(400, "form field 'frame': this server propagates no region (it has no video segmenter), "
+                                "so a region stays where it is given on every sampled frame; send frame=0, or "
+                                "restart the server with --video-segmenter sam2.1-hiera-tiny")
+        if video is not None and video_segmenter is not None and (track or len(regions) + len(masks) > 1):
+            raise ApiError(400, "with the server's video segmenter one region (or one 'expression', without "
+                                "'track') is given on 'frame' and propagated; send one")
+        if track and expression is None:
+            raise ApiError(400, "form field 'track' finds an 'expression' frame by frame; send the expression")
 
         def build_prompt(img):
             """In the decode pool: the regions, in the CLI's order (boxes, masks, points), each named as it names
@@ -451,6 +505,14 @@ def create_app(
             return ("regions", boxes + read + clicks)
 
         options = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+        if video is not None:
+            options.update(frames=frames, frame=frame, track=track)
+            clip, results = await run_task(request, "describe_video", video, options, build_prompt)
+            if not any(r.ok for r in results):
+                raise ApiError(400, "; ".join(r.error for r in results))
+            sampled = next(r.frames for r in results if r.ok) or []
+            return JSONResponse(describe_record(video.filename or "upload", describer.name, clip.width, clip.height,
+                                                results, frames=sampled, total_frames=clip.total))
         img, results = await run_task(request, "describe", image, options, build_prompt)
         if not any(r.ok for r in results):  # nothing described: the request itself is at fault
             raise ApiError(400, "; ".join(r.error for r in results))

@@ -40,7 +40,7 @@ from groundscope.models.detector import GroundingDetector
 DETECT_DEFAULTS = {"box_threshold": 0.3, "max_detections": 300}
 GROUND_DEFAULTS = {"box_threshold": 0.3, "text_threshold": 0.25, "max_detections": 100}
 REFER_DEFAULTS = {"top_k": 1}
-TASKS = ("detect", "ground", "refer", "describe")
+TASKS = ("detect", "ground", "refer", "describe", "describe_video")
 
 
 @dataclass
@@ -49,13 +49,13 @@ class Item:
 
     Attributes:
         image: what the model receives: the decoded RGB image or its `PreparedImage` (see `prepare_input`);
-            describe always gets the image itself.
+            describe always gets the image itself; describe_video a `groundscope.serve.video.VideoUpload`.
         prompt: detect: the class names; ground: (caption, phrases or None); refer: the expression;
-            describe: ("regions", [region dicts]) or ("expression", text).
+            describe and describe_video: ("regions", [region dicts]) or ("expression", text).
         original: the decoded RGB image, for a masks request: the segmenter works on it, not on `image`.
     """
 
-    image: Image.Image | PreparedImage
+    image: Any  # Image.Image | PreparedImage | VideoUpload
     prompt: Any
     original: Image.Image | None = None  # the decoded image (not decoded again), kept when the request asks for masks
 
@@ -168,8 +168,45 @@ def describe_items(describer, detector, items: list[Item], batch_size: int, **ge
     return out
 
 
-def make_runner(detector, batch_size: int, describer=None,
-                segmenter: SegmenterSlot | None = None) -> Callable[[Hashable, list[Item]], list]:
+def describe_video_items(describer, detector, video_segmenter, items: list[Item], *, frames: int | None = None,
+                         frame: int = 0, track: bool = False, **gen: Any) -> list[list]:
+    """One list of `RegionDescription` per clip item, as ``groundscope describe CLIP`` makes them: with a
+    `video_segmenter`, the one region (or the expression's top-1 box) given on `frame` and propagated, `frames`
+    sampled among the frames where its mask is not empty (the official demo_video.py pipeline); without one,
+    `frames` sampled over the clip (read once for all its regions), each region kept where it is on every frame,
+    an expression found on the first sampled frame (`track`: on every one)."""
+    from groundscope.describe.video import load_video
+    from groundscope.images import ImageLoadError
+
+    out = []
+    for it in items:
+        kind, value = it.prompt
+        path = it.image.path
+        if video_segmenter is not None:
+            if kind == "expression":
+                res = [describer.describe_video(path, expression=value, detector=detector, frame=frame,
+                                                segmenter=video_segmenter, num_frames=frames, **gen)]
+            else:
+                res = [describer.describe_video(path, r, frame=frame, segmenter=video_segmenter, num_frames=frames,
+                                                **gen) for r in value]
+        else:
+            try:
+                clip = load_video(path, frames or describer.config.num_frames)
+            except ImageLoadError:
+                clip = path  # each region's result then carries the reading error, named
+            if kind == "expression":
+                res = [describer.describe_video(clip, expression=value, detector=detector, track=track, **gen)]
+            else:
+                res = [describer.describe_video(clip, r, **gen) for r in value]
+        for r in res:  # the temporary file's name means nothing to the client
+            if r.error:
+                r.error = r.error.replace(str(path), it.image.name)
+        out.append(res)
+    return out
+
+
+def make_runner(detector, batch_size: int, describer=None, segmenter: SegmenterSlot | None = None,
+                video_segmenter=None) -> Callable[[Hashable, list[Item]], list]:
     """``run(key, items) -> [Detections]`` (or, for describe, a list of `RegionDescription` per item): one model
     call for a batch of same-key items. It may be called from several threads at once (the batcher's streams):
     detector calls share the model, whose forward pass keeps no state; describe calls take turns. A key with
@@ -189,6 +226,9 @@ def make_runner(detector, batch_size: int, describer=None,
         if task == "describe":
             with describe_lock:
                 return describe_items(describer, plain_detector, items, batch_size, **options)
+        if task == "describe_video":
+            with describe_lock:
+                return describe_video_items(describer, plain_detector, video_segmenter, items, **options)
         masks = options.pop("masks", False)
         spec = options.pop("slicing", None)
         images = [it.image for it in items]

@@ -438,6 +438,39 @@ def test_batcher_streams_share_the_threads_and_split_queued_work():
         b.close(timeout=10)
 
 
+def test_a_closed_streams_batcher_hands_the_process_its_threads_back():
+    """torch.set_num_threads in a stream's thread also sets what every later thread starts with; a server with
+    streams > 1 that has stopped must not leave later servers (and any new thread) on one stream's share."""
+    import torch
+
+    def fresh_thread_count() -> int:
+        out: list[int] = []
+        t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return out[0]
+
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("needs at least 2 torch threads to split between streams")
+    shares: list[int] = []
+
+    def run(key, items):
+        shares.append(torch.get_num_threads())
+        time.sleep(0.3)  # long enough that the queued items are split between both streams
+        return items
+
+    b = DynamicBatcher(run, max_batch=1, max_wait_s=0.0, streams=2, threads=before,
+                       set_threads=torch.set_num_threads).start()
+    try:
+        futures = [b.submit("k", i) for i in range(4)]  # queued together: the two streams take one share each
+        assert [f.result(timeout=10) for f in futures] == list(range(4))
+    finally:
+        b.close(timeout=10)
+    assert min(shares) < before  # the streams did run on shares
+    assert fresh_thread_count() == before
+
+
 # ---------------------------------------------------------------------------- masks
 @pytest.fixture(scope="module")
 def tiny_sam(tiny_sam_dir):

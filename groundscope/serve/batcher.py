@@ -268,6 +268,11 @@ class DynamicBatcher:
         while True:
             taken = self._next_batch(stream)
             if taken is None:
+                if current is not None and current != self.threads:
+                    # torch.set_num_threads in a thread also sets the count every thread started later begins
+                    # with: hand the process its full count back, or a later server's workers (or any new
+                    # thread) would run on this stream's share.
+                    self.set_threads(self.threads)
                 return
             batch, threads = taken
             size = len(batch)

@@ -7,6 +7,8 @@ and one sent in a form are read by the same rule.
 
 from __future__ import annotations
 
+import math
+
 
 class RegionTextError(ValueError):
     """A box or points text that cannot be read; the message names the value and the form to use."""
@@ -53,6 +55,8 @@ def parse_box(text: str) -> list[float]:
         box = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         box = []
+    if len(box) == 4 and not all(math.isfinite(v) for v in box):
+        raise RegionTextError(f"--box {text!r}: every coordinate must be a finite number (no nan or inf)")
     if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
         raise RegionTextError(f"--box {text!r}: give x1,y1,x2,y2 in pixels with x2 > x1 and y2 > y1")
     return box
@@ -64,6 +68,8 @@ def parse_points(text: str) -> list[list[float]]:
         pts = [[float(v) for v in p.split(",")] for p in text.replace(" ", "").split(";") if p]
     except ValueError:
         pts = []
+    if pts and not all(math.isfinite(v) for p in pts for v in p):
+        raise RegionTextError(f"--points {text!r}: every coordinate must be a finite number (no nan or inf)")
     if not pts or any(len(p) != 2 for p in pts):
         raise RegionTextError(f"--points {text!r}: give x,y pixels, several separated by ';' (\"120,80;130,95\")")
     return pts

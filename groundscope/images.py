@@ -127,6 +127,9 @@ def load_image(source: ImageInput) -> Image.Image:
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.exists():
+                if path.is_symlink():  # exists() follows links: a dangling or looping link is not "missing"
+                    raise ImageLoadError(source, "a symbolic link that leads nowhere (dangling, or a loop of "
+                                                 "links); point it at an image file or remove it")
                 raise ImageLoadError(source, "no such file")
             if path.is_dir():
                 raise ImageLoadError(source, "is a directory")
@@ -158,7 +161,7 @@ def load_image(source: ImageInput) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(source, f"too large (decompression bomb guard): {e}") from e
     except OSError as e:
-        if "truncated" in str(e):
+        if "truncated" in str(e).lower():  # PNG: "image file is truncated"; JPEG: "Truncated File Read"
             raise ImageLoadError(source, "the file is truncated (cut off before the image ends); re-download or "
                                  "re-export it") from e
         raise ImageLoadError(source, f"{type(e).__name__}: {e}") from e

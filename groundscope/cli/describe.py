@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from groundscope.answers import describe_record, region_name
 from groundscope.cli.common import (
@@ -150,8 +151,8 @@ def register(app: typer.Typer) -> None:
             raise fail("no region given; pass --box x1,y1,x2,y2, --mask mask.png, --points \"x,y;x,y\", "
                        "--scribble strokes.png or --expression \"the cat on the left\"")
         if not source.exists():
-            console.print(f"[red]failed:[/] cannot read '{source}': no such file or folder", highlight=False,
-                          soft_wrap=True)
+            console.print(f"[red]failed:[/] cannot read '{escape(str(source))}': no such file or folder",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         video = is_video_source(source)
         if track and (expression is None or not video):
@@ -243,7 +244,7 @@ def register(app: typer.Typer) -> None:
                         results = describer.describe(image, regions, batch_size=4,
                                                      callback=lambda k: bar.advance(task, k), **gen)
         except ImageLoadError as e:
-            console.print(f"[red]failed:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[red]failed:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except PromptError as e:
             raise fail(str(e))
@@ -258,7 +259,7 @@ def register(app: typer.Typer) -> None:
                     print(f"{source}\t{where}\t{r.text}", flush=True)
         failed = [r for r in results if not r.ok]
         for r in failed:
-            console.print(f"[yellow]not described:[/] {r.error}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]not described:[/] {escape(r.error)}", highlight=False, soft_wrap=True)
 
         if out is not None and "width" in record and (vs is None or results[0].ok):
             texts = [r.text if r.ok else f"(not described: {r.error})" for r in results]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -133,7 +134,7 @@ def run_task(
                 batch.append((path, load_image(path)))
             except ImageLoadError as e:
                 failures.append(str(e))
-                bars.console.print(f"[yellow]skipped:[/] {e}", highlight=False, soft_wrap=True)
+                bars.console.print(f"[yellow]skipped:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             if len(batch) == (1 if sliced else batch_size):
                 flush(batch)
                 bars.advance(bar, len(batch))
@@ -145,7 +146,7 @@ def run_task(
     if failures:
         console.print(f"[red]{len(failures)} image(s) failed:[/]", highlight=False)
         for f in failures:
-            console.print(f"  {f}", highlight=False, soft_wrap=True)
+            console.print(f"  {escape(str(f))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -324,7 +325,7 @@ def caption(
                 print(f"{p}\t{result}", flush=True)
             bar.advance(task)
     for f in failures:
-        console.print(f"[yellow]skipped[/] {f}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(str(f))}", highlight=False)
     if failures:
         raise typer.Exit(1)
 

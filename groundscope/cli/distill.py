@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from groundscope.cli.common import console, fail
 
@@ -82,7 +83,7 @@ def embed_regions_cmd(
             raise fail(str(e))
     console.print(f"{counts['embedded']} image(s) embedded, {counts['reused']} reused -> {out}", highlight=False)
     for name, err in counts["failed"].items():
-        console.print(f"[red]failed:[/] {name}: {err}", highlight=False)
+        console.print(f"[red]failed:[/] {escape(f'{name}: {err}')}", highlight=False)
     if counts["failed"]:
         raise typer.Exit(1)
 

@@ -6,7 +6,11 @@
 
 FILE (captions) is JSON lines ``{"image": "name.jpg", "caption": "..."}`` or one JSON object
 ``{"name.jpg": "caption", ...}``. Exit codes as for the other verbs: 0 all written, 1 some images could not be
-read (the rest are written), 2 bad captions file, missing spaCy / pipeline, or a model that does not load.
+read (the rest are written), 2 bad captions file, missing spaCy / pipeline, a model that does not load, or a
+resume log from other settings.
+
+Resumable: finished chunks are kept in ``FILE.partial.jsonl``; rerunning the same command after an interruption
+(Ctrl-C, a crash, kill -9) builds only the rest and writes the same file an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from groundscope.cli.common import console, fail, load_model
 
@@ -42,15 +47,8 @@ def groundingcap(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from groundscope.data.errors import DataFormatError
-    from groundscope.label.groundingcap import (
-        BuildSummary,
-        NLPUnavailableError,
-        build_records,
-        load_spacy,
-        read_caption_file,
-    )
-    from groundscope.data.groundingcap import groundingcap_entry
-    from groundscope.data.jsonio import write_jsonl
+    from groundscope.label.groundingcap import NLPUnavailableError, build_groundingcap, load_spacy, read_caption_file
+    from groundscope.label.work import LabelError
 
     if not images.is_dir():
         raise fail(f"--images '{images}' is not a folder")
@@ -65,22 +63,20 @@ def groundingcap(
         raise fail(str(e))
     detector = load_model(model, device, precision)
 
-    summary = BuildSummary()
     with Progress(TextColumn("[bold]groundingcap"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("groundingcap", total=len(items))
 
         def on_skip(name: str, reason: str) -> None:
-            bar.console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False, soft_wrap=True)
+            bar.console.print(f"[yellow]skipped[/] {escape(f'{name}: {reason}')}", highlight=False, soft_wrap=True)
 
-        records = build_records(
-            items, images, detector, nlp, threshold=threshold, nms_iou=None if nms >= 1.0 else nms,
-            filename_root=out.parent, batch_size=batch_size, summary=summary, on_skip=on_skip,
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
         try:
-            write_jsonl(out, (groundingcap_entry(r) for r in records))
-        except NLPUnavailableError as e:
+            summary = build_groundingcap(
+                items, images, detector, out, nlp=nlp, threshold=threshold, nms_iou=None if nms >= 1.0 else nms,
+                batch_size=batch_size, precision=precision, on_skip=on_skip,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+        except (NLPUnavailableError, LabelError) as e:
             raise fail(str(e))
         except OSError as e:
             raise fail(f"cannot write '{out}': {e.strerror or e}")

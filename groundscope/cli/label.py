@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from groundscope.cli.common import console, fail, parse_classes, pick_device, progress, require_images
 from groundscope.slicing.tiles import OPTION_HELP as SLICE_HELP
@@ -133,7 +134,7 @@ def label(
             bars.update(bar, completed=done, total=total)
 
         def on_failure(message: str) -> None:
-            bars.console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+            bars.console.print(f"[yellow]skipped:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
         try:
             report = label_images(paths, out, form, settings, executor=executor, label_map=label_map,
@@ -147,7 +148,7 @@ def label(
     if report.failures:
         console.print(f"[red]{len(report.failures)} image(s) failed:[/]", highlight=False)
         for message in report.failures:
-            console.print(f"  {message}", highlight=False, soft_wrap=True)
+            console.print(f"  {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

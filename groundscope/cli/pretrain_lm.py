@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from groundscope.cli.common import console, fail
 
@@ -75,4 +76,5 @@ def register(app: typer.Typer) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(out)
         tokenizer = AutoTokenizer.from_pretrained(out)
-        console.print(f"sample: {generate_text(model, tokenizer, max_new_tokens=120)}", highlight=False, soft_wrap=True)
+        sample = generate_text(model, tokenizer, max_new_tokens=120)
+        console.print(f"sample: {escape(sample)}", highlight=False, soft_wrap=True)

@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         config: Path = typer.Argument(..., help="YAML training config (see configs/ for examples)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt (a fresh start "
+                                    "while there is none: rerun the same command after any crash)."),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Continue from this checkpoint file."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (overrides train.out_dir)."),
         overrides: Optional[list[str]] = typer.Option(

@@ -7,6 +7,7 @@ separators, ``\\n`` line ends, UTF-8) so the same data always gives the same fil
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,16 +79,24 @@ def dumps(obj: Any) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(obj) + "\n", encoding="utf-8", newline="\n")
-    return path
+    """Write `obj` as one line of JSON, atomically (see `write_jsonl`)."""
+    return write_jsonl(path, [obj])
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write one JSON line per row, atomically: into a temporary file beside `path`, fsync'ed, then renamed over
+    it, so a crash (or kill -9) mid-write leaves the previous file or none, never a torn one that a rerun would
+    take for finished output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(dumps(row) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            for row in rows:
+                f.write(dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -151,6 +151,9 @@ def region_to_mask(image_hw: tuple[int, int], mask=None, box: Sequence[float] | 
         if len(box) != 4:
             raise RegionError(f"{name}: a box is (x1, y1, x2, y2), got {list(box)}")
         x1, y1, x2, y2 = (float(v) for v in box)
+        if not all(np.isfinite([x1, y1, x2, y2])):
+            raise RegionError(f"{name}: box {list(box)} has a coordinate that is not a finite number (nan or "
+                              "inf); a box is four pixel coordinates (x1, y1, x2, y2)")
         if not (x2 > x1 and y2 > y1):
             raise RegionError(f"{name}: box {list(box)} is empty; a box is (x1, y1, x2, y2) with x2 > x1, y2 > y1")
         c0, r0 = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)

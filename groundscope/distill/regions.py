@@ -18,6 +18,7 @@ A rerun skips the images whose file exists, so an interrupted run resumes where 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -156,10 +157,14 @@ def save_image_regions(path: Path, r: ImageRegions) -> None:
         "embeddings": torch.as_tensor(r.embeddings).to(torch.float16),
         "pseudo_boxes": torch.as_tensor(r.pseudo_boxes, dtype=torch.float32).reshape(-1, 4),
     }
-    meta = {"pseudo_labels": json.dumps(r.pseudo_labels), "pseudo_scores": json.dumps(r.pseudo_scores),
-            "labels": json.dumps(r.labels)}
+    # One metadata entry: safetensors writes its metadata map in hash order, which changes from process to
+    # process, so several entries would make the same regions different bytes in a resumed run.
+    meta = {"groundscope_regions": json.dumps({"labels": r.labels, "pseudo_labels": r.pseudo_labels,
+                                               "pseudo_scores": r.pseudo_scores})}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     tmp.replace(path)  # a file that exists is complete: resume trusts it
 
 
@@ -172,10 +177,12 @@ def load_image_regions(path: str | Path) -> ImageRegions:
             t = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise RegionCacheError(f"cannot read region cache '{path}': {e}; delete it and rerun embed-regions") from e
+    # caches written before the single entry hold one metadata entry per list
+    lists = json.loads(meta["groundscope_regions"]) if "groundscope_regions" in meta else {
+        k: json.loads(meta.get(k, "[]")) for k in ("labels", "pseudo_labels", "pseudo_scores")}
     return ImageRegions(
         t["boxes"].numpy(), t["scores"].numpy(), t["embeddings"].float().numpy(), t["pseudo_boxes"].numpy(),
-        json.loads(meta.get("pseudo_labels", "[]")), json.loads(meta.get("pseudo_scores", "[]")),
-        json.loads(meta.get("labels", "[]")),
+        lists.get("pseudo_labels", []), lists.get("pseudo_scores", []), lists.get("labels", []),
     )
 
 

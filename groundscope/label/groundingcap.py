@@ -40,6 +40,7 @@ from groundscope.data.errors import DataFormatError
 from groundscope.data.groundingcap import groundingcap_entry
 from groundscope.data.jsonio import iter_jsonl, load_json, write_jsonl
 from groundscope.data.records import ImageRecord, Instance, Span
+from groundscope.label.partial import PartialLog, partial_path
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 DEFAULT_THRESHOLD = 0.3
@@ -87,6 +88,7 @@ class BuildSummary:
         boxes: regions written (one per kept box).
         skipped: ``(image name, reason)`` for every entry not written.
         unreadable: how many of ``skipped`` were images that could not be read.
+        skipped_unreadable: per entry of ``skipped``, whether it was an unreadable image.
     """
 
     images: int = 0
@@ -96,6 +98,7 @@ class BuildSummary:
     boxes: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unreadable: int = 0
+    skipped_unreadable: list[bool] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- captions file
@@ -404,6 +407,7 @@ def build_records(
 
     def skip(name: str, reason: str, unreadable: bool = False) -> None:
         summary.skipped.append((name, reason))
+        summary.skipped_unreadable.append(unreadable)
         summary.unreadable += int(unreadable)
         if on_skip is not None:
             on_skip(name, reason)
@@ -465,6 +469,45 @@ def build_records(
         yield from flush(batch)
 
 
+class GroundingCapLog(PartialLog):
+    """``OUT.partial.jsonl`` of a GroundingCap build: a header with the settings that decide the records, then
+    one line per finished chunk of `batch_size` consecutive captions-file entries (``items``: "index:image" of
+    each, ``records``: its GroundingCap entries, ``skipped``: [image, reason, unreadable] of the others)."""
+
+    header_key = "groundscope_groundingcap"
+    chunk_keys = ("items", "records", "skipped")
+    chunk_key = "items"
+    defaults_added_later: dict = {}
+    command = "groundingcap"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What decides a GroundingCap build's records (a resume log from other settings is refused)."""
+
+    captions_sha256: str
+    images: str
+    model: str
+    threshold: float
+    nms_iou: float | None
+    nlp: str
+    batch_size: int
+    precision: str = "fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def captions_digest(items: Sequence[CaptionItem]) -> str:
+    """SHA-256 of the entries (names and captions, in order): a resume log is only trusted for the same ones."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.image, it.caption], ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
 def build_groundingcap(
     captions: str | Path | Sequence[CaptionItem],
     images_dir: str | Path,
@@ -475,26 +518,38 @@ def build_groundingcap(
     threshold: float = DEFAULT_THRESHOLD,
     nms_iou: float | None = DEFAULT_NMS_IOU,
     batch_size: int = 4,
+    precision: str = "fp32",
     on_skip: Callable[[str, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BuildSummary:
     """Write GroundingCap JSON lines for ``(image, caption)`` pairs; see the module doc for the steps.
 
+    Resumable: each chunk of `batch_size` consecutive entries is appended, fsync'ed, to ``OUT.partial.jsonl``
+    as soon as it is built (`GroundingCapLog`); a rerun with the same entries and settings keeps the finished
+    chunks and builds only the rest (a log from other settings is refused: `LabelError`). The chunks are the same
+    whether or not the run was interrupted, so the output is the same bytes. ``out`` is written at the end,
+    atomically, in input order, and the log removed.
+
     Args:
         captions: a captions file (`read_caption_file`) or the pairs themselves.
         images_dir: folder the image names are relative to.
         detector: a `GroundingDetector` or anything `groundscope.load_detector` takes.
-        out: the ``.jsonl`` to write. Records stream out as they are built (the same bytes
-            `write_groundingcap` writes for them); file names inside are relative to ``out``'s folder.
+        out: the ``.jsonl`` to write (the same bytes `write_groundingcap` writes for the records); file names
+            inside are relative to ``out``'s folder.
         nlp: a spaCy ``Language`` or pipeline name.
-        threshold, nms_iou, batch_size, on_skip, progress: as for `build_records`.
+        precision: the detector's precision, recorded in the resume log's settings.
+        threshold, nms_iou, batch_size, on_skip, progress: as for `build_records`; `on_skip` also hears the
+            skips of chunks read back from the log.
     Returns:
-        The `BuildSummary`.
+        The `BuildSummary` of all entries (resumed chunks included).
     Raises:
         DataFormatError: a malformed captions file (file and line named).
         NLPUnavailableError: spaCy or the pipeline is missing.
+        LabelError: a resume log from other settings, or a damaged one.
     """
     items = read_caption_file(captions) if isinstance(captions, (str, Path)) else list(captions)
+    nlp_name = nlp if isinstance(nlp, str) else str(getattr(nlp, "path", None) or getattr(nlp, "meta", {}).get(
+        "name", "spacy"))
     if isinstance(nlp, str):
         nlp = load_spacy(nlp)
     if isinstance(detector, (str, Path)):
@@ -502,9 +557,44 @@ def build_groundingcap(
 
         detector = load_detector(detector)
     out = Path(out)
-    summary = BuildSummary()
-    records = build_records(items, images_dir, detector, nlp, threshold=threshold, nms_iou=nms_iou,
-                            filename_root=out.parent, batch_size=batch_size, summary=summary, on_skip=on_skip,
-                            progress=progress)
-    write_jsonl(out, (groundingcap_entry(r) for r in records))
+    settings = BuildSettings(captions_digest(items), str(Path(images_dir).resolve()), str(detector.name),
+                             float(threshold), None if nms_iou is None else float(nms_iou), nlp_name,
+                             int(batch_size), precision)
+    summary = BuildSummary(images=len(items))
+    chunks: list[dict[str, Any]] = []
+    with GroundingCapLog(partial_path(out), settings) as log:
+        for start in range(0, len(items), batch_size):
+            part = items[start:start + batch_size]
+            key = [f"{start + j}:{it.image}" for j, it in enumerate(part)]
+            chunk = log.done.get(tuple(key))
+            if chunk is None:
+                done = BuildSummary()
+                skipped: list[list] = []
+
+                def note(name: str, reason: str) -> None:
+                    skipped.append([name, reason, False])
+
+                records = list(build_records(part, images_dir, detector, nlp, threshold=threshold, nms_iou=nms_iou,
+                                             filename_root=out.parent, batch_size=batch_size, summary=done,
+                                             on_skip=note))
+                for entry, flag in zip(skipped, done.skipped_unreadable):  # unreadable skips decide the exit code
+                    entry[2] = flag
+                chunk = {"items": key, "records": [groundingcap_entry(r) for r in records], "skipped": skipped,
+                         "counts": [done.phrases_found, done.phrases_grounded, done.boxes]}
+                log.append(chunk)
+            for name, reason, unreadable in chunk["skipped"]:
+                summary.skipped.append((name, reason))
+                summary.unreadable += int(unreadable)
+                if on_skip is not None:
+                    on_skip(name, reason)
+            summary.written += len(chunk["records"])
+            found, grounded, boxes = chunk.get("counts", [0, 0, 0])
+            summary.phrases_found += found
+            summary.phrases_grounded += grounded
+            summary.boxes += boxes
+            chunks.append(chunk)
+            if progress is not None:
+                progress(min(start + batch_size, len(items)), len(items))
+        write_jsonl(out, (entry for chunk in chunks for entry in chunk["records"]))
+        log.remove()
     return summary

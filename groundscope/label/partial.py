@@ -5,6 +5,9 @@ Line 1 is a header with the settings that decide the labels; every further line 
 reads the log back, keeps the chunks whose image list is unchanged and runs only the rest. A crash mid-write
 leaves at most a torn last line, which is cut off on reading; anything else malformed is reported with its
 line, never silently dropped (it may hold hours of work).
+
+`PartialLog` is the log of ``groundscope label``; other resumable builders subclass it with their own header
+name, chunk keys and settings (``groundscope groundingcap``: `groundscope.label.groundingcap`).
 """
 
 from __future__ import annotations
@@ -32,17 +35,23 @@ def partial_path(out: str | Path) -> Path:
 DEFAULTS_ADDED_LATER = {"precision": "fp32", "masks": False, "segmenter": None, "polygons": False, "slicing": None}
 
 
-def _header(settings: LabelSettings) -> dict[str, Any]:
-    return {"groundscope_label": LOG_VERSION, "settings": settings.to_dict()}
-
-
 class PartialLog:
     """The sidecar log of one output file.
 
     Attributes:
         path: the ``.partial.jsonl`` file.
-        done: finished chunk records keyed by their tuple of absolute image paths.
+        done: finished chunk records keyed by their tuple of absolute image paths (``chunk_key``).
+
+    Class attributes a subclass sets: ``header_key`` (the header's marker), ``chunk_keys`` (lists every chunk
+    line holds), ``chunk_key`` (the one of them that identifies the chunk), ``defaults_added_later``, and
+    ``command`` (named in messages).
     """
+
+    header_key = "groundscope_label"
+    chunk_keys = _CHUNK_KEYS
+    chunk_key = "images"
+    defaults_added_later = DEFAULTS_ADDED_LATER
+    command = "label"
 
     def __init__(self, path: str | Path, settings: LabelSettings):
         self.path = Path(path)
@@ -69,21 +78,21 @@ class PartialLog:
             if number == 1:
                 self._check_header(obj)
                 self._has_header = True
-            elif isinstance(obj, dict) and all(isinstance(obj.get(k), list) for k in _CHUNK_KEYS):
-                self.done[tuple(obj["images"])] = obj
+            elif isinstance(obj, dict) and all(isinstance(obj.get(k), list) for k in self.chunk_keys):
+                self.done[tuple(obj[self.chunk_key])] = obj
             else:
-                raise self._damaged(number, f"not a chunk record (needs lists {', '.join(_CHUNK_KEYS)})")
+                raise self._damaged(number, f"not a chunk record (needs lists {', '.join(self.chunk_keys)})")
 
     def _damaged(self, line: int, reason: str) -> LabelError:
         return LabelError(f"{self.path}:{line}: {reason}; the resume log is damaged, delete it to start over")
 
     def _check_header(self, obj: Any) -> None:
-        if not (isinstance(obj, dict) and obj.get("groundscope_label") == LOG_VERSION
+        if not (isinstance(obj, dict) and obj.get(self.header_key) == LOG_VERSION
                 and isinstance(obj.get("settings"), dict)):
-            raise self._damaged(1, "not a groundscope label resume log header")
+            raise self._damaged(1, f"not a groundscope {self.command} resume log header")
         before, now = obj["settings"], self.settings.to_dict()
         # A log from before a setting existed holds no value for it: it ran with that setting's default.
-        before = {**DEFAULTS_ADDED_LATER, **before}
+        before = {**self.defaults_added_later, **before}
         if before != now:
             diff = ", ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in now if before.get(k) != now[k])
             raise LabelError(
@@ -99,12 +108,12 @@ class PartialLog:
             self._file = self.path.open("a", encoding="utf-8", newline="\n")
             if not self._has_header:
                 self._file.truncate(0)  # a file with no complete header line holds nothing worth keeping
-                self._file.write(dumps(_header(self.settings)) + "\n")
+                self._file.write(dumps({self.header_key: LOG_VERSION, "settings": self.settings.to_dict()}) + "\n")
                 self._has_header = True
         self._file.write(dumps(record) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.done[tuple(record["images"])] = record
+        self.done[tuple(record[self.chunk_key])] = record
 
     def close(self) -> None:
         if self._file is not None:

@@ -129,9 +129,22 @@ def label_images(
         executor = local_executor(settings, lambda: load_detector(settings.model, device=device,
                                                                          precision=settings.precision))
 
+    report = LabelReport()
+    # A file name that is not UTF-8 (held by Python as surrogate escapes) cannot go into a JSON dataset file:
+    # that image is reported, the others are labelled.
+    unnamable = [p for p in paths if not _utf8(str(p))]
+    for p in unnamable:
+        shown = os.fsencode(str(p)).decode("utf-8", "backslashreplace")
+        message = str(ImageLoadError(shown, "its file name is not valid UTF-8, which a COCO / ODVG file cannot hold; "
+                                            "rename it (e.g. convmv -f latin1 -t utf8 --notest FILE)"))
+        report.failures.append(message)
+        if on_failure:
+            on_failure(message)
+    paths = [p for p in paths if _utf8(str(p))]
+    if not paths:
+        raise LabelError("no image with a UTF-8 file name given; rename the files")
     chunks = plan_chunks(paths, settings.batch_size)
     total = len(paths)
-    report = LabelReport()
     records: dict[int, dict[str, Any]] = {}
     with PartialLog(partial_path(out), settings) as log:
         pending = []
@@ -191,4 +204,12 @@ def label_images(
         if not report.failures:
             log.remove()
     return report
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 

@@ -20,7 +20,8 @@ from groundscope.detections import Detections
 from groundscope.images import LONGEST_EDGE, SHORTEST_EDGE, ImageInput, PreparedImage, load_image, preprocess
 from groundscope.models import staged
 from groundscope.postprocess import Candidates, decoded_phrases, merge_candidates, to_detections, topk_pairs
-from groundscope.prompts import Prompt, PromptError, caption_prompt, chunk_classes, phrase_prompt, rec_prompt
+from groundscope.prompts import (Prompt, PromptError, caption_prompt, chunk_classes, phrase_prompt, quoted,
+                                 rec_prompt)
 
 TEXT_CACHE_SIZE = 512
 # On a CPU a forward pass holds at most this many image tokens (an 800x1333 image has 22,223 over its four
@@ -48,6 +49,30 @@ def _per_image(value: Any, n: int, what: str, is_item: Callable[[Any], bool]) ->
 
 def _is_class_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+def _check_classes(classes: Any) -> None:
+    """A class argument that is neither a list of names nor one list per image gets a `PromptError` that says
+    what it is (instead of being taken for that many per-image lists)."""
+    if isinstance(classes, str):
+        raise PromptError(f"classes is one string, {quoted(classes)}; pass a list of class names, e.g. "
+                          f"{[c.strip() for c in classes.split(',') if c.strip()][:3]!r}")
+    if not isinstance(classes, (list, tuple)):
+        raise PromptError(f"classes is of type {type(classes).__name__}; pass a list of class names")
+    if any(isinstance(c, str) for c in classes):  # one list: every entry must be a name
+        for i, c in enumerate(classes):
+            if not isinstance(c, str):
+                raise PromptError(f"class {i} is {c!r} (of type {type(c).__name__}), not a name; pass class names as "
+                                  "strings")
+        return
+    for k, lst in enumerate(classes):  # one list per image
+        if not isinstance(lst, (list, tuple)):
+            raise PromptError(f"classes[{k}] is of type {type(lst).__name__}; pass a list of class names, or one list "
+                              "per image")
+        for i, c in enumerate(lst):
+            if not isinstance(c, str):
+                raise PromptError(f"class {i} of image {k} is {c!r} (of type {type(c).__name__}), not a name; pass "
+                                  "class names as strings")
 
 
 class GroundingDetector:
@@ -155,6 +180,7 @@ class GroundingDetector:
                 caption_prompt=caption_prompt, masks=masks, segmenter=segmenter)
         batch = _is_batch(images)
         imgs = list(images) if batch else [images]
+        _check_classes(classes)
         per_image = _per_image(classes, len(imgs), "class lists", _is_class_list)
         chunk_cache: dict[tuple[str, ...], list[Prompt]] = {}
         prompts = []

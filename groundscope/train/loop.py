@@ -589,7 +589,8 @@ class Trainer:
         """Train to ``max_steps``.
 
         Args:
-            resume: True to continue from ``out_dir/checkpoints/last.pt``, or a checkpoint path.
+            resume: True to continue from ``out_dir/checkpoints/last.pt`` (a fresh start while there is none yet),
+                or a checkpoint path.
             on_step: called after every optimizer step with the trainer and the step's log record.
         Returns:
             summary: {"step", "max_steps", "interrupted", "last_loss", "eval", "checkpoint", "model_dir", "seconds"}.
@@ -598,6 +599,11 @@ class Trainer:
         main = self.dist.is_main  # with several processes, rank 0 alone writes files
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+        if resume is True and not self.last_checkpoint.exists():
+            # Nothing saved yet (a run killed before its first checkpoint, or a first run): `train --resume` is
+            # then a fresh start, so the same command can be rerun after a crash at any moment.
+            self.console.print(f"--resume: no checkpoint in '{self.out}' yet; starting at step 0", highlight=False)
+            resume = False
         if resume:
             path = self.last_checkpoint if resume is True else Path(resume)
             if not path.exists():

@@ -1,6 +1,7 @@
 """The bad-input corpus: odd but ordinary files and values through groundscope's entry points, and what a user sees.
 
-    python benchmarks/bad_inputs.py                  # every case; writes benchmarks/results/bad_inputs.md
+    python benchmarks/bad_inputs.py                  # every case; writes benchmarks/results/bad_inputs.md and
+                                                     # the table of docs/reliability.md
     python benchmarks/bad_inputs.py --fast           # the cases tests/test_bad_inputs.py runs
 
 The corpus is generated into a temporary folder (nothing large is committed). Each case is run through a real entry
@@ -412,6 +413,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--fast", action="store_true", help="skip the slow cases (large image, decompression bomb)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bad_inputs.md")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "reliability.md",
+                   help="replace the table between the bad-inputs markers of this file (with every case only)")
     args = p.parse_args()
     outcomes = run(args.fast)
     text = table(outcomes)
@@ -423,6 +426,12 @@ def main() -> None:
         cmd = "python benchmarks/bad_inputs.py" + (" --fast" if args.fast else "")
         args.out.write_text(f"# Bad inputs: what a user sees\n\nCommand: `{cmd}` (the rule and the groups are in "
                             f"the script's docstring).\n\n{text}\n\n{summary}\n")
+    if args.docs and not args.fast and args.docs.exists():
+        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+        doc = args.docs.read_text()
+        if start in doc and end in doc:
+            head, rest = doc.split(start, 1)
+            args.docs.write_text(f"{head}{start}\n{text}\n\n{summary} (`{cmd}`)\n{end}{rest.split(end, 1)[1]}")
     sys.exit(0 if held == len(outcomes) else 1)
 
 

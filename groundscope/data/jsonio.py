@@ -61,6 +61,7 @@ def parse_records(
     """
     out: list[T] = []
     skipped = 0
+    errors: list[DataFormatError] = []
     for position, raw in items:
         try:
             if isinstance(raw, DataFormatError):
@@ -68,9 +69,28 @@ def parse_records(
             out.append(parse(raw))
         except DataFormatError as e:
             if not skip_invalid:
-                raise (e if e.path else locate(e, position)) from None
+                # Read on to the end, so the error lists every malformed record (the first MAX_LISTED), not
+                # only the first one: a file with many is fixed in one pass.
+                errors.append(e if e.path else locate(e, position))
             skipped += 1
+    if errors:
+        raise _all_of(errors) from None
     return out, skipped
+
+
+MAX_LISTED = 10  # malformed records listed in one error; the rest are counted
+
+
+def _all_of(errors: list[DataFormatError]) -> DataFormatError:
+    """The first error, with each further malformed record on a line of its own."""
+    first = errors[0]
+    if len(errors) == 1:
+        return first
+    more = [f"{e.location}: {e.reason}" for e in errors[1:MAX_LISTED]]
+    if len(errors) > MAX_LISTED:
+        more.append(f"... and {len(errors) - MAX_LISTED} more")
+    reason = f"{first.reason}\n{len(errors) - 1} more malformed record(s):\n" + "\n".join(more)
+    return DataFormatError(reason, first.path, line=first.line, index=first.index, section=first.section)
 
 
 def dumps(obj: Any) -> str:

@@ -166,6 +166,24 @@ def load_records(path: str | Path, fmt: str = "auto", label_map: str | Path | No
     return data, fmt
 
 
+def check_images_exist(records: RecordSet, image_root: str | Path, source: str | Path) -> None:
+    """Refuse, before the first step, a data file whose records name images that are not on disk: every missing
+    one is listed (the first 10), so a run does not stop hours in at the first.
+
+    Raises:
+        TrainDataError: naming the data file, the image folder and the missing files.
+    """
+    root = Path(image_root)
+    missing = [r.filename for r in records.images if not (root / r.filename).is_file()]
+    if not missing:
+        return
+    listed = "\n".join(f"  {name}" for name in missing[:10])
+    more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise TrainDataError(f"'{source}': {len(missing)} of its {len(records.images)} images are not in '{root}':\n"
+                         f"{listed}{more}\nput them there, set data.train's image_root to their folder, or remove "
+                         "their records")
+
+
 def _token_count(tokenizer, text: str, cache: dict[str, int]) -> int:
     """Tokens `text` + "." adds to a class prompt (BERT splits on punctuation, so counts add up)."""
     n = cache.get(text)

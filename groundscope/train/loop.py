@@ -51,6 +51,7 @@ from groundscope.train.data import (
     PooledDataset,
     ResumableBatchSampler,
     batches_per_epoch,
+    check_images_exist,
     collate,
     item_generator,
     load_records,
@@ -230,6 +231,7 @@ class Trainer:
             records, fmt = load_records(source.path, source.format, source.label_map)
             if not records.images:
                 raise TrainError(f"'{source.path}' holds no images to train on")
+            check_images_exist(records, source.image_root or Path(source.path).parent, source.path)
             parts.append(GroundingTrainDataset(
                 records,
                 detector.tokenizer,

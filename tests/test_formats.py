@@ -205,6 +205,20 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, bad, reason):
     assert ds.skipped == 1 and [im.instances[0].bbox for im in ds.images] == [(0, 0, 4, 4), (1, 1, 5, 5)]
 
 
+def test_every_malformed_line_is_listed_not_only_the_first(tmp_path):
+    good = _grounding([0, 0, 4, 4])
+    bad = [_grounding([5, 5, 1, 9]), _grounding([1, 2, 3]), {"filename": "a.png", "height": 10}]
+    path = _jsonl(tmp_path / "ann.jsonl", [good, bad[0], good, bad[1], bad[2]] + [bad[0]] * 12)
+    with pytest.raises(DataFormatError, match="x2 > x1") as err:
+        read_odvg(path)
+    assert err.value.line == 2  # the first one, located as before
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith(f"{path}:2: ") and lines[1] == "14 more malformed record(s):"
+    assert lines[2].startswith(f"{path}:4: ") and "4 finite numbers" in lines[2]
+    assert lines[3].startswith(f"{path}:5: ") and "missing required key" in lines[3]
+    assert len(lines) == 2 + 9 + 1 and lines[-1] == "... and 5 more"  # the first 10 listed, the rest counted
+
+
 def test_odvg_detection_label_checks(tmp_path):
     rec = {"filename": "a.png", "height": 10, "width": 10,
            "detection": {"instances": [{"bbox": [0, 0, 4, 4], "label": 7, "category": "red circle"}]}}

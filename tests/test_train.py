@@ -586,3 +586,17 @@ def test_flipped_expressions_mirror_the_box_and_the_words(world, tiny_dir):
         want[:, 0] = 1 - want[:, 0]
         assert torch.allclose(b.target.boxes, want, atol=1e-6)
         assert torch.equal(a.pixel_values.flip(-1), b.pixel_values)
+
+
+def test_missing_images_are_refused_before_the_first_step_all_listed(world, tmp_path):
+    from groundscope.train.data import TrainDataError, check_images_exist, load_records
+
+    records, _ = load_records(world / "odvg_det.jsonl", "auto", world / "label_map.json")
+    check_images_exist(records, world, "odvg_det.jsonl")  # all there: no error
+    for k in (0, 2):
+        records.images[k].filename = f"images/gone_{k}.png"
+    with pytest.raises(TrainDataError) as err:
+        check_images_exist(records, world, "odvg_det.jsonl")
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"'odvg_det.jsonl': 2 of its 4 images are not in '{world}':"
+    assert lines[1:3] == ["  images/gone_0.png", "  images/gone_2.png"] and "image_root" in lines[3]

@@ -189,6 +189,7 @@ def test_train_killed_then_rerun_computes_the_uninterrupted_run(tiny_dir, world,
     assert sorted(run) == list(range(1, 11)) and run == ref  # every step's loss, exactly
     want, got = _params(tmp_path / "ref"), _params(out)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not [p.name for p in ckpts.iterdir() if ".tmp-" in p.name]  # the killed write's file is cleaned up
 
 
 # ----------------------------------------------------------------------------------------------- groundingcap

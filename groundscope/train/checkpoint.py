@@ -77,6 +77,18 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def remove_torn_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that `atomic_save` / `atomic_write_text` of an earlier, killed process left in
+    `folder` (``.NAME.tmp-PID``; the target beside each is the previous complete file). -> the files removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    torn = [p for p in folder.glob(".*.tmp-*") if p.is_file() and not p.name.endswith(f".tmp-{os.getpid()}")]
+    for p in torn:
+        p.unlink(missing_ok=True)
+    return torn
+
+
 def atomic_write_text(text: str, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

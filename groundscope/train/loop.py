@@ -601,6 +601,9 @@ class Trainer:
         main = self.dist.is_main  # with several processes, rank 0 alone writes files
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # a process killed mid checkpoint write leaves its temporary file; the checkpoint beside it is whole
+            ckpt_io.remove_torn_writes(self.last_checkpoint.parent)
+            ckpt_io.remove_torn_writes(self.out)
         if resume is True and not self.last_checkpoint.exists():
             # Nothing saved yet (a run killed before its first checkpoint, or a first run): `train --resume` is
             # then a fresh start, so the same command can be rerun after a crash at any moment.

@@ -7,11 +7,11 @@ separators, ``\\n`` line ends, UTF-8) so the same data always gives the same fil
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from groundscope.data.atomic import atomic_open
 from groundscope.data.errors import DataFormatError
 
 T = TypeVar("T")
@@ -108,15 +108,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     it, so a crash (or kill -9) mid-write leaves the previous file or none, never a torn one that a rerun would
     take for finished output."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
     return path

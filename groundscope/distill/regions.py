@@ -18,7 +18,6 @@ A rerun skips the images whose file exists, so an interrupted run resumes where 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from groundscope.data.atomic import atomic_open
 from groundscope.detections import Detections
 
 MANIFEST = "manifest.json"
@@ -149,7 +149,7 @@ def pseudo_boxes(detector, image, labels: list[str], settings: RegionSettings) -
 
 
 def save_image_regions(path: Path, r: ImageRegions) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {
         "boxes": torch.as_tensor(r.boxes, dtype=torch.float32).reshape(-1, 4),
@@ -161,11 +161,8 @@ def save_image_regions(path: Path, r: ImageRegions) -> None:
     # process, so several entries would make the same regions different bytes in a resumed run.
     meta = {"groundscope_regions": json.dumps({"labels": r.labels, "pseudo_labels": r.pseudo_labels,
                                                "pseudo_scores": r.pseudo_scores})}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)  # a file that exists is complete: resume trusts it
+    with atomic_open(path, "wb") as f:  # a file that exists is complete: resume trusts it
+        f.write(save(tensors, metadata=meta))
 
 
 def load_image_regions(path: str | Path) -> ImageRegions:

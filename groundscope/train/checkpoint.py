@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from groundscope.data.atomic import atomic_open, fsync_dir, temporary_name
+
 FORMAT = "groundscope-train"
 VERSION = 1
 
@@ -60,75 +62,28 @@ def _to_tuples(x: Any) -> Any:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def remove_torn_writes(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that `atomic_save` / `atomic_write_text` of an earlier, killed process left in
-    `folder` (``.NAME.tmp-PID``; the target beside each is the previous complete file). -> the files removed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    torn = [p for p in folder.glob(".*.tmp-*") if p.is_file() and not p.name.endswith(f".tmp-{os.getpid()}")]
-    for p in torn:
-        p.unlink(missing_ok=True)
-    return torn
+    """`torch.save` to a temporary file beside `path`, fsync, then rename over `path` (`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
 
 
 def atomic_link(src: Path, dst: Path) -> None:
     """Make `dst` the same file as `src` (a hard link, else a copy), replacing `dst` atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed (POSIX); not possible on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(dst.parent)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -42,6 +42,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from groundscope.data.atomic import remove_torn_writes
 from groundscope.data.paraphrase import ParaphraseError, load_paraphrases
 from groundscope.train import checkpoint as ckpt_io
 from groundscope.train import distributed as dist_
@@ -602,8 +603,8 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             # a process killed mid checkpoint write leaves its temporary file; the checkpoint beside it is whole
-            ckpt_io.remove_torn_writes(self.last_checkpoint.parent)
-            ckpt_io.remove_torn_writes(self.out)
+            remove_torn_writes(self.last_checkpoint.parent)
+            remove_torn_writes(self.out)
         if resume is True and not self.last_checkpoint.exists():
             # Nothing saved yet (a run killed before its first checkpoint, or a first run): `train --resume` is
             # then a fresh start, so the same command can be rerun after a crash at any moment.

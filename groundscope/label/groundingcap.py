@@ -472,10 +472,11 @@ def build_records(
 class GroundingCapLog(PartialLog):
     """``OUT.partial.jsonl`` of a GroundingCap build: a header with the settings that decide the records, then
     one line per finished chunk of `batch_size` consecutive captions-file entries (``items``: "index:image" of
-    each, ``records``: its GroundingCap entries, ``skipped``: [image, reason, unreadable] of the others)."""
+    each, ``records``: its GroundingCap entries, ``skipped``: [image, reason, unreadable] of the others,
+    ``counts``: its phrases found, phrases grounded and boxes)."""
 
     header_key = "groundscope_groundingcap"
-    chunk_keys = ("items", "records", "skipped")
+    chunk_keys = ("items", "records", "skipped", "counts")
     chunk_key = "items"
     defaults_added_later: dict = {}
     command = "groundingcap"
@@ -569,16 +570,10 @@ def build_groundingcap(
             chunk = log.done.get(tuple(key))
             if chunk is None:
                 done = BuildSummary()
-                skipped: list[list] = []
-
-                def note(name: str, reason: str) -> None:
-                    skipped.append([name, reason, False])
-
                 records = list(build_records(part, images_dir, detector, nlp, threshold=threshold, nms_iou=nms_iou,
-                                             filename_root=out.parent, batch_size=batch_size, summary=done,
-                                             on_skip=note))
-                for entry, flag in zip(skipped, done.skipped_unreadable):  # unreadable skips decide the exit code
-                    entry[2] = flag
+                                             filename_root=out.parent, batch_size=batch_size, summary=done))
+                # each skip with whether its image was unreadable (those decide the exit code)
+                skipped = [[name, reason, flag] for (name, reason), flag in zip(done.skipped, done.skipped_unreadable)]
                 chunk = {"items": key, "records": [groundingcap_entry(r) for r in records], "skipped": skipped,
                          "counts": [done.phrases_found, done.phrases_grounded, done.boxes]}
                 log.append(chunk)
@@ -588,7 +583,7 @@ def build_groundingcap(
                 if on_skip is not None:
                     on_skip(name, reason)
             summary.written += len(chunk["records"])
-            found, grounded, boxes = chunk.get("counts", [0, 0, 0])
+            found, grounded, boxes = chunk["counts"]
             summary.phrases_found += found
             summary.phrases_grounded += grounded
             summary.boxes += boxes

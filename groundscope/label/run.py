@@ -132,7 +132,9 @@ def label_images(
     report = LabelReport()
     # A file name that is not UTF-8 (held by Python as surrogate escapes) cannot go into a JSON dataset file:
     # that image is reported, the others are labelled.
-    unnamable = [p for p in paths if not _utf8(str(p))]
+    named, unnamable = [], []
+    for p in paths:
+        (named if _utf8(str(p)) else unnamable).append(p)
     for p in unnamable:
         shown = os.fsencode(str(p)).decode("utf-8", "backslashreplace")
         message = str(ImageLoadError(shown, "its file name is not valid UTF-8, which a COCO / ODVG file cannot hold; "
@@ -140,7 +142,7 @@ def label_images(
         report.failures.append(message)
         if on_failure:
             on_failure(message)
-    paths = [p for p in paths if _utf8(str(p))]
+    paths = named
     if not paths:
         raise LabelError("no image with a UTF-8 file name given; rename the files")
     chunks = plan_chunks(paths, settings.batch_size)
